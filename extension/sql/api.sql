@@ -1,0 +1,499 @@
+-- tenancy: the SQL API. Runs last at CREATE EXTENSION, after the Rust
+-- functions (current_tenant_id, bypass_active, check_key, write_audit,
+-- invalidate_cache) exist.
+--
+-- Management functions run with the caller's rights: tenancy_admin holds the
+-- column privileges they need (never the key material), and every change to
+-- the catalog is audited by a trigger, whoever makes it and however.
+
+------------------------------------------------------------------------------
+-- Catalog triggers: audit every change, drop per-backend caches.
+------------------------------------------------------------------------------
+
+CREATE FUNCTION tenancy.on_catalog_change() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    subject jsonb;
+    tenant  uuid;
+BEGIN
+    subject := to_jsonb(CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END) - 'key_material';
+    tenant := CASE TG_TABLE_NAME
+                  WHEN 'tenants' THEN (subject ->> 'id')::uuid
+                  WHEN 'domains' THEN (subject ->> 'tenant_id')::uuid
+              END;
+    PERFORM tenancy.write_audit(TG_TABLE_NAME || '.' || lower(TG_OP), tenant, NULL, subject);
+    PERFORM tenancy.invalidate_cache(TG_RELID);
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION tenancy.on_catalog_truncate() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM tenancy.write_audit(TG_TABLE_NAME || '.truncate', NULL, NULL, '{}');
+    PERFORM tenancy.invalidate_cache(TG_RELID);
+    RETURN NULL;
+END
+$$;
+
+-- A key is checked when it is stored, whoever stores it, so that a bad key
+-- is refused at once rather than failing every later verification.
+CREATE FUNCTION tenancy.on_key_write() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM tenancy.check_key(NEW.algorithm, NEW.key_material);
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER keys_check BEFORE INSERT OR UPDATE OF algorithm, key_material ON tenancy.keys
+    FOR EACH ROW EXECUTE FUNCTION tenancy.on_key_write();
+
+CREATE FUNCTION tenancy.touch_updated_at() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    NEW.updated_at := now();
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER tenants_touch BEFORE UPDATE ON tenancy.tenants
+    FOR EACH ROW EXECUTE FUNCTION tenancy.touch_updated_at();
+
+DO $triggers$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['tenants', 'domains', 'settings', 'keys'] LOOP
+        EXECUTE format('CREATE TRIGGER %I AFTER INSERT OR UPDATE OR DELETE ON tenancy.%I
+                        FOR EACH ROW EXECUTE FUNCTION tenancy.on_catalog_change()', t || '_audit', t);
+        EXECUTE format('CREATE TRIGGER %I AFTER TRUNCATE ON tenancy.%I
+                        FOR EACH STATEMENT EXECUTE FUNCTION tenancy.on_catalog_truncate()', t || '_truncate', t);
+    END LOOP;
+END
+$triggers$;
+
+------------------------------------------------------------------------------
+-- Tenants
+------------------------------------------------------------------------------
+
+CREATE FUNCTION tenancy.check_slug(slug text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF slug IS NULL OR slug = '' THEN
+        RAISE EXCEPTION 'tenant slug must not be empty' USING ERRCODE = '22023';
+    END IF;
+    IF slug !~ '^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$' THEN
+        RAISE EXCEPTION 'tenant slug "%" is not URL-safe', slug
+            USING ERRCODE = '22023',
+                  HINT = 'Use 1 to 63 lower-case letters, digits and hyphens, not starting or ending with a hyphen.';
+    END IF;
+END
+$$;
+
+CREATE FUNCTION tenancy.create_tenant(
+    slug          text,
+    name          text,
+    display_name  text  DEFAULT NULL,
+    configuration jsonb DEFAULT '{}',
+    logo_url      text  DEFAULT NULL,
+    primary_color text  DEFAULT NULL
+) RETURNS uuid
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    new_id uuid;
+BEGIN
+    PERFORM tenancy.check_slug(slug);
+    IF name IS NULL OR btrim(name) = '' THEN
+        RAISE EXCEPTION 'tenant name must not be empty' USING ERRCODE = '22023';
+    END IF;
+    IF configuration IS NULL OR jsonb_typeof(configuration) <> 'object' THEN
+        RAISE EXCEPTION 'tenant configuration must be a JSON object' USING ERRCODE = '22023';
+    END IF;
+    IF primary_color IS NOT NULL AND primary_color !~ '^#[0-9A-Fa-f]{6}$' THEN
+        RAISE EXCEPTION 'primary_color "%" is not a colour of the form #RRGGBB', primary_color
+            USING ERRCODE = '22023';
+    END IF;
+    IF EXISTS (SELECT 1 FROM tenancy.tenants t WHERE t.slug = create_tenant.slug) THEN
+        RAISE EXCEPTION 'a tenant with slug "%" already exists', slug USING ERRCODE = '23505';
+    END IF;
+    INSERT INTO tenancy.tenants (slug, name, display_name, configuration, logo_url, primary_color)
+    VALUES (slug, btrim(name), coalesce(nullif(btrim(display_name), ''), btrim(name)),
+            configuration, logo_url, primary_color)
+    RETURNING id INTO new_id;
+    RETURN new_id;
+EXCEPTION
+    -- A concurrent create of the same slug loses here, with the same message.
+    WHEN unique_violation THEN
+        RAISE EXCEPTION 'a tenant with slug "%" already exists', slug USING ERRCODE = '23505';
+END
+$$;
+
+CREATE FUNCTION tenancy.set_tenant_status(tenant uuid, status text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF status IS NULL OR status NOT IN ('active', 'suspended', 'inactive') THEN
+        RAISE EXCEPTION 'unknown tenant status "%"', status
+            USING ERRCODE = '22023', HINT = 'Use active, suspended or inactive.';
+    END IF;
+    UPDATE tenancy.tenants t SET status = set_tenant_status.status WHERE t.id = tenant;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'tenant % does not exist', tenant USING ERRCODE = 'P0002';
+    END IF;
+END
+$$;
+
+CREATE FUNCTION tenancy.normalize_host(host text) RETURNS text
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    h text := lower(btrim(coalesce(host, '')));
+BEGIN
+    h := regexp_replace(h, ':[0-9]{1,5}$', '');   -- port
+    h := regexp_replace(h, '\.$', '');              -- trailing dot of an FQDN
+    IF h = '' OR length(h) > 253
+       OR h !~ '^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$' THEN
+        RAISE EXCEPTION 'invalid host name "%"', left(host, 300) USING ERRCODE = '22023';
+    END IF;
+    RETURN h;
+END
+$$;
+
+CREATE FUNCTION tenancy.add_domain(tenant uuid, domain text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    d text := tenancy.normalize_host(domain);
+BEGIN
+    IF position('.' IN d) = 0 THEN
+        RAISE EXCEPTION 'custom domain "%" must be a fully qualified name', domain USING ERRCODE = '22023';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM tenancy.tenants t WHERE t.id = tenant) THEN
+        RAISE EXCEPTION 'tenant % does not exist', tenant USING ERRCODE = 'P0002';
+    END IF;
+    INSERT INTO tenancy.domains (domain, tenant_id) VALUES (d, tenant);
+EXCEPTION
+    WHEN unique_violation THEN
+        RAISE EXCEPTION 'domain "%" is already mapped to a tenant', d USING ERRCODE = '23505';
+END
+$$;
+
+CREATE FUNCTION tenancy.remove_domain(domain text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    DELETE FROM tenancy.domains d WHERE d.domain = tenancy.normalize_host(remove_domain.domain);
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'domain "%" is not mapped', domain USING ERRCODE = 'P0002';
+    END IF;
+END
+$$;
+
+-- The service calls this before any tenant context exists, so it runs with
+-- the owner's rights and returns only what routing needs.
+CREATE FUNCTION tenancy.resolve_tenant(host text)
+RETURNS TABLE (tenant_id uuid, slug text, status text, matched_by text)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    h    text := tenancy.normalize_host(host);
+    base text;
+    sub  text;
+BEGIN
+    SELECT s.value INTO base FROM tenancy.settings s WHERE s.name = 'base_domain';
+    IF base IS NOT NULL AND right(h, length(base) + 1) = '.' || base THEN
+        sub := left(h, length(h) - length(base) - 1);
+        IF position('.' IN sub) = 0 THEN
+            RETURN QUERY SELECT t.id, t.slug, t.status, 'subdomain'::text
+                         FROM tenancy.tenants t WHERE t.slug = sub;
+            RETURN;
+        END IF;
+    END IF;
+    RETURN QUERY SELECT t.id, t.slug, t.status, 'custom_domain'::text
+                 FROM tenancy.domains d JOIN tenancy.tenants t ON t.id = d.tenant_id
+                 WHERE d.domain = h;
+END
+$$;
+
+------------------------------------------------------------------------------
+-- Settings and keys
+------------------------------------------------------------------------------
+
+CREATE FUNCTION tenancy.set_setting(name text, value text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF name IS NULL OR name NOT IN ('base_domain', 'jwt_audience', 'jwt_issuer',
+                                    'jwt_leeway_seconds', 'tenant_claim', 'user_claim') THEN
+        RAISE EXCEPTION 'unknown setting "%"', name
+            USING ERRCODE = '22023',
+                  HINT = 'Known settings: base_domain, jwt_audience, jwt_issuer, jwt_leeway_seconds, tenant_claim, user_claim.';
+    END IF;
+    IF value IS NULL OR btrim(value) = '' THEN
+        RAISE EXCEPTION 'setting "%" must not be empty; use tenancy.reset_setting() to remove it', name
+            USING ERRCODE = '22023';
+    END IF;
+    IF name = 'jwt_leeway_seconds' AND (value !~ '^[0-9]{1,3}$' OR value::int > 300) THEN
+        RAISE EXCEPTION 'jwt_leeway_seconds must be a whole number of seconds from 0 to 300, not "%"', value
+            USING ERRCODE = '22023';
+    END IF;
+    IF name = 'base_domain' THEN
+        value := tenancy.normalize_host(value);
+    END IF;
+    INSERT INTO tenancy.settings AS s (name, value) VALUES (name, value)
+    ON CONFLICT ON CONSTRAINT settings_pkey DO UPDATE SET value = excluded.value;
+END
+$$;
+
+CREATE FUNCTION tenancy.reset_setting(name text) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    DELETE FROM tenancy.settings s WHERE s.name = reset_setting.name;
+$$;
+
+CREATE FUNCTION tenancy.add_key(kid text, algorithm text, key_material text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF kid IS NULL OR kid !~ '^[A-Za-z0-9._:-]{1,128}$' THEN
+        RAISE EXCEPTION 'key id "%" is not valid', kid
+            USING ERRCODE = '22023', HINT = 'Use 1 to 128 letters, digits, dots, colons, underscores or hyphens.';
+    END IF;
+    INSERT INTO tenancy.keys (kid, algorithm, key_material) VALUES (kid, algorithm, key_material);
+EXCEPTION
+    WHEN unique_violation THEN
+        RAISE EXCEPTION 'a key with kid "%" already exists', kid
+            USING ERRCODE = '23505', HINT = 'Key ids are never reused; add the new key under a new kid.';
+END
+$$;
+
+CREATE FUNCTION tenancy.retire_key(kid text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    UPDATE tenancy.keys k SET retired_at = now() WHERE k.kid = retire_key.kid AND k.retired_at IS NULL;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no active key with kid "%"', kid USING ERRCODE = 'P0002';
+    END IF;
+END
+$$;
+
+CREATE VIEW tenancy.key_list AS
+    SELECT kid, algorithm, created_at, retired_at, retired_at IS NULL AS active
+    FROM tenancy.keys;
+
+------------------------------------------------------------------------------
+-- Protecting tables
+------------------------------------------------------------------------------
+
+-- Fills the tenant column from the context and refuses rows that name another
+-- tenant. Its name sorts before ordinary trigger names, so it runs first.
+CREATE FUNCTION tenancy.fill_tenant_id() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    col     text := TG_ARGV[0];
+    given   uuid := (to_jsonb(NEW) ->> col)::uuid;
+    current uuid;
+BEGIN
+    IF TG_OP = 'UPDATE' THEN
+        IF given IS DISTINCT FROM (to_jsonb(OLD) ->> col)::uuid THEN
+            RAISE EXCEPTION 'a row cannot be moved to another tenant (%.%)', TG_TABLE_NAME, col
+                USING ERRCODE = '42501';
+        END IF;
+        RETURN NEW;
+    END IF;
+    current := tenancy.current_tenant_id();
+    IF current IS NULL THEN
+        -- Only a bypassing tenancy_admin gets here: the row must name its tenant.
+        RETURN NEW;
+    END IF;
+    IF given IS NULL THEN
+        NEW := jsonb_populate_record(NEW, jsonb_build_object(col, current));
+    ELSIF given <> current THEN
+        RAISE EXCEPTION 'row names tenant % but the current tenant is %', given, current
+            USING ERRCODE = '42501',
+                  HINT = format('Omit %s; it is filled from the tenant context.', col);
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE FUNCTION tenancy.protect(tbl regclass, tenant_column name DEFAULT 'tenant_id') RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    rel        record;
+    att        record;
+    existing   text;
+    using_expr text;
+BEGIN
+    IF tbl IS NULL THEN
+        RAISE EXCEPTION 'a table is required' USING ERRCODE = '22023';
+    END IF;
+    SELECT c.relkind, c.relname, n.nspname INTO rel
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = tbl;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'relation with oid % does not exist', tbl::oid USING ERRCODE = '42P01';
+    END IF;
+    IF rel.relkind NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION '% is not a table', tbl USING ERRCODE = '42809';
+    END IF;
+    IF rel.nspname = 'tenancy' THEN
+        RAISE EXCEPTION 'the tenancy catalog cannot be protected' USING ERRCODE = '42809';
+    END IF;
+    IF NOT pg_has_role(current_user, (SELECT c.relowner FROM pg_class c WHERE c.oid = tbl), 'USAGE') THEN
+        RAISE EXCEPTION 'must be owner of table %', tbl USING ERRCODE = '42501';
+    END IF;
+
+    SELECT a.attnum, a.atttypid, a.attnotnull INTO att
+    FROM pg_attribute a
+    WHERE a.attrelid = tbl AND a.attname = tenant_column AND a.attnum > 0 AND NOT a.attisdropped;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'column "%" of table % does not exist', tenant_column, tbl USING ERRCODE = '42703';
+    END IF;
+    IF att.atttypid <> 'uuid'::regtype THEN
+        RAISE EXCEPTION 'column "%" of table % must be of type uuid, not %',
+            tenant_column, tbl, format_type(att.atttypid, NULL) USING ERRCODE = '42804';
+    END IF;
+
+    SELECT split_part(encode(t.tgargs, 'escape'), '\000', 1) INTO existing
+    FROM pg_trigger t WHERE t.tgrelid = tbl AND t.tgname = '0_tenancy_fill_tenant_id';
+    IF existing IS NOT NULL AND existing <> tenant_column THEN
+        RAISE EXCEPTION 'table % is already protected on column "%"', tbl, existing
+            USING ERRCODE = '55000', HINT = 'Call tenancy.unprotect() first.';
+    END IF;
+
+    IF NOT att.attnotnull THEN
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET NOT NULL', tbl, tenant_column);
+    END IF;
+
+    IF NOT EXISTS (
+        SELECT 1 FROM pg_constraint k
+        WHERE k.conrelid = tbl AND k.contype = 'f'
+          AND k.confrelid = 'tenancy.tenants'::regclass AND k.conkey = ARRAY[att.attnum]
+    ) THEN
+        EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I FOREIGN KEY (%I) REFERENCES tenancy.tenants (id)',
+                       tbl, left(rel.relname || '_' || tenant_column || '_tenant_fkey', 63), tenant_column);
+    END IF;
+
+    IF NOT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = tbl AND i.indkey[0] = att.attnum) THEN
+        EXECUTE format('CREATE INDEX %I ON %s (%I)',
+                       left(rel.relname || '_' || tenant_column || '_idx', 63), tbl, tenant_column);
+    END IF;
+
+    IF existing IS NULL THEN
+        EXECUTE format('CREATE TRIGGER "0_tenancy_fill_tenant_id" BEFORE INSERT OR UPDATE OF %I ON %s
+                        FOR EACH ROW EXECUTE FUNCTION tenancy.fill_tenant_id(%L)',
+                       tenant_column, tbl, tenant_column);
+    END IF;
+
+    IF NOT (SELECT c.relrowsecurity FROM pg_class c WHERE c.oid = tbl) THEN
+        EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', tbl);
+    END IF;
+    IF NOT (SELECT c.relforcerowsecurity FROM pg_class c WHERE c.oid = tbl) THEN
+        EXECUTE format('ALTER TABLE %s FORCE ROW LEVEL SECURITY', tbl);
+    END IF;
+
+    -- The (SELECT ...) form is evaluated once per statement as an InitPlan and
+    -- keeps the tenant index usable; see BENCHMARKS.md.
+    using_expr := format('%I = (SELECT tenancy.current_tenant_id())', tenant_column);
+    IF NOT EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = tbl AND p.polname = 'tenancy_isolation') THEN
+        EXECUTE format('CREATE POLICY tenancy_isolation ON %s AS PERMISSIVE FOR ALL TO PUBLIC
+                        USING (%s) WITH CHECK (%s)', tbl, using_expr, using_expr);
+    END IF;
+    -- The bypass is a separate policy for tenancy_admin only, so the
+    -- application role's plans never see it.
+    IF NOT EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = tbl AND p.polname = 'tenancy_bypass') THEN
+        EXECUTE format('CREATE POLICY tenancy_bypass ON %s AS PERMISSIVE FOR ALL TO tenancy_admin
+                        USING ((SELECT tenancy.bypass_active())) WITH CHECK ((SELECT tenancy.bypass_active()))', tbl);
+    END IF;
+END
+$$;
+
+CREATE FUNCTION tenancy.unprotect(tbl regclass) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = tbl AND p.polname = 'tenancy_isolation') THEN
+        RAISE EXCEPTION 'table % is not protected by tenancy', tbl USING ERRCODE = '42704';
+    END IF;
+    EXECUTE format('DROP POLICY tenancy_isolation ON %s', tbl);
+    EXECUTE format('DROP POLICY IF EXISTS tenancy_bypass ON %s', tbl);
+    EXECUTE format('DROP TRIGGER IF EXISTS "0_tenancy_fill_tenant_id" ON %s', tbl);
+    EXECUTE format('ALTER TABLE %s NO FORCE ROW LEVEL SECURITY', tbl);
+    EXECUTE format('ALTER TABLE %s DISABLE ROW LEVEL SECURITY', tbl);
+END
+$$;
+
+CREATE VIEW tenancy.protected_tables AS
+SELECT c.oid::regclass                                       AS table_name,
+       n.nspname                                             AS schema_name,
+       c.relname                                             AS relation_name,
+       split_part(encode(t.tgargs, 'escape'), '\000', 1)::name AS tenant_column,
+       c.relrowsecurity                                      AS rls_enabled,
+       c.relforcerowsecurity                                 AS rls_forced,
+       EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a
+                 ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+               WHERE i.indrelid = c.oid
+                 AND a.attname = split_part(encode(t.tgargs, 'escape'), '\000', 1)) AS tenant_index
+FROM pg_policy p
+JOIN pg_class c ON c.oid = p.polrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_trigger t ON t.tgrelid = c.oid AND t.tgname = '0_tenancy_fill_tenant_id'
+WHERE p.polname = 'tenancy_isolation';
+GRANT SELECT ON tenancy.protected_tables TO PUBLIC;
+
+------------------------------------------------------------------------------
+-- Grants for deployment roles (run by a superuser)
+------------------------------------------------------------------------------
+
+-- Lets one chosen role (the service) set the trusted context GUCs.
+CREATE FUNCTION tenancy.grant_context_setter(role regrole) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    EXECUTE format('GRANT SET ON PARAMETER tenancy.tenant_id TO %s', role);
+    EXECUTE format('GRANT SET ON PARAMETER tenancy.user_id TO %s', role);
+END
+$$;
+
+-- Lets a schema-owner role reference the catalog from its tables (protect()
+-- adds a foreign key to tenancy.tenants).
+CREATE FUNCTION tenancy.grant_table_owner(role regrole) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    EXECUTE format('GRANT REFERENCES (id) ON tenancy.tenants TO %s', role);
+END
+$$;
+
+------------------------------------------------------------------------------
+-- Privileges
+------------------------------------------------------------------------------
+
+REVOKE EXECUTE ON FUNCTION
+    tenancy.create_tenant(text, text, text, jsonb, text, text),
+    tenancy.set_tenant_status(uuid, text),
+    tenancy.add_domain(uuid, text),
+    tenancy.remove_domain(text),
+    tenancy.set_setting(text, text),
+    tenancy.reset_setting(text),
+    tenancy.add_key(text, text, text),
+    tenancy.retire_key(text),
+    tenancy.grant_context_setter(regrole),
+    tenancy.grant_table_owner(regrole),
+    tenancy.write_audit(text, uuid, text, jsonb),
+    tenancy.invalidate_cache(oid)
+FROM PUBLIC;
+
+GRANT EXECUTE ON FUNCTION
+    tenancy.create_tenant(text, text, text, jsonb, text, text),
+    tenancy.set_tenant_status(uuid, text),
+    tenancy.add_domain(uuid, text),
+    tenancy.remove_domain(text),
+    tenancy.set_setting(text, text),
+    tenancy.reset_setting(text),
+    tenancy.add_key(text, text, text),
+    tenancy.retire_key(text),
+    tenancy.write_audit(text, uuid, text, jsonb),
+    tenancy.invalidate_cache(oid)
+TO tenancy_admin;
+
+GRANT INSERT (slug, name, display_name, configuration, logo_url, primary_color),
+      UPDATE (slug, name, display_name, configuration, logo_url, primary_color, status, updated_at)
+    ON tenancy.tenants TO tenancy_admin;
+GRANT INSERT, DELETE ON tenancy.domains TO tenancy_admin;
+GRANT INSERT, UPDATE, DELETE ON tenancy.settings TO tenancy_admin;
+GRANT SELECT (kid, algorithm, created_at, retired_at),
+      INSERT (kid, algorithm, key_material),
+      UPDATE (retired_at)
+    ON tenancy.keys TO tenancy_admin;
+GRANT SELECT ON tenancy.key_list TO tenancy_admin;

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Idempotent machine setup for tenancy: installs what is missing (Debian
+# packages, cargo-pgrx), starts PostgreSQL 15 and Redis if they are not
+# running. Fast when everything is already there.
+set -euo pipefail
+
+PG_MAJOR=15
+PGRX_VERSION=0.18.0
+PG_CONFIG=/usr/lib/postgresql/${PG_MAJOR}/bin/pg_config
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+need_pkgs=()
+for pkg in postgresql-${PG_MAJOR} postgresql-server-dev-${PG_MAJOR} libclang-dev clang sudo redis-server pkg-config libssl-dev; do
+    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+        need_pkgs+=("$pkg")
+    fi
+done
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+    log "installing Debian packages: ${need_pkgs[*]}"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+fi
+
+if ! cargo pgrx --version 2>/dev/null | grep -q "${PGRX_VERSION}"; then
+    log "installing cargo-pgrx ${PGRX_VERSION} (a few minutes)"
+    cargo install cargo-pgrx --version "${PGRX_VERSION}" --locked
+fi
+
+if [ ! -f "${PGRX_HOME:-$HOME/.pgrx}/config.toml" ] || ! grep -q "pg${PG_MAJOR}" "${PGRX_HOME:-$HOME/.pgrx}/config.toml"; then
+    log "registering PostgreSQL ${PG_MAJOR} with pgrx"
+    cargo pgrx init --pg${PG_MAJOR} "${PG_CONFIG}"
+fi
+
+# PostgreSQL: the system cluster on 127.0.0.1:5432.
+if ! pg_lsclusters -h 2>/dev/null | grep -q "^${PG_MAJOR} "; then
+    log "creating cluster ${PG_MAJOR}/main"
+    as_root pg_createcluster ${PG_MAJOR} main
+fi
+if ! pg_isready -q -h 127.0.0.1 -p 5432; then
+    log "starting PostgreSQL ${PG_MAJOR}"
+    as_root pg_ctlcluster --skip-systemctl-redirect ${PG_MAJOR} main start
+    for _ in $(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
+fi
+
+# Redis on 127.0.0.1:6379.
+if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+    log "starting Redis"
+    mkdir -p /var/lib/redis /var/log/redis 2>/dev/null || true
+    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+        --dir /tmp --logfile /tmp/tenancy-redis.log
+    for _ in $(seq 1 30); do redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && break; sleep 1; done
+fi
+
+log "ready: PostgreSQL $(pg_config --version | awk '{print $2}'), $(redis-server --version | awk '{print $3}'), cargo-pgrx ${PGRX_VERSION}"
