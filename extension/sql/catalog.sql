@@ -7,8 +7,14 @@
 DO $roles$
 BEGIN
     -- Members may call tenancy.bypass() and manage tenants and keys.
+    -- Roles are cluster-wide: another database may have created it already,
+    -- possibly at this very moment.
     IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'tenancy_admin') THEN
-        CREATE ROLE tenancy_admin NOLOGIN;
+        BEGIN
+            CREATE ROLE tenancy_admin NOLOGIN;
+        EXCEPTION WHEN duplicate_object OR unique_violation THEN
+            NULL;
+        END;
     END IF;
 END
 $roles$;

@@ -26,9 +26,12 @@ use uuid::Uuid;
 
 use crate::error::TenancyError;
 
-pub static TENANT_ID: GucSetting<Option<std::ffi::CString>> = GucSetting::<Option<std::ffi::CString>>::new(None);
-pub static USER_ID: GucSetting<Option<std::ffi::CString>> = GucSetting::<Option<std::ffi::CString>>::new(None);
-pub static TOKEN: GucSetting<Option<std::ffi::CString>> = GucSetting::<Option<std::ffi::CString>>::new(None);
+pub static TENANT_ID: GucSetting<Option<std::ffi::CString>> =
+    GucSetting::<Option<std::ffi::CString>>::new(None);
+pub static USER_ID: GucSetting<Option<std::ffi::CString>> =
+    GucSetting::<Option<std::ffi::CString>>::new(None);
+pub static TOKEN: GucSetting<Option<std::ffi::CString>> =
+    GucSetting::<Option<std::ffi::CString>>::new(None);
 pub static BYPASS_REASON: GucSetting<Option<std::ffi::CString>> =
     GucSetting::<Option<std::ffi::CString>>::new(None);
 
@@ -85,7 +88,8 @@ fn as_owner<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
         pg_sys::GetUserIdAndSecContext(&mut uid, &mut sec);
         pg_sys::SetUserIdAndSecContext(
             owner,
-            sec | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32 | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
+            sec | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
+                | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
         );
     }
     let _restore = Restore(uid, sec);
@@ -238,10 +242,17 @@ fn tenant_status(tenant: Uuid) -> Result<Option<String>, TenancyError> {
     }
     let catalog = catalog()?;
     let status = as_owner(catalog.owner, || {
-        Spi::get_one_with_args::<String>(
-            "SELECT status FROM tenancy.tenants WHERE id = $1",
-            &[pgrx::Uuid::from_bytes(*tenant.as_bytes()).into()],
-        )
+        Spi::connect(|client| {
+            let rows = client.select(
+                "SELECT status FROM tenancy.tenants WHERE id = $1",
+                Some(1),
+                &[pgrx::Uuid::from_bytes(*tenant.as_bytes()).into()],
+            )?;
+            match rows.is_empty() {
+                true => Ok::<_, TenancyError>(None),
+                false => Ok(rows.first().get_one::<String>()?),
+            }
+        })
     })?;
     fresh_state(|s| s.statuses.insert(tenant, status.clone()));
     Ok(status)
@@ -255,7 +266,10 @@ fn check_active(tenant: Uuid) -> Result<Uuid, TenancyError> {
     }
 }
 
-fn trusted_uuid(name: &'static str, setting: &GucSetting<Option<std::ffi::CString>>) -> Result<Option<Uuid>, TenancyError> {
+fn trusted_uuid(
+    name: &'static str,
+    setting: &GucSetting<Option<std::ffi::CString>>,
+) -> Result<Option<Uuid>, TenancyError> {
     match guc_text(setting) {
         None => Ok(None),
         Some(text) => Uuid::parse_str(text)
@@ -371,7 +385,9 @@ fn role_name(oid: pg_sys::Oid) -> String {
     if ptr.is_null() {
         return format!("oid {}", oid.to_u32());
     }
-    unsafe { CStr::from_ptr(ptr) }.to_string_lossy().into_owned()
+    unsafe { CStr::from_ptr(ptr) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// Appends to tenancy.audit_log with the caller's real identity, whatever

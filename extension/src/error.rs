@@ -18,7 +18,7 @@ pub enum TenancyError {
     #[error("invalid tenant token: {0}")]
     Token(#[from] TokenError),
     /// 28000: the signed and the trusted context disagree.
-    #[error("tenancy.token and tenancy.{0} name different {0}s")]
+    #[error("tenancy.token and tenancy.{0} disagree")]
     ConflictingContext(&'static str),
     /// 28000: the user claim of a verified token is not a uuid.
     #[error("invalid tenant token: claim \"{0}\" is not a valid uuid")]
@@ -82,7 +82,9 @@ impl TenancyError {
 
     fn detail(&self) -> Option<String> {
         match self {
-            TenancyError::TenantNotActive { tenant, status } => Some(format!("tenant {tenant} is {status}")),
+            TenancyError::TenantNotActive { tenant, status } => {
+                Some(format!("tenant {tenant} is {status}"))
+            }
             TenancyError::UnknownTenant(tenant) => Some(format!("no tenant with id {tenant}")),
             _ => None,
         }

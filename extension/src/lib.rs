@@ -92,7 +92,11 @@ fn claim(name: &str) -> Option<String> {
 #[pg_extern(stable, parallel_safe)]
 fn context_source() -> &'static str {
     match context::tenant_id() {
-        Ok(Some(_)) if pgrx::guc::GucSetting::get(&context::TOKEN).is_some_and(|t| !t.is_empty()) => "token",
+        Ok(Some(_))
+            if pgrx::guc::GucSetting::get(&context::TOKEN).is_some_and(|t| !t.is_empty()) =>
+        {
+            "token"
+        }
         Ok(Some(_)) => "trusted",
         Ok(None) => "bypass",
         Err(_) => "none",
@@ -129,7 +133,9 @@ fn write_audit(
     details: Option<pgrx::JsonB>,
 ) {
     let tenant = tenant_id.map(|t| uuid::Uuid::from_bytes(*t));
-    let details = details.map(|d| d.0).unwrap_or_else(|| serde_json::json!({}));
+    let details = details
+        .map(|d| d.0)
+        .unwrap_or_else(|| serde_json::json!({}));
     context::write_audit(action, tenant, reason, details).or_raise()
 }
 

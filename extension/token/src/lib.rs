@@ -135,9 +135,7 @@ impl Keyring {
                 .keys
                 .get(kid)
                 .ok_or_else(|| TokenError::UnknownKey(kid.to_owned())),
-            None if self.keys.len() == 1 => {
-                self.keys.values().next().ok_or(TokenError::MissingKid)
-            }
+            None if self.keys.len() == 1 => self.keys.values().next().ok_or(TokenError::MissingKid),
             None => Err(TokenError::MissingKid),
         }
     }
@@ -223,21 +221,25 @@ pub fn verify(token: &str, keys: &Keyring, rules: &Rules) -> Result<TenantContex
     }
     validation.set_required_spec_claims(&required);
 
-    let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation)
-        .map_err(|e| match e.kind() {
-            ErrorKind::ExpiredSignature => TokenError::Expired,
-            ErrorKind::ImmatureSignature => TokenError::NotYetValid,
-            ErrorKind::InvalidAudience => TokenError::WrongAudience,
-            ErrorKind::InvalidIssuer => TokenError::WrongIssuer,
-            ErrorKind::InvalidSignature => TokenError::BadSignature,
-            ErrorKind::InvalidAlgorithm => TokenError::AlgorithmMismatch,
-            ErrorKind::MissingRequiredClaim(claim) => TokenError::MissingClaim(claim.clone()),
-            _ => TokenError::Malformed,
+    let data =
+        jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation).map_err(|e| {
+            match e.kind() {
+                ErrorKind::ExpiredSignature => TokenError::Expired,
+                ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+                ErrorKind::InvalidAudience => TokenError::WrongAudience,
+                ErrorKind::InvalidIssuer => TokenError::WrongIssuer,
+                ErrorKind::InvalidSignature => TokenError::BadSignature,
+                ErrorKind::InvalidAlgorithm => TokenError::AlgorithmMismatch,
+                ErrorKind::MissingRequiredClaim(claim) => TokenError::MissingClaim(claim.clone()),
+                _ => TokenError::Malformed,
+            }
         })?;
     let claims = data.claims;
 
     let tenant_id = match claims.get(&rules.tenant_claim) {
-        None | Some(Value::Null) => return Err(TokenError::MissingClaim(rules.tenant_claim.clone())),
+        None | Some(Value::Null) => {
+            return Err(TokenError::MissingClaim(rules.tenant_claim.clone()))
+        }
         Some(Value::String(s)) => {
             Uuid::parse_str(s).map_err(|_| TokenError::BadClaim(rules.tenant_claim.clone()))?
         }
@@ -402,14 +404,25 @@ mod tests {
         let exp = now() + 300;
         let good = json!({"tenant_id": tenant, "exp": exp, "aud": "tenancy", "iss": "https://auth.example"});
         assert!(verify(&sign(&good, "k1", "HS256", SECRET).unwrap(), &keys, &rules).is_ok());
-        let wrong_aud = json!({"tenant_id": tenant, "exp": exp, "aud": "other", "iss": "https://auth.example"});
+        let wrong_aud =
+            json!({"tenant_id": tenant, "exp": exp, "aud": "other", "iss": "https://auth.example"});
         assert_eq!(
-            verify(&sign(&wrong_aud, "k1", "HS256", SECRET).unwrap(), &keys, &rules).unwrap_err(),
+            verify(
+                &sign(&wrong_aud, "k1", "HS256", SECRET).unwrap(),
+                &keys,
+                &rules
+            )
+            .unwrap_err(),
             TokenError::WrongAudience
         );
         let no_iss = json!({"tenant_id": tenant, "exp": exp, "aud": "tenancy"});
         assert_eq!(
-            verify(&sign(&no_iss, "k1", "HS256", SECRET).unwrap(), &keys, &rules).unwrap_err(),
+            verify(
+                &sign(&no_iss, "k1", "HS256", SECRET).unwrap(),
+                &keys,
+                &rules
+            )
+            .unwrap_err(),
             TokenError::MissingClaim("iss".into())
         );
     }
@@ -423,7 +436,12 @@ mod tests {
         };
         let tenant = Uuid::new_v4();
         let body = json!({"org": tenant, "uid": "u-9", "exp": now() + 60});
-        let ctx = verify(&sign(&body, "k1", "HS256", SECRET).unwrap(), &ring("k1", "HS256", SECRET), &rules).unwrap();
+        let ctx = verify(
+            &sign(&body, "k1", "HS256", SECRET).unwrap(),
+            &ring("k1", "HS256", SECRET),
+            &rules,
+        )
+        .unwrap();
         assert_eq!(ctx.tenant_id, tenant);
         assert_eq!(ctx.user_id.as_deref(), Some("u-9"));
     }
@@ -438,8 +456,14 @@ mod tests {
 
     #[test]
     fn keys_are_validated() {
-        assert!(matches!(VerifyingKey::new("HS256", "short"), Err(TokenError::BadKey { .. })));
-        assert!(matches!(VerifyingKey::new("EdDSA", "not pem"), Err(TokenError::BadKey { .. })));
+        assert!(matches!(
+            VerifyingKey::new("HS256", "short"),
+            Err(TokenError::BadKey { .. })
+        ));
+        assert!(matches!(
+            VerifyingKey::new("EdDSA", "not pem"),
+            Err(TokenError::BadKey { .. })
+        ));
         assert!(matches!(
             VerifyingKey::new("none", SECRET),
             Err(TokenError::UnsupportedAlgorithm(_))
@@ -457,8 +481,14 @@ mod tests {
         )
         .unwrap();
         let mut keys = ring("k1", "HS256", SECRET);
-        assert_eq!(verify(&token, &keys, &Rules::default()).unwrap().tenant_id, tenant);
+        assert_eq!(
+            verify(&token, &keys, &Rules::default()).unwrap().tenant_id,
+            tenant
+        );
         keys.insert("k2", VerifyingKey::new("HS256", OTHER).unwrap());
-        assert_eq!(verify(&token, &keys, &Rules::default()).unwrap_err(), TokenError::MissingKid);
+        assert_eq!(
+            verify(&token, &keys, &Rules::default()).unwrap_err(),
+            TokenError::MissingKid
+        );
     }
 }
