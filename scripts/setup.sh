@@ -56,4 +56,20 @@ if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
     for _ in $(seq 1 30); do redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && break; sleep 1; done
 fi
 
+# The tests and the demo connect over TCP as postgres with password
+# "postgres" (trust auth ignores it; a stock Debian cluster needs it).
+PG_URL="${TENANCY_PG_URL:-postgres://postgres:postgres@127.0.0.1:5432}"
+if ! psql "${PG_URL}/postgres" -qAtc 'SELECT 1' >/dev/null 2>&1; then
+    log "giving the postgres role a local password for TCP connections"
+    (cd / && runuser -u postgres -- psql -qc "ALTER ROLE postgres PASSWORD 'postgres'")
+fi
+
+# Build and install the extension into the system PostgreSQL.
+if [ "${TENANCY_SKIP_INSTALL:-0}" != "1" ]; then
+    log "building and installing the tenancy extension (${TENANCY_PROFILE:-debug})"
+    profile_flag=()
+    [ "${TENANCY_PROFILE:-debug}" = "release" ] && profile_flag=(--release)
+    (cd "$(dirname "$0")/../extension" && cargo pgrx install --pg-config "${PG_CONFIG}" "${profile_flag[@]}" >/dev/null)
+fi
+
 log "ready: PostgreSQL $(pg_config --version | awk '{print $2}'), $(redis-server --version | awk '{print $3}'), cargo-pgrx ${PGRX_VERSION}"

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# The main job: set up the machine, install the extension into a local
+# database (tenancy_demo) and show isolation working on a demo schema,
+# as the application role, with signed tokens.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/setup.sh
+cargo build --quiet -p tenancy-token --features cli --bin tenancy-sign
+
+PG_URL="${TENANCY_PG_URL:-postgres://postgres:postgres@127.0.0.1:5432}"
+DB=tenancy_demo
+export TENANCY_SIGNING_KEY="demo-signing-secret-change-me-0123456789"
+su() { psql "${PG_URL}/${DB}" -v ON_ERROR_STOP=1 -qAt "$@"; }
+as_app() { psql "postgres://tenancy_demo_app:demo@${PG_URL#*@}/${DB}" -q "$@"; }
+sign() { target/debug/tenancy-sign --kid demo --tenant "$1" --user "$2"; }
+
+psql "${PG_URL}/postgres" -qc "DROP DATABASE IF EXISTS ${DB} WITH (FORCE)" -c "CREATE DATABASE ${DB}"
+psql "${PG_URL}/postgres" -qAt >/dev/null <<'SQL'
+DO $$ BEGIN
+  CREATE ROLE tenancy_demo_owner LOGIN PASSWORD 'demo';
+EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+DO $$ BEGIN
+  CREATE ROLE tenancy_demo_app LOGIN PASSWORD 'demo';
+EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+SQL
+su >/dev/null <<SQL
+CREATE EXTENSION tenancy;
+SELECT tenancy.grant_table_owner('tenancy_demo_owner');
+GRANT CREATE ON SCHEMA public TO tenancy_demo_owner;
+SELECT tenancy.add_key('demo', 'HS256', '${TENANCY_SIGNING_KEY}');
+-- Load the library at connect, so a forged SET is refused at once.
+ALTER DATABASE ${DB} SET session_preload_libraries = 'tenancy';
+SQL
+psql "postgres://tenancy_demo_owner:demo@${PG_URL#*@}/${DB}" -v ON_ERROR_STOP=1 -qAt \
+    -f tests/fixtures/schema.sql \
+    -c "GRANT SELECT, INSERT, UPDATE, DELETE ON projects, tasks TO tenancy_demo_app" >/dev/null
+
+ACME=$(su -c "SELECT tenancy.create_tenant('acme', 'Acme Corp')")
+GLOBEX=$(su -c "SELECT tenancy.create_tenant('globex', 'Globex')")
+ALICE=$(cat /proc/sys/kernel/random/uuid)
+BOB=$(cat /proc/sys/kernel/random/uuid)
+ACME_TOKEN=$(sign "$ACME" "$ALICE")
+GLOBEX_TOKEN=$(sign "$GLOBEX" "$BOB")
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+step "Tenants acme ($ACME) and globex ($GLOBEX); projects and tasks are protected"
+su -c "SELECT relation_name, tenant_column, rls_enabled, rls_forced, tenant_index FROM tenancy.protected_tables" -P footer=off -F ' | '
+
+step "As the application role with acme's signed token: insert and read"
+as_app <<SQL
+BEGIN;
+SET LOCAL tenancy.token = '${ACME_TOKEN}';
+INSERT INTO projects (name) VALUES ('Rocket');
+INSERT INTO tasks (project_id, title) SELECT id, 'Build the rocket' FROM projects;
+SELECT tenant_id, name FROM projects;
+COMMIT;
+SQL
+
+step "As the application role with globex's signed token: insert and read"
+as_app <<SQL
+BEGIN;
+SET LOCAL tenancy.token = '${GLOBEX_TOKEN}';
+INSERT INTO projects (name) VALUES ('Laser');
+SELECT tenant_id, name FROM projects;
+SELECT count(*) AS tasks_visible_to_globex FROM tasks;
+COMMIT;
+SQL
+
+step "No context: the query fails loudly"
+as_app -c "SELECT * FROM projects" 2>&1 || true
+
+step "Forged trusted context: refused"
+as_app -c "SET tenancy.tenant_id = '${ACME}'" -c "SELECT * FROM projects" 2>&1 || true
+
+step "Tampered token (globex's signature, acme's payload): refused"
+TAMPERED="$(cut -d. -f1 <<<"$GLOBEX_TOKEN").$(cut -d. -f2 <<<"$ACME_TOKEN").$(cut -d. -f3 <<<"$GLOBEX_TOKEN")"
+as_app 2>&1 <<SQL || true
+BEGIN;
+SET LOCAL tenancy.token = '${TAMPERED}';
+SELECT * FROM projects;
+SQL
+
+step "Naming another tenant on insert: refused"
+as_app 2>&1 <<SQL || true
+BEGIN;
+SET LOCAL tenancy.token = '${ACME_TOKEN}';
+INSERT INTO projects (tenant_id, name) VALUES ('${GLOBEX}', 'Planted');
+SQL
+
+step "Suspending acme: its token stops working at once"
+su -c "SELECT tenancy.set_tenant_status('${ACME}', 'suspended')" >/dev/null
+as_app 2>&1 <<SQL || true
+BEGIN;
+SET LOCAL tenancy.token = '${ACME_TOKEN}';
+SELECT * FROM projects;
+SQL
+
+printf '\nDemo database: postgres://tenancy_demo_app:demo@%s/%s\nSign more tokens with:\n' "${PG_URL#*@}" "${DB}"
+printf '  TENANCY_SIGNING_KEY=%s target/debug/tenancy-sign --kid demo --tenant %s\n' "$TENANCY_SIGNING_KEY" "$GLOBEX"
