@@ -211,6 +211,23 @@ BEGIN
 END
 $$;
 
+-- Routing by id (an X-Tenant-ID header, a token claim), before any context.
+CREATE FUNCTION tenancy.lookup_tenant(tenant uuid)
+RETURNS TABLE (tenant_id uuid, slug text, status text)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT t.id, t.slug, t.status FROM tenancy.tenants t WHERE t.id = tenant;
+$$;
+
+-- The current tenant's own catalog row (name, branding, configuration):
+-- every tenant may read itself and nothing else.
+CREATE FUNCTION tenancy.current_tenant()
+RETURNS TABLE (id uuid, slug text, name text, display_name text, logo_url text,
+               primary_color text, configuration jsonb, status text)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT t.id, t.slug, t.name, t.display_name, t.logo_url, t.primary_color, t.configuration, t.status
+    FROM tenancy.tenants t WHERE t.id = tenancy.current_tenant_id();
+$$;
+
 ------------------------------------------------------------------------------
 -- Settings and keys
 ------------------------------------------------------------------------------

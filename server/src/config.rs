@@ -1,0 +1,109 @@
+//! Service configuration, from flags or environment variables, with
+//! defaults that work on a developer machine. Secrets have no defaults.
+
+use std::net::SocketAddr;
+
+/// Everything the service needs at start-up.
+#[derive(Clone, clap::Args)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "TENANCY_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Database URL of the application role (owns nothing, no BYPASSRLS).
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://tenancy_app:tenancy_app@127.0.0.1:5432/tenancy"
+    )]
+    pub database_url: String,
+    /// Database URL of the owner role (runs migrations; member of tenancy_admin).
+    #[arg(
+        long,
+        env = "DATABASE_OWNER_URL",
+        default_value = "postgres://tenancy_owner:tenancy_owner@127.0.0.1:5432/tenancy"
+    )]
+    pub database_owner_url: String,
+    /// Redis URL (sessions and revocations).
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// HS256 secret for access tokens (at least 32 bytes).
+    #[arg(long, env = "TENANCY_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: String,
+    /// `iss` of access tokens.
+    #[arg(long, env = "TENANCY_JWT_ISSUER", default_value = "tenancy")]
+    pub jwt_issuer: String,
+    /// `aud` of access tokens.
+    #[arg(long, env = "TENANCY_JWT_AUDIENCE", default_value = "tenancy-api")]
+    pub jwt_audience: String,
+    /// Lifetime of access tokens, in seconds.
+    #[arg(long, env = "TENANCY_ACCESS_TTL", default_value_t = 3600)]
+    pub access_ttl_secs: u64,
+    /// kid under which the context-signing key is registered in the database.
+    #[arg(long, env = "TENANCY_CONTEXT_KID", default_value = "tenancy-server")]
+    pub context_kid: String,
+    /// HS256 secret that signs the per-request database context (at least 32 bytes).
+    #[arg(long, env = "TENANCY_CONTEXT_SECRET", hide_env_values = true)]
+    pub context_secret: String,
+    /// Lifetime of a database context token, in seconds.
+    #[arg(long, env = "TENANCY_CONTEXT_TTL", default_value_t = 120)]
+    pub context_ttl_secs: u64,
+    /// Base domain for tenant subdomains (acme.<base>); none disables subdomains.
+    #[arg(long, env = "TENANCY_BASE_DOMAIN")]
+    pub base_domain: Option<String>,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "TENANCY_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub max_body_bytes: usize,
+    /// Password hashes verified at once; more logins wait.
+    #[arg(long, env = "TENANCY_LOGIN_CONCURRENCY", default_value_t = 4)]
+    pub login_concurrency: usize,
+    /// Database connections of the application pool.
+    #[arg(long, env = "TENANCY_DB_POOL", default_value_t = 16)]
+    pub db_pool_size: u32,
+    /// Require every user to belong to exactly one tenant (set at migrate time).
+    #[arg(long, env = "TENANCY_SINGLE_TENANT_USERS", default_value_t = false)]
+    pub single_tenant_users: bool,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("redis_url", &self.redis_url)
+            .field("jwt_issuer", &self.jwt_issuer)
+            .field("jwt_audience", &self.jwt_audience)
+            .field("base_domain", &self.base_domain)
+            .field("secrets", &"[redacted]")
+            .finish_non_exhaustive()
+    }
+}
+
+/// A configuration problem found at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0} must be at least 32 bytes")]
+    WeakSecret(&'static str),
+    #[error("TENANCY_CONTEXT_KID must not be empty")]
+    EmptyKid,
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.jwt_secret.len() < 32 {
+            return Err(ConfigError::WeakSecret("TENANCY_JWT_SECRET"));
+        }
+        if self.context_secret.len() < 32 {
+            return Err(ConfigError::WeakSecret("TENANCY_CONTEXT_SECRET"));
+        }
+        if self.context_kid.trim().is_empty() {
+            return Err(ConfigError::EmptyKid);
+        }
+        Ok(())
+    }
+
+    pub fn base_domain(&self) -> Option<String> {
+        self.base_domain
+            .as_deref()
+            .map(|d| d.trim().trim_end_matches('.').to_ascii_lowercase())
+            .filter(|d| !d.is_empty())
+    }
+}

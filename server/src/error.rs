@@ -1,0 +1,134 @@
+//! The one error type of the service and the one place that maps it to a
+//! status and a JSON body `{"error": "...", "code": "..."}`. A 5xx never
+//! carries internals: the detail is logged, the body is generic.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// 400: the request is malformed (message says how).
+    #[error("{0}")]
+    BadRequest(String),
+    /// 401: missing, malformed, expired, tampered or revoked credentials.
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// 400: a tenant-scoped route without a resolvable tenant.
+    #[error("Tenant context required")]
+    TenantRequired,
+    /// 404: the named tenant does not exist.
+    #[error("Tenant not found")]
+    TenantNotFound,
+    /// 403: the tenant is suspended or inactive.
+    #[error("Tenant is not active")]
+    TenantInactive,
+    /// 403: the caller may not do this (message says what).
+    #[error("{0}")]
+    Forbidden(&'static str),
+    /// 404: no such resource in this tenant.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// 409: conflicts with existing data.
+    #[error("{0}")]
+    Conflict(String),
+    /// 413: the body is larger than the configured limit.
+    #[error("Request body too large")]
+    PayloadTooLarge,
+    /// 422: well-formed but invalid input.
+    #[error("{0}")]
+    Validation(String),
+    /// 503: a dependency (Redis, PostgreSQL) is unavailable.
+    #[error("Service temporarily unavailable")]
+    Unavailable(String),
+    /// 500: anything else; the detail goes to the log only.
+    #[error("Internal server error")]
+    Internal(String),
+}
+
+impl AppError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            AppError::BadRequest(_) | AppError::TenantRequired => StatusCode::BAD_REQUEST,
+            AppError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            AppError::TenantInactive | AppError::Forbidden(_) => StatusCode::FORBIDDEN,
+            AppError::TenantNotFound | AppError::NotFound(_) => StatusCode::NOT_FOUND,
+            AppError::Conflict(_) => StatusCode::CONFLICT,
+            AppError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            AppError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            AppError::BadRequest(_) => "bad_request",
+            AppError::Unauthorized(_) => "unauthorized",
+            AppError::TenantRequired => "tenant_required",
+            AppError::TenantNotFound => "tenant_not_found",
+            AppError::TenantInactive => "tenant_inactive",
+            AppError::Forbidden(_) => "forbidden",
+            AppError::NotFound(_) => "not_found",
+            AppError::Conflict(_) => "conflict",
+            AppError::Validation(_) => "validation_failed",
+            AppError::PayloadTooLarge => "payload_too_large",
+            AppError::Unavailable(_) => "unavailable",
+            AppError::Internal(_) => "internal",
+        }
+    }
+
+    pub fn internal(e: impl std::fmt::Display) -> Self {
+        AppError::Internal(e.to_string())
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        match &self {
+            AppError::Internal(detail) | AppError::Unavailable(detail) => {
+                tracing::error!(error = %detail, status = %self.status(), "request failed");
+            }
+            AppError::Unauthorized(reason) => tracing::debug!(reason, "unauthorized"),
+            _ => {}
+        }
+        let body = Json(json!({"error": self.to_string(), "code": self.code()}));
+        (self.status(), body).into_response()
+    }
+}
+
+impl From<sqlx::Error> for AppError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::Database(db) => {
+                let message = db.message();
+                match db.code().as_deref() {
+                    // The extension refuses the context itself.
+                    Some("55000") if message == "tenant is not active" => AppError::TenantInactive,
+                    Some("28000") if message == "tenant context names an unknown tenant" => {
+                        AppError::TenantNotFound
+                    }
+                    Some("23505") => AppError::Conflict("Already exists".to_owned()),
+                    Some("23503") => AppError::Validation("Refers to something that does not exist".to_owned()),
+                    Some("23514") | Some("22001") | Some("22023") => {
+                        AppError::Validation("Invalid value".to_owned())
+                    }
+                    _ => AppError::Internal(format!("database: {e}")),
+                }
+            }
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+                AppError::Unavailable(format!("database: {e}"))
+            }
+            _ => AppError::Internal(format!("database: {e}")),
+        }
+    }
+}
+
+impl From<redis::RedisError> for AppError {
+    fn from(e: redis::RedisError) -> Self {
+        AppError::Unavailable(format!("redis: {e}"))
+    }
+}
+
+pub type AppResult<T> = Result<T, AppError>;

@@ -1,0 +1,50 @@
+//! Extractors that turn axum's rejections into our error format, so that
+//! malformed JSON or a malformed id gets a JSON 4xx that says what was wrong.
+
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+
+use crate::error::AppError;
+
+/// `Json<T>` with our error body on rejection.
+pub struct AppJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for AppJson<T> {
+    type Rejection = AppError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(AppJson(value)),
+            Err(rejection) => Err(match rejection {
+                JsonRejection::JsonDataError(e) => AppError::Validation(e.body_text()),
+                JsonRejection::JsonSyntaxError(_) => AppError::BadRequest("Malformed JSON body".to_owned()),
+                JsonRejection::MissingJsonContentType(_) => {
+                    AppError::BadRequest("Content-Type must be application/json".to_owned())
+                }
+                JsonRejection::BytesRejection(e) if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+                    AppError::PayloadTooLarge
+                }
+                other => AppError::BadRequest(other.body_text()),
+            }),
+        }
+    }
+}
+
+/// `Path<T>` with our error body on rejection (a malformed UUID is a 400).
+pub struct AppPath<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for AppPath<T> {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(AppPath(value)),
+            Err(PathRejection::FailedToDeserializePathParams(_)) => {
+                Err(AppError::BadRequest("Malformed id in path: expected a UUID".to_owned()))
+            }
+            Err(other) => Err(AppError::BadRequest(other.body_text())),
+        }
+    }
+}

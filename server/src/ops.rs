@@ -1,0 +1,212 @@
+//! Operations run from the command line with the owner role: migrations,
+//! the first super admin, a tenant with its owner.
+
+use std::str::FromStr;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgPool};
+use uuid::Uuid;
+
+use crate::auth;
+use crate::config::Config;
+use crate::error::{AppError, AppResult};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../sql");
+
+async fn owner_pool(config: &Config) -> AppResult<PgPool> {
+    PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&config.database_owner_url)
+        .await
+        .map_err(|e| AppError::Unavailable(format!("database (owner): {e}")))
+}
+
+fn app_role(config: &Config) -> AppResult<String> {
+    let options = PgConnectOptions::from_str(&config.database_url)
+        .map_err(|e| AppError::BadRequest(format!("DATABASE_URL is not a valid URL: {e}")))?;
+    Ok(options.get_username().to_owned())
+}
+
+fn migrate_error(e: sqlx::migrate::MigrateError) -> AppError {
+    AppError::Internal(format!("migration failed: {e}"))
+}
+
+/// Applies pending migrations, grants the application role what it needs,
+/// registers the context-signing key and the deployment settings.
+pub async fn migrate(config: &Config) -> AppResult<()> {
+    let pool = owner_pool(config).await?;
+    MIGRATOR.run(&pool).await.map_err(migrate_error)?;
+
+    let role = app_role(config)?;
+    // Identifiers cannot be bound; quote_ident makes the role name safe.
+    let quoted: String = sqlx::query_scalar("SELECT quote_ident($1)").bind(&role).fetch_one(&pool).await?;
+    for statement in [
+        format!("GRANT USAGE ON SCHEMA app TO {quoted}"),
+        format!("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA app TO {quoted}"),
+        format!("REVOKE INSERT, UPDATE, DELETE ON app.users, app.settings FROM {quoted}"),
+        format!("REVOKE UPDATE, DELETE ON app.audit_events FROM {quoted}"),
+    ] {
+        sqlx::query(&statement).execute(&pool).await?;
+    }
+
+    let registered: Option<(String,)> = sqlx::query_as("SELECT kid FROM tenancy.key_list WHERE kid = $1")
+        .bind(&config.context_kid)
+        .fetch_optional(&pool)
+        .await?;
+    if registered.is_none() {
+        sqlx::query("SELECT tenancy.add_key($1, 'HS256', $2)")
+            .bind(&config.context_kid)
+            .bind(&config.context_secret)
+            .execute(&pool)
+            .await?;
+        tracing::info!(kid = %config.context_kid, "registered the context-signing key");
+    }
+    match config.base_domain() {
+        Some(base) => sqlx::query("SELECT tenancy.set_setting('base_domain', $1)").bind(base),
+        None => sqlx::query("SELECT tenancy.reset_setting('base_domain')"),
+    }
+    .execute(&pool)
+    .await?;
+    sqlx::query("UPDATE app.settings SET single_tenant_users = $1")
+        .bind(config.single_tenant_users)
+        .execute(&pool)
+        .await?;
+    Ok(())
+}
+
+/// Reverts the last `steps` migrations.
+pub async fn migrate_down(config: &Config, steps: usize) -> AppResult<()> {
+    let pool = owner_pool(config).await?;
+    let applied: Vec<(i64,)> = sqlx::query_as("SELECT version FROM _sqlx_migrations ORDER BY version DESC")
+        .fetch_all(&pool)
+        .await?;
+    let target = applied.get(steps).map(|(v,)| *v).unwrap_or(0);
+    MIGRATOR.undo(&pool, target).await.map_err(migrate_error)
+}
+
+async fn hash(password: String) -> AppResult<String> {
+    if password.len() < 8 {
+        return Err(AppError::Validation("password must be at least 8 characters".to_owned()));
+    }
+    tokio::task::spawn_blocking(move || auth::hash_password(&password))
+        .await
+        .map_err(AppError::internal)?
+}
+
+async fn owner_conn(config: &Config) -> AppResult<sqlx::PgConnection> {
+    sqlx::PgConnection::connect(&config.database_owner_url)
+        .await
+        .map_err(|e| AppError::Unavailable(format!("database (owner): {e}")))
+}
+
+/// The user with this email, created with `password_hash` if new.
+async fn upsert_user(conn: &mut sqlx::PgConnection, email: &str, password_hash: &str) -> AppResult<Uuid> {
+    Ok(sqlx::query_scalar(
+        "INSERT INTO app.users (email, password_hash) VALUES ($1, $2)
+         ON CONFLICT (lower(email)) DO UPDATE SET email = app.users.email
+         RETURNING id",
+    )
+    .bind(email.trim())
+    .bind(password_hash)
+    .fetch_one(conn)
+    .await?)
+}
+
+/// Sets the tenant's signed context in the transaction, as the service does.
+async fn enter_tenant(conn: &mut sqlx::PgConnection, config: &Config, tenant: Uuid, user: Uuid) -> AppResult<()> {
+    let keys = auth::Keys::new(config);
+    sqlx::query("SELECT set_config('tenancy.token', $1, true)")
+        .bind(keys.context_token(tenant, user)?)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Creates (or promotes) a super admin: platform actions only, no tenant.
+pub async fn create_super_admin(config: &Config, email: &str, password: String) -> AppResult<Uuid> {
+    let pool = owner_pool(config).await?;
+    let password_hash = hash(password).await?;
+    let id = sqlx::query_scalar(
+        "INSERT INTO app.users (email, password_hash, is_super_admin) VALUES ($1, $2, true)
+         ON CONFLICT (lower(email)) DO UPDATE SET is_super_admin = true, password_hash = excluded.password_hash
+         RETURNING id",
+    )
+    .bind(email.trim())
+    .bind(password_hash)
+    .fetch_one(&pool)
+    .await?;
+    Ok(id)
+}
+
+/// A new tenant, its owner (created if the email is new) and a first
+/// workspace, in one transaction, written through the tenant's own context.
+pub async fn create_tenant(
+    config: &Config,
+    slug: &str,
+    name: &str,
+    owner_email: &str,
+    owner_password: String,
+) -> AppResult<(Uuid, Uuid)> {
+    let password_hash = hash(owner_password).await?;
+    let mut conn = owner_conn(config).await?;
+    let mut tx = conn.begin().await?;
+    let tenant: Uuid = sqlx::query_scalar("SELECT tenancy.create_tenant($1, $2)")
+        .bind(slug)
+        .bind(name)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| match &e {
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("22023") || db.code().as_deref() == Some("23505") => {
+                AppError::Validation(db.message().to_owned())
+            }
+            _ => AppError::from(e),
+        })?;
+    let owner = upsert_user(&mut tx, owner_email, &password_hash).await?;
+    enter_tenant(&mut tx, config, tenant, owner).await?;
+    sqlx::query("INSERT INTO app.tenant_memberships (user_id, role) VALUES ($1, 'owner')")
+        .bind(owner)
+        .execute(&mut *tx)
+        .await?;
+    let workspace: Uuid =
+        sqlx::query_scalar("INSERT INTO app.workspaces (name, created_by) VALUES ('General', $1) RETURNING id")
+            .bind(owner)
+            .fetch_one(&mut *tx)
+            .await?;
+    sqlx::query("INSERT INTO app.workspace_members (workspace_id, user_id, role) VALUES ($1, $2, 'admin')")
+        .bind(workspace)
+        .bind(owner)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("UPDATE app.tenant_memberships SET default_workspace_id = $1 WHERE user_id = $2")
+        .bind(workspace)
+        .bind(owner)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok((tenant, owner))
+}
+
+/// Adds an existing or new user to a tenant with a tenant role.
+pub async fn add_member(
+    config: &Config,
+    tenant: Uuid,
+    email: &str,
+    password: String,
+    role: &str,
+) -> AppResult<Uuid> {
+    if !matches!(role, "owner" | "admin" | "member") {
+        return Err(AppError::Validation(format!("role must be owner, admin or member; got {role:?}")));
+    }
+    let password_hash = hash(password).await?;
+    let mut conn = owner_conn(config).await?;
+    let mut tx = conn.begin().await?;
+    let user = upsert_user(&mut tx, email, &password_hash).await?;
+    enter_tenant(&mut tx, config, tenant, user).await?;
+    sqlx::query("INSERT INTO app.tenant_memberships (user_id, role) VALUES ($1, $2)")
+        .bind(user)
+        .bind(role)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(user)
+}

@@ -1,0 +1,104 @@
+//! Boards, inside workspaces of the current tenant.
+
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::error::{AppError, AppResult};
+use crate::extract::{AppJson, AppPath};
+use crate::routes::{exists, valid_name};
+use crate::state::AppState;
+use crate::tenant::Db;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/workspaces/{id}/boards", get(list).post(create))
+        .route("/api/boards/{id}", get(read).patch(update).delete(remove))
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+pub struct Board {
+    id: Uuid,
+    workspace_id: Uuid,
+    name: String,
+    created_at: DateTime<Utc>,
+}
+
+const COLUMNS: &str = "id, workspace_id, name, created_at";
+
+async fn list(db: Db, AppPath(workspace): AppPath<Uuid>) -> AppResult<Json<Vec<Board>>> {
+    let mut db = db.lock().await?;
+    if !exists(db.conn()?, "app.workspaces", workspace).await? {
+        return Err(AppError::NotFound("Workspace"));
+    }
+    let rows = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM app.boards WHERE workspace_id = $1 ORDER BY created_at, id"
+    ))
+    .bind(workspace)
+    .fetch_all(db.conn()?)
+    .await?;
+    Ok(Json(rows))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BoardBody {
+    name: String,
+}
+
+async fn create(
+    db: Db,
+    AppPath(workspace): AppPath<Uuid>,
+    AppJson(body): AppJson<BoardBody>,
+) -> AppResult<(StatusCode, Json<Board>)> {
+    let name = valid_name("name", &body.name, 200)?;
+    let mut db = db.lock().await?;
+    if !exists(db.conn()?, "app.workspaces", workspace).await? {
+        return Err(AppError::NotFound("Workspace"));
+    }
+    let board = sqlx::query_as(&format!(
+        "INSERT INTO app.boards (workspace_id, name) VALUES ($1, $2) RETURNING {COLUMNS}"
+    ))
+    .bind(workspace)
+    .bind(name)
+    .fetch_one(db.conn()?)
+    .await?;
+    Ok((StatusCode::CREATED, Json(board)))
+}
+
+async fn read(db: Db, AppPath(id): AppPath<Uuid>) -> AppResult<Json<Board>> {
+    let mut db = db.lock().await?;
+    sqlx::query_as(&format!("SELECT {COLUMNS} FROM app.boards WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(db.conn()?)
+        .await?
+        .map(Json)
+        .ok_or(AppError::NotFound("Board"))
+}
+
+async fn update(db: Db, AppPath(id): AppPath<Uuid>, AppJson(body): AppJson<BoardBody>) -> AppResult<Json<Board>> {
+    let name = valid_name("name", &body.name, 200)?;
+    let mut db = db.lock().await?;
+    sqlx::query_as(&format!("UPDATE app.boards SET name = $2 WHERE id = $1 RETURNING {COLUMNS}"))
+        .bind(id)
+        .bind(name)
+        .fetch_optional(db.conn()?)
+        .await?
+        .map(Json)
+        .ok_or(AppError::NotFound("Board"))
+}
+
+async fn remove(db: Db, AppPath(id): AppPath<Uuid>) -> AppResult<StatusCode> {
+    let mut db = db.lock().await?;
+    let done = sqlx::query("DELETE FROM app.boards WHERE id = $1")
+        .bind(id)
+        .execute(db.conn()?)
+        .await?;
+    match done.rows_affected() {
+        0 => Err(AppError::NotFound("Board")),
+        _ => Ok(StatusCode::NO_CONTENT),
+    }
+}

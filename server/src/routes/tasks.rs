@@ -1,0 +1,178 @@
+//! Tasks, on boards of the current tenant.
+
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::error::{AppError, AppResult};
+use crate::extract::{AppJson, AppPath};
+use crate::routes::{exists, valid_name};
+use crate::state::AppState;
+use crate::tenant::{Db, Tenant};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/boards/{id}/tasks", get(list).post(create))
+        .route("/api/tasks/{id}", get(read).patch(update).delete(remove))
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+pub struct Task {
+    id: Uuid,
+    board_id: Uuid,
+    title: String,
+    description: String,
+    status: String,
+    assignee_id: Option<Uuid>,
+    created_by: Option<Uuid>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+const COLUMNS: &str = "id, board_id, title, description, status, assignee_id, created_by, created_at, updated_at";
+const STATUSES: [&str; 3] = ["todo", "doing", "done"];
+
+fn valid_status(status: Option<&str>) -> AppResult<Option<&str>> {
+    match status {
+        Some(s) if !STATUSES.contains(&s) => Err(AppError::Validation(format!(
+            "status must be one of todo, doing, done; got {s:?}"
+        ))),
+        other => Ok(other),
+    }
+}
+
+fn valid_description(description: Option<&str>) -> AppResult<Option<&str>> {
+    match description {
+        Some(d) if d.chars().count() > 10_000 => {
+            Err(AppError::Validation("description must be at most 10000 characters".to_owned()))
+        }
+        other => Ok(other),
+    }
+}
+
+/// The assignee must be a member of this tenant (visible through RLS).
+async fn valid_assignee(conn: &mut sqlx::PgConnection, assignee: Option<Uuid>) -> AppResult<()> {
+    if let Some(user) = assignee {
+        let member: Option<(Uuid,)> = sqlx::query_as("SELECT user_id FROM app.tenant_memberships WHERE user_id = $1")
+            .bind(user)
+            .fetch_optional(conn)
+            .await?;
+        if member.is_none() {
+            return Err(AppError::Validation("assignee_id is not a member of this tenant".to_owned()));
+        }
+    }
+    Ok(())
+}
+
+async fn list(db: Db, AppPath(board): AppPath<Uuid>) -> AppResult<Json<Vec<Task>>> {
+    let mut db = db.lock().await?;
+    if !exists(db.conn()?, "app.boards", board).await? {
+        return Err(AppError::NotFound("Board"));
+    }
+    let rows = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM app.tasks WHERE board_id = $1 ORDER BY created_at, id"
+    ))
+    .bind(board)
+    .fetch_all(db.conn()?)
+    .await?;
+    Ok(Json(rows))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateTask {
+    title: String,
+    description: Option<String>,
+    status: Option<String>,
+    assignee_id: Option<Uuid>,
+}
+
+async fn create(
+    tenant: Tenant,
+    db: Db,
+    AppPath(board): AppPath<Uuid>,
+    AppJson(body): AppJson<CreateTask>,
+) -> AppResult<(StatusCode, Json<Task>)> {
+    let title = valid_name("title", &body.title, 500)?;
+    let status = valid_status(body.status.as_deref())?.unwrap_or("todo");
+    let description = valid_description(body.description.as_deref())?.unwrap_or("");
+    let mut db = db.lock().await?;
+    if !exists(db.conn()?, "app.boards", board).await? {
+        return Err(AppError::NotFound("Board"));
+    }
+    valid_assignee(db.conn()?, body.assignee_id).await?;
+    let task = sqlx::query_as(&format!(
+        "INSERT INTO app.tasks (board_id, title, description, status, assignee_id, created_by)
+         VALUES ($1, $2, $3, $4, $5, $6) RETURNING {COLUMNS}"
+    ))
+    .bind(board)
+    .bind(title)
+    .bind(description)
+    .bind(status)
+    .bind(body.assignee_id)
+    .bind(tenant.user_id)
+    .fetch_one(db.conn()?)
+    .await?;
+    Ok((StatusCode::CREATED, Json(task)))
+}
+
+async fn read(db: Db, AppPath(id): AppPath<Uuid>) -> AppResult<Json<Task>> {
+    let mut db = db.lock().await?;
+    sqlx::query_as(&format!("SELECT {COLUMNS} FROM app.tasks WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(db.conn()?)
+        .await?
+        .map(Json)
+        .ok_or(AppError::NotFound("Task"))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateTask {
+    title: Option<String>,
+    description: Option<String>,
+    status: Option<String>,
+    assignee_id: Option<Uuid>,
+}
+
+async fn update(db: Db, AppPath(id): AppPath<Uuid>, AppJson(body): AppJson<UpdateTask>) -> AppResult<Json<Task>> {
+    if body.title.is_none() && body.description.is_none() && body.status.is_none() && body.assignee_id.is_none() {
+        return Err(AppError::Validation(
+            "nothing to update: give title, description, status and/or assignee_id".to_owned(),
+        ));
+    }
+    let title = body.title.as_deref().map(|t| valid_name("title", t, 500)).transpose()?;
+    let status = valid_status(body.status.as_deref())?;
+    let description = valid_description(body.description.as_deref())?;
+    let mut db = db.lock().await?;
+    valid_assignee(db.conn()?, body.assignee_id).await?;
+    sqlx::query_as(&format!(
+        "UPDATE app.tasks SET title = coalesce($2, title), description = coalesce($3, description),
+             status = coalesce($4, status), assignee_id = coalesce($5, assignee_id), updated_at = now()
+         WHERE id = $1 RETURNING {COLUMNS}"
+    ))
+    .bind(id)
+    .bind(title)
+    .bind(description)
+    .bind(status)
+    .bind(body.assignee_id)
+    .fetch_optional(db.conn()?)
+    .await?
+    .map(Json)
+    .ok_or(AppError::NotFound("Task"))
+}
+
+async fn remove(db: Db, AppPath(id): AppPath<Uuid>) -> AppResult<StatusCode> {
+    let mut db = db.lock().await?;
+    let done = sqlx::query("DELETE FROM app.tasks WHERE id = $1")
+        .bind(id)
+        .execute(db.conn()?)
+        .await?;
+    match done.rows_affected() {
+        0 => Err(AppError::NotFound("Task")),
+        _ => Ok(StatusCode::NO_CONTENT),
+    }
+}

@@ -1,0 +1,122 @@
+//! Workspaces of the current tenant. Queries carry no tenant filter: the
+//! request's transaction has the tenant context and RLS does the rest.
+
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::error::{AppError, AppResult};
+use crate::extract::{AppJson, AppPath};
+use crate::routes::valid_name;
+use crate::state::AppState;
+use crate::tenant::{Db, Tenant};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/workspaces", get(list).post(create))
+        .route("/api/workspaces/{id}", get(read).patch(update).delete(remove))
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+pub struct Workspace {
+    id: Uuid,
+    name: String,
+    archived_at: Option<DateTime<Utc>>,
+    created_at: DateTime<Utc>,
+}
+
+const COLUMNS: &str = "id, name, archived_at, created_at";
+
+async fn list(db: Db) -> AppResult<Json<Vec<Workspace>>> {
+    let mut db = db.lock().await?;
+    let rows = sqlx::query_as(&format!("SELECT {COLUMNS} FROM app.workspaces ORDER BY created_at, id"))
+        .fetch_all(db.conn()?)
+        .await?;
+    Ok(Json(rows))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateWorkspace {
+    name: String,
+}
+
+async fn create(
+    tenant: Tenant,
+    db: Db,
+    AppJson(body): AppJson<CreateWorkspace>,
+) -> AppResult<(StatusCode, Json<Workspace>)> {
+    let name = valid_name("name", &body.name, 200)?;
+    let mut db = db.lock().await?;
+    let workspace: Workspace = sqlx::query_as(&format!(
+        "INSERT INTO app.workspaces (name, created_by) VALUES ($1, $2) RETURNING {COLUMNS}"
+    ))
+    .bind(name)
+    .bind(tenant.user_id)
+    .fetch_one(db.conn()?)
+    .await?;
+    // The creator administers the new workspace.
+    sqlx::query("INSERT INTO app.workspace_members (workspace_id, user_id, role) VALUES ($1, $2, 'admin')")
+        .bind(workspace.id)
+        .bind(tenant.user_id)
+        .execute(db.conn()?)
+        .await?;
+    Ok((StatusCode::CREATED, Json(workspace)))
+}
+
+async fn read(db: Db, AppPath(id): AppPath<Uuid>) -> AppResult<Json<Workspace>> {
+    let mut db = db.lock().await?;
+    sqlx::query_as(&format!("SELECT {COLUMNS} FROM app.workspaces WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(db.conn()?)
+        .await?
+        .map(Json)
+        .ok_or(AppError::NotFound("Workspace"))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateWorkspace {
+    name: Option<String>,
+    archived: Option<bool>,
+}
+
+async fn update(
+    db: Db,
+    AppPath(id): AppPath<Uuid>,
+    AppJson(body): AppJson<UpdateWorkspace>,
+) -> AppResult<Json<Workspace>> {
+    if body.name.is_none() && body.archived.is_none() {
+        return Err(AppError::Validation("nothing to update: give name and/or archived".to_owned()));
+    }
+    let name = body.name.as_deref().map(|n| valid_name("name", n, 200)).transpose()?;
+    let mut db = db.lock().await?;
+    sqlx::query_as(&format!(
+        "UPDATE app.workspaces SET name = coalesce($2, name),
+             archived_at = CASE WHEN $3 IS NULL THEN archived_at WHEN $3 THEN coalesce(archived_at, now()) END,
+             updated_at = now()
+         WHERE id = $1 RETURNING {COLUMNS}"
+    ))
+    .bind(id)
+    .bind(name)
+    .bind(body.archived)
+    .fetch_optional(db.conn()?)
+    .await?
+    .map(Json)
+    .ok_or(AppError::NotFound("Workspace"))
+}
+
+async fn remove(db: Db, AppPath(id): AppPath<Uuid>) -> AppResult<StatusCode> {
+    let mut db = db.lock().await?;
+    let done = sqlx::query("DELETE FROM app.workspaces WHERE id = $1")
+        .bind(id)
+        .execute(db.conn()?)
+        .await?;
+    match done.rows_affected() {
+        0 => Err(AppError::NotFound("Workspace")),
+        _ => Ok(StatusCode::NO_CONTENT),
+    }
+}

@@ -1,0 +1,248 @@
+//! Tenant resolution and the per-request database transaction.
+//!
+//! Resolution order: subdomain of the base domain, custom domain, the
+//! `X-Tenant-ID` header, the token's `tenant_id` claim. The resolved tenant
+//! must match the token's tenant (when it has one) and the caller must be a
+//! member. Then one transaction is opened, the signed context is set in it,
+//! and the handler runs inside it; the middleware commits on success and
+//! rolls back otherwise.
+//!
+//! Handlers never filter by tenant: the database does. This module must never
+//! run a handler without the context set, nor reuse a transaction across
+//! requests.
+
+use std::sync::Arc;
+
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::HeaderMap;
+use axum::middleware::Next;
+use axum::response::Response;
+use sqlx::{Postgres, Row, Transaction};
+use tokio::sync::{Mutex, MutexGuard};
+use uuid::Uuid;
+
+use crate::auth::AuthUser;
+use crate::error::{AppError, AppResult};
+use crate::state::AppState;
+
+/// The tenant of this request, with the caller's role in it and the tenant's
+/// configuration (loaded once per request).
+#[derive(Debug, Clone)]
+pub struct Tenant {
+    pub id: Uuid,
+    pub slug: String,
+    pub name: String,
+    pub display_name: String,
+    pub configuration: serde_json::Value,
+    /// The caller's tenant role: owner, admin or member.
+    pub role: String,
+    pub user_id: Uuid,
+    pub default_workspace_id: Option<Uuid>,
+}
+
+/// The request's transaction, with the tenant context set.
+#[derive(Clone)]
+pub struct Db(Arc<Mutex<Option<Transaction<'static, Postgres>>>>);
+
+impl Db {
+    pub async fn lock(&self) -> AppResult<DbGuard<'_>> {
+        Ok(DbGuard(self.0.lock().await))
+    }
+}
+
+pub struct DbGuard<'a>(MutexGuard<'a, Option<Transaction<'static, Postgres>>>);
+
+impl DbGuard<'_> {
+    pub fn conn(&mut self) -> AppResult<&mut sqlx::PgConnection> {
+        match self.0.as_mut() {
+            Some(tx) => Ok(&mut **tx),
+            None => Err(AppError::Internal("request transaction already finished".to_owned())),
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Db {
+    type Rejection = AppError;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Db>()
+            .cloned()
+            .ok_or_else(|| AppError::Internal("no request transaction (route outside the tenant layer)".to_owned()))
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Tenant {
+    type Rejection = AppError;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Tenant>()
+            .cloned()
+            .ok_or(AppError::TenantRequired)
+    }
+}
+
+/// Where the tenant came from; the first source present wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Host,
+    Header,
+    Claim,
+}
+
+/// A host name from the Host header, lower-cased, without port; `None` for
+/// IP literals and localhost, which never name a tenant.
+fn host_name(headers: &HeaderMap) -> AppResult<Option<String>> {
+    let Some(raw) = headers.get(axum::http::header::HOST) else {
+        return Ok(None);
+    };
+    let raw = raw
+        .to_str()
+        .map_err(|_| AppError::BadRequest("Invalid Host header".to_owned()))?;
+    let host = match raw.rsplit_once(':') {
+        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) && !name.contains(':') => name,
+        _ => raw,
+    };
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    let valid_label = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if host.starts_with('[') || host.parse::<std::net::IpAddr>().is_ok() || host == "localhost" {
+        return Ok(None);
+    }
+    if host.is_empty() || host.len() > 253 || !host.split('.').all(valid_label) {
+        return Err(AppError::BadRequest("Invalid Host header".to_owned()));
+    }
+    Ok(Some(host))
+}
+
+/// Looks the host up: `Some(id)` for a tenant's subdomain or custom domain.
+/// An unknown subdomain of the base domain is a 404; any other unknown host
+/// (the service's own name) names no tenant.
+async fn tenant_from_host(state: &AppState, host: &str) -> AppResult<Option<Uuid>> {
+    let base = state.config.base_domain();
+    let subdomain = base.as_deref().and_then(|base| {
+        host.strip_suffix(base)
+            .and_then(|rest| rest.strip_suffix('.'))
+            .filter(|label| !label.contains('.') && !matches!(*label, "www" | "api"))
+    });
+    if base.as_deref() == Some(host) || (subdomain.is_none() && base.as_deref().is_some_and(|b| host.ends_with(b))) {
+        return Ok(None);
+    }
+    let row: Option<(Uuid,)> = sqlx::query_as("SELECT tenant_id FROM tenancy.resolve_tenant($1)")
+        .bind(host)
+        .fetch_optional(&state.db)
+        .await?;
+    match (row, subdomain) {
+        (Some((id,)), _) => Ok(Some(id)),
+        (None, Some(_)) => Err(AppError::TenantNotFound),
+        (None, None) => Ok(None),
+    }
+}
+
+fn tenant_from_header(headers: &HeaderMap) -> AppResult<Option<Uuid>> {
+    match headers.get("x-tenant-id") {
+        None => Ok(None),
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(|v| Uuid::parse_str(v.trim()).ok())
+            .map(Some)
+            .ok_or_else(|| AppError::BadRequest("X-Tenant-ID must be a UUID".to_owned())),
+    }
+}
+
+async fn resolve(state: &AppState, headers: &HeaderMap, user: &AuthUser) -> AppResult<(Uuid, Source)> {
+    if let Some(host) = host_name(headers)? {
+        if let Some(id) = tenant_from_host(state, &host).await? {
+            if tenant_from_header(headers)?.is_some_and(|h| h != id) {
+                return Err(AppError::BadRequest("X-Tenant-ID does not match the host's tenant".to_owned()));
+            }
+            return Ok((id, Source::Host));
+        }
+    }
+    if let Some(id) = tenant_from_header(headers)? {
+        return Ok((id, Source::Header));
+    }
+    match user.0.tenant_id {
+        Some(id) => Ok((id, Source::Claim)),
+        None => Err(AppError::TenantRequired),
+    }
+}
+
+/// Middleware for tenant-scoped routes (runs after `authenticate`).
+pub async fn tenant_scope(State(state): State<AppState>, mut request: Request, next: Next) -> AppResult<Response> {
+    let user = request
+        .extensions()
+        .get::<AuthUser>()
+        .cloned()
+        .ok_or(AppError::Unauthorized("Missing bearer token"))?;
+    let (tenant_id, source) = resolve(&state, request.headers(), &user).await?;
+    let user_id = user.0.sub;
+
+    let mut tx = state.db.begin().await?;
+    let context = state.keys.context_token(tenant_id, user_id)?;
+    // One round trip: set the signed context, then read the caller's
+    // membership and the tenant (both through the context just set).
+    let row = sqlx::query("SELECT * FROM app.begin_request($1, $2)")
+        .bind(&context)
+        .bind(user_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let Some(row) = row else {
+        return Err(AppError::Internal("begin_request returned nothing".to_owned()));
+    };
+    let role: Option<String> = row.try_get("role")?;
+    let tenant_claim_mismatch = source != Source::Claim && user.0.tenant_id.is_some_and(|t| t != tenant_id);
+    let Some(role) = role.filter(|_| !tenant_claim_mismatch) else {
+        // Audited in the tenant's own trail, then refused.
+        sqlx::query("INSERT INTO app.audit_events (actor_id, action, target, details) VALUES ($1, $2, $3, $4)")
+            .bind(user_id)
+            .bind("tenant.access_denied")
+            .bind(request.uri().path())
+            .bind(serde_json::json!({
+                "method": request.method().as_str(),
+                "reason": if tenant_claim_mismatch { "token is for another tenant" } else { "not a member" },
+            }))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        tracing::warn!(%user_id, %tenant_id, path = %request.uri().path(), "tenant access denied");
+        return Err(if tenant_claim_mismatch {
+            AppError::Forbidden("Token is not valid for this tenant")
+        } else {
+            AppError::Forbidden("You are not a member of this tenant")
+        });
+    };
+    let tenant = Tenant {
+        id: tenant_id,
+        slug: row.try_get("slug")?,
+        name: row.try_get("name")?,
+        display_name: row.try_get("display_name")?,
+        configuration: row.try_get("configuration")?,
+        role,
+        user_id,
+        default_workspace_id: row.try_get("default_workspace_id")?,
+    };
+    let db = Db(Arc::new(Mutex::new(Some(tx))));
+    request.extensions_mut().insert(tenant);
+    request.extensions_mut().insert(db.clone());
+
+    let response = next.run(request).await;
+
+    let tx = db.0.lock().await.take();
+    if let Some(tx) = tx {
+        if response.status().is_success() || response.status().is_redirection() {
+            tx.commit().await?;
+        } else {
+            tx.rollback().await?;
+        }
+    }
+    Ok(response)
+}

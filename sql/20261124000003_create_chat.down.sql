@@ -1,0 +1,1 @@
+DROP TABLE app.messages, app.chat_sessions;
