@@ -139,7 +139,11 @@ fn session_key(sid: Uuid) -> String {
 
 /// Issues a token for `subject` in session `sid` and makes it the session's
 /// only valid token (an earlier token of the session stops working).
-pub async fn issue(state: &AppState, subject: TokenSubject, sid: Uuid) -> AppResult<(String, AccessClaims)> {
+pub async fn issue(
+    state: &AppState,
+    subject: TokenSubject,
+    sid: Uuid,
+) -> AppResult<(String, AccessClaims)> {
     let keys = &state.keys;
     let now = tenancy_token::now();
     let claims = AccessClaims {
@@ -181,16 +185,24 @@ fn bearer(request: &Request) -> AppResult<&str> {
         .to_str()
         .map_err(|_| AppError::Unauthorized("Authorization header must be a bearer token"))?;
     match value.split_once(' ') {
-        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => {
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
             Ok(token.trim())
         }
-        _ => Err(AppError::Unauthorized("Authorization header must be a bearer token")),
+        _ => Err(AppError::Unauthorized(
+            "Authorization header must be a bearer token",
+        )),
     }
 }
 
 /// Middleware: authenticates the bearer token and puts [`AuthUser`] into the
 /// request. Anything wrong is a 401.
-pub async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> AppResult<Response> {
+pub async fn authenticate(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> AppResult<Response> {
     let claims = state.keys.verify(bearer(&request)?)?;
     let mut redis = state.redis.clone();
     let current: Option<String> = redis.get(session_key(claims.sid)).await?;
@@ -204,7 +216,10 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for AuthUser {
     type Rejection = AppError;
 
-    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
         parts
             .extensions
             .get::<AuthUser>()
@@ -216,7 +231,11 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for AuthUser {
 /// argon2id with the OWASP-recommended parameters (19 MiB, 2 passes, 1 lane).
 fn argon2() -> AppResult<Argon2<'static>> {
     let params = Params::new(19 * 1024, 2, 1, None).map_err(AppError::internal)?;
-    Ok(Argon2::new(ArgonAlgorithm::Argon2id, Version::V0x13, params))
+    Ok(Argon2::new(
+        ArgonAlgorithm::Argon2id,
+        Version::V0x13,
+        params,
+    ))
 }
 
 /// Hashes a password (blocking: call from a blocking thread).
@@ -234,7 +253,11 @@ static DUMMY_HASH: LazyLock<String> =
 
 /// Verifies `password` against `hash` (or against a dummy hash when the
 /// user is unknown) off the async runtime, at most `login_concurrency` at once.
-pub async fn verify_password(state: &AppState, password: String, hash: Option<String>) -> AppResult<bool> {
+pub async fn verify_password(
+    state: &AppState,
+    password: String,
+    hash: Option<String>,
+) -> AppResult<bool> {
     let _slot = state
         .login_slots
         .clone()
@@ -245,7 +268,9 @@ pub async fn verify_password(state: &AppState, password: String, hash: Option<St
         let known = hash.is_some();
         let hash = hash.unwrap_or_else(|| DUMMY_HASH.clone());
         let ok = match PasswordHash::new(&hash) {
-            Ok(parsed) => argon2()?.verify_password(password.as_bytes(), &parsed).is_ok(),
+            Ok(parsed) => argon2()?
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok(),
             Err(_) => false,
         };
         Ok(ok && known)

@@ -109,8 +109,14 @@ impl From<sqlx::Error> for AppError {
                     Some("28000") if message == "tenant context names an unknown tenant" => {
                         AppError::TenantNotFound
                     }
+                    // Raised by our own triggers (no constraint): their text is written for users.
+                    Some("23505") if db.constraint().is_none() => {
+                        AppError::Conflict(message.to_owned())
+                    }
                     Some("23505") => AppError::Conflict("Already exists".to_owned()),
-                    Some("23503") => AppError::Validation("Refers to something that does not exist".to_owned()),
+                    Some("23503") => {
+                        AppError::Validation("Refers to something that does not exist".to_owned())
+                    }
                     Some("23514") | Some("22001") | Some("22023") => {
                         AppError::Validation("Invalid value".to_owned())
                     }

@@ -19,11 +19,15 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for AppJson<T> {
             Ok(axum::Json(value)) => Ok(AppJson(value)),
             Err(rejection) => Err(match rejection {
                 JsonRejection::JsonDataError(e) => AppError::Validation(e.body_text()),
-                JsonRejection::JsonSyntaxError(_) => AppError::BadRequest("Malformed JSON body".to_owned()),
+                JsonRejection::JsonSyntaxError(_) => {
+                    AppError::BadRequest("Malformed JSON body".to_owned())
+                }
                 JsonRejection::MissingJsonContentType(_) => {
                     AppError::BadRequest("Content-Type must be application/json".to_owned())
                 }
-                JsonRejection::BytesRejection(e) if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+                JsonRejection::BytesRejection(e)
+                    if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE =>
+                {
                     AppError::PayloadTooLarge
                 }
                 other => AppError::BadRequest(other.body_text()),
@@ -41,9 +45,9 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for AppPath
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         match axum::extract::Path::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Path(value)) => Ok(AppPath(value)),
-            Err(PathRejection::FailedToDeserializePathParams(_)) => {
-                Err(AppError::BadRequest("Malformed id in path: expected a UUID".to_owned()))
-            }
+            Err(PathRejection::FailedToDeserializePathParams(_)) => Err(AppError::BadRequest(
+                "Malformed id in path: expected a UUID".to_owned(),
+            )),
             Err(other) => Err(AppError::BadRequest(other.body_text())),
         }
     }

@@ -7,7 +7,10 @@ use tenancy_server::{ops, AppState, Config};
 use uuid::Uuid;
 
 #[derive(Parser)]
-#[command(name = "tenancy-server", about = "Multi-tenant API in front of the tenancy extension")]
+#[command(
+    name = "tenancy-server",
+    about = "Multi-tenant API in front of the tenancy extension"
+)]
 struct Cli {
     #[command(flatten)]
     config: Config,
@@ -74,23 +77,33 @@ async fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config).await,
         Command::Migrate => ops::migrate(&config).await.map_err(|e| e.to_string()),
-        Command::MigrateDown { steps } => ops::migrate_down(&config, steps).await.map_err(|e| e.to_string()),
-        Command::CreateSuperAdmin { email, password } => ops::create_super_admin(&config, &email, password)
+        Command::MigrateDown { steps } => ops::migrate_down(&config, steps)
             .await
-            .map(|id| println!("{id}"))
             .map_err(|e| e.to_string()),
-        Command::CreateTenant { slug, name, owner_email, password } => {
-            ops::create_tenant(&config, &slug, &name, &owner_email, password)
-                .await
-                .map(|(tenant, owner)| println!("{tenant} {owner}"))
-                .map_err(|e| e.to_string())
-        }
-        Command::AddMember { tenant, email, role, password } => {
-            ops::add_member(&config, tenant, &email, password, &role)
+        Command::CreateSuperAdmin { email, password } => {
+            ops::create_super_admin(&config, &email, password)
                 .await
                 .map(|id| println!("{id}"))
                 .map_err(|e| e.to_string())
         }
+        Command::CreateTenant {
+            slug,
+            name,
+            owner_email,
+            password,
+        } => ops::create_tenant(&config, &slug, &name, &owner_email, password)
+            .await
+            .map(|(tenant, owner)| println!("{tenant} {owner}"))
+            .map_err(|e| e.to_string()),
+        Command::AddMember {
+            tenant,
+            email,
+            role,
+            password,
+        } => ops::add_member(&config, tenant, &email, password, &role)
+            .await
+            .map(|id| println!("{id}"))
+            .map_err(|e| e.to_string()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -105,7 +118,11 @@ async fn serve(config: Config) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-    let state = AppState::connect(config).await.map_err(|e| format!("{e:?}"))?;
+    let state = AppState::connect(config)
+        .await
+        .map_err(|e| format!("{e:?}"))?;
     tracing::info!(addr = ?listener.local_addr().ok(), "listening");
-    tenancy_server::serve(listener, state).await.map_err(|e| e.to_string())
+    tenancy_server::serve(listener, state)
+        .await
+        .map_err(|e| e.to_string())
 }

@@ -39,7 +39,10 @@ pub async fn migrate(config: &Config) -> AppResult<()> {
 
     let role = app_role(config)?;
     // Identifiers cannot be bound; quote_ident makes the role name safe.
-    let quoted: String = sqlx::query_scalar("SELECT quote_ident($1)").bind(&role).fetch_one(&pool).await?;
+    let quoted: String = sqlx::query_scalar("SELECT quote_ident($1)")
+        .bind(&role)
+        .fetch_one(&pool)
+        .await?;
     for statement in [
         format!("GRANT USAGE ON SCHEMA app TO {quoted}"),
         format!("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA app TO {quoted}"),
@@ -49,10 +52,11 @@ pub async fn migrate(config: &Config) -> AppResult<()> {
         sqlx::query(&statement).execute(&pool).await?;
     }
 
-    let registered: Option<(String,)> = sqlx::query_as("SELECT kid FROM tenancy.key_list WHERE kid = $1")
-        .bind(&config.context_kid)
-        .fetch_optional(&pool)
-        .await?;
+    let registered: Option<(String,)> =
+        sqlx::query_as("SELECT kid FROM tenancy.key_list WHERE kid = $1")
+            .bind(&config.context_kid)
+            .fetch_optional(&pool)
+            .await?;
     if registered.is_none() {
         sqlx::query("SELECT tenancy.add_key($1, 'HS256', $2)")
             .bind(&config.context_kid)
@@ -77,16 +81,19 @@ pub async fn migrate(config: &Config) -> AppResult<()> {
 /// Reverts the last `steps` migrations.
 pub async fn migrate_down(config: &Config, steps: usize) -> AppResult<()> {
     let pool = owner_pool(config).await?;
-    let applied: Vec<(i64,)> = sqlx::query_as("SELECT version FROM _sqlx_migrations ORDER BY version DESC")
-        .fetch_all(&pool)
-        .await?;
+    let applied: Vec<(i64,)> =
+        sqlx::query_as("SELECT version FROM _sqlx_migrations ORDER BY version DESC")
+            .fetch_all(&pool)
+            .await?;
     let target = applied.get(steps).map(|(v,)| *v).unwrap_or(0);
     MIGRATOR.undo(&pool, target).await.map_err(migrate_error)
 }
 
 async fn hash(password: String) -> AppResult<String> {
     if password.len() < 8 {
-        return Err(AppError::Validation("password must be at least 8 characters".to_owned()));
+        return Err(AppError::Validation(
+            "password must be at least 8 characters".to_owned(),
+        ));
     }
     tokio::task::spawn_blocking(move || auth::hash_password(&password))
         .await
@@ -100,7 +107,11 @@ async fn owner_conn(config: &Config) -> AppResult<sqlx::PgConnection> {
 }
 
 /// The user with this email, created with `password_hash` if new.
-async fn upsert_user(conn: &mut sqlx::PgConnection, email: &str, password_hash: &str) -> AppResult<Uuid> {
+async fn upsert_user(
+    conn: &mut sqlx::PgConnection,
+    email: &str,
+    password_hash: &str,
+) -> AppResult<Uuid> {
     Ok(sqlx::query_scalar(
         "INSERT INTO app.users (email, password_hash) VALUES ($1, $2)
          ON CONFLICT (lower(email)) DO UPDATE SET email = app.users.email
@@ -113,7 +124,12 @@ async fn upsert_user(conn: &mut sqlx::PgConnection, email: &str, password_hash: 
 }
 
 /// Sets the tenant's signed context in the transaction, as the service does.
-async fn enter_tenant(conn: &mut sqlx::PgConnection, config: &Config, tenant: Uuid, user: Uuid) -> AppResult<()> {
+async fn enter_tenant(
+    conn: &mut sqlx::PgConnection,
+    config: &Config,
+    tenant: Uuid,
+    user: Uuid,
+) -> AppResult<()> {
     let keys = auth::Keys::new(config);
     sqlx::query("SELECT set_config('tenancy.token', $1, true)")
         .bind(keys.context_token(tenant, user)?)
@@ -156,7 +172,10 @@ pub async fn create_tenant(
         .fetch_one(&mut *tx)
         .await
         .map_err(|e| match &e {
-            sqlx::Error::Database(db) if db.code().as_deref() == Some("22023") || db.code().as_deref() == Some("23505") => {
+            sqlx::Error::Database(db)
+                if db.code().as_deref() == Some("22023")
+                    || db.code().as_deref() == Some("23505") =>
+            {
                 AppError::Validation(db.message().to_owned())
             }
             _ => AppError::from(e),
@@ -167,16 +186,19 @@ pub async fn create_tenant(
         .bind(owner)
         .execute(&mut *tx)
         .await?;
-    let workspace: Uuid =
-        sqlx::query_scalar("INSERT INTO app.workspaces (name, created_by) VALUES ('General', $1) RETURNING id")
-            .bind(owner)
-            .fetch_one(&mut *tx)
-            .await?;
-    sqlx::query("INSERT INTO app.workspace_members (workspace_id, user_id, role) VALUES ($1, $2, 'admin')")
-        .bind(workspace)
-        .bind(owner)
-        .execute(&mut *tx)
-        .await?;
+    let workspace: Uuid = sqlx::query_scalar(
+        "INSERT INTO app.workspaces (name, created_by) VALUES ('General', $1) RETURNING id",
+    )
+    .bind(owner)
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO app.workspace_members (workspace_id, user_id, role) VALUES ($1, $2, 'admin')",
+    )
+    .bind(workspace)
+    .bind(owner)
+    .execute(&mut *tx)
+    .await?;
     sqlx::query("UPDATE app.tenant_memberships SET default_workspace_id = $1 WHERE user_id = $2")
         .bind(workspace)
         .bind(owner)
@@ -195,7 +217,9 @@ pub async fn add_member(
     role: &str,
 ) -> AppResult<Uuid> {
     if !matches!(role, "owner" | "admin" | "member") {
-        return Err(AppError::Validation(format!("role must be owner, admin or member; got {role:?}")));
+        return Err(AppError::Validation(format!(
+            "role must be owner, admin or member; got {role:?}"
+        )));
     }
     let password_hash = hash(password).await?;
     let mut conn = owner_conn(config).await?;

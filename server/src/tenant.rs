@@ -57,7 +57,9 @@ impl DbGuard<'_> {
     pub fn conn(&mut self) -> AppResult<&mut sqlx::PgConnection> {
         match self.0.as_mut() {
             Some(tx) => Ok(&mut **tx),
-            None => Err(AppError::Internal("request transaction already finished".to_owned())),
+            None => Err(AppError::Internal(
+                "request transaction already finished".to_owned(),
+            )),
         }
     }
 }
@@ -65,11 +67,9 @@ impl DbGuard<'_> {
 impl<S: Send + Sync> FromRequestParts<S> for Db {
     type Rejection = AppError;
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        parts
-            .extensions
-            .get::<Db>()
-            .cloned()
-            .ok_or_else(|| AppError::Internal("no request transaction (route outside the tenant layer)".to_owned()))
+        parts.extensions.get::<Db>().cloned().ok_or_else(|| {
+            AppError::Internal("no request transaction (route outside the tenant layer)".to_owned())
+        })
     }
 }
 
@@ -102,7 +102,9 @@ fn host_name(headers: &HeaderMap) -> AppResult<Option<String>> {
         .to_str()
         .map_err(|_| AppError::BadRequest("Invalid Host header".to_owned()))?;
     let host = match raw.rsplit_once(':') {
-        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) && !name.contains(':') => name,
+        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) && !name.contains(':') => {
+            name
+        }
         _ => raw,
     };
     let host = host.trim_end_matches('.').to_ascii_lowercase();
@@ -132,7 +134,9 @@ async fn tenant_from_host(state: &AppState, host: &str) -> AppResult<Option<Uuid
             .and_then(|rest| rest.strip_suffix('.'))
             .filter(|label| !label.contains('.') && !matches!(*label, "www" | "api"))
     });
-    if base.as_deref() == Some(host) || (subdomain.is_none() && base.as_deref().is_some_and(|b| host.ends_with(b))) {
+    if base.as_deref() == Some(host)
+        || (subdomain.is_none() && base.as_deref().is_some_and(|b| host.ends_with(b)))
+    {
         return Ok(None);
     }
     let row: Option<(Uuid,)> = sqlx::query_as("SELECT tenant_id FROM tenancy.resolve_tenant($1)")
@@ -158,11 +162,17 @@ fn tenant_from_header(headers: &HeaderMap) -> AppResult<Option<Uuid>> {
     }
 }
 
-async fn resolve(state: &AppState, headers: &HeaderMap, user: &AuthUser) -> AppResult<(Uuid, Source)> {
+async fn resolve(
+    state: &AppState,
+    headers: &HeaderMap,
+    user: &AuthUser,
+) -> AppResult<(Uuid, Source)> {
     if let Some(host) = host_name(headers)? {
         if let Some(id) = tenant_from_host(state, &host).await? {
             if tenant_from_header(headers)?.is_some_and(|h| h != id) {
-                return Err(AppError::BadRequest("X-Tenant-ID does not match the host's tenant".to_owned()));
+                return Err(AppError::BadRequest(
+                    "X-Tenant-ID does not match the host's tenant".to_owned(),
+                ));
             }
             return Ok((id, Source::Host));
         }
@@ -177,7 +187,11 @@ async fn resolve(state: &AppState, headers: &HeaderMap, user: &AuthUser) -> AppR
 }
 
 /// Middleware for tenant-scoped routes (runs after `authenticate`).
-pub async fn tenant_scope(State(state): State<AppState>, mut request: Request, next: Next) -> AppResult<Response> {
+pub async fn tenant_scope(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> AppResult<Response> {
     let user = request
         .extensions()
         .get::<AuthUser>()
@@ -196,10 +210,16 @@ pub async fn tenant_scope(State(state): State<AppState>, mut request: Request, n
         .fetch_optional(&mut *tx)
         .await?;
     let Some(row) = row else {
-        return Err(AppError::Internal("begin_request returned nothing".to_owned()));
+        return Err(AppError::Internal(
+            "begin_request returned nothing".to_owned(),
+        ));
     };
     let role: Option<String> = row.try_get("role")?;
-    let tenant_claim_mismatch = source != Source::Claim && user.0.tenant_id.is_some_and(|t| t != tenant_id);
+    // Membership first: a non-member learns only that; a member holding a
+    // token for another of their tenants must switch tenant first.
+    let tenant_claim_mismatch = role.is_some()
+        && source != Source::Claim
+        && user.0.tenant_id.is_some_and(|t| t != tenant_id);
     let Some(role) = role.filter(|_| !tenant_claim_mismatch) else {
         // Audited in the tenant's own trail, then refused.
         sqlx::query("INSERT INTO app.audit_events (actor_id, action, target, details) VALUES ($1, $2, $3, $4)")

@@ -1,12 +1,15 @@
 //! End-to-end tests against a real PostgreSQL with the tenancy extension
 //! installed. Every assertion is made as an ordinary role (the application
 //! role, the table owner, a tenancy_admin member), never as a superuser.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::type_complexity)]
 
 mod bypass;
 mod catalog;
 mod context;
 mod forging;
+mod http_auth;
+mod http_input;
+mod http_tenancy;
 mod isolation;
 mod pooling;
 mod protect;

@@ -87,7 +87,13 @@ async fn memberships(state: &AppState, user: Uuid) -> AppResult<Vec<Membership>>
         .collect()
 }
 
-fn subject(user_id: Uuid, email: String, super_admin: bool, tenants: &[Membership], selected: Option<&Membership>) -> TokenSubject {
+fn subject(
+    user_id: Uuid,
+    email: String,
+    super_admin: bool,
+    tenants: &[Membership],
+    selected: Option<&Membership>,
+) -> TokenSubject {
     let selected = selected.or(match tenants {
         [only] => Some(only),
         _ => None,
@@ -122,13 +128,20 @@ fn token_response(token: String, claims: &auth::AccessClaims, ttl: u64) -> Json<
 }
 
 #[tracing::instrument(skip_all)]
-async fn login(State(state): State<AppState>, AppJson(body): AppJson<LoginRequest>) -> AppResult<Json<Value>> {
+async fn login(
+    State(state): State<AppState>,
+    AppJson(body): AppJson<LoginRequest>,
+) -> AppResult<Json<Value>> {
     let email = body.email.trim();
     if email.is_empty() || email.len() > 254 {
-        return Err(AppError::Validation("email must be 1 to 254 characters".to_owned()));
+        return Err(AppError::Validation(
+            "email must be 1 to 254 characters".to_owned(),
+        ));
     }
     if body.password.is_empty() || body.password.len() > 1024 {
-        return Err(AppError::Validation("password must be 1 to 1024 characters".to_owned()));
+        return Err(AppError::Validation(
+            "password must be 1 to 1024 characters".to_owned(),
+        ));
     }
     let found = lookup(&state, email).await?;
     let hash = found.as_ref().map(|f| f.password_hash.clone());
@@ -139,7 +152,13 @@ async fn login(State(state): State<AppState>, AppJson(body): AppJson<LoginReques
     let Some(found) = found else {
         return Err(AppError::Unauthorized("Invalid email or password"));
     };
-    let subject = subject(found.user_id, found.email, found.super_admin, &found.tenants, None);
+    let subject = subject(
+        found.user_id,
+        found.email,
+        found.super_admin,
+        &found.tenants,
+        None,
+    );
     let (token, claims) = auth::issue(&state, subject, Uuid::new_v4()).await?;
     tracing::info!(user_id = %claims.sub, tenant_id = ?claims.tenant_id, "login");
     Ok(token_response(token, &claims, state.keys.access_ttl()))
@@ -163,13 +182,22 @@ async fn switch_tenant(
     if selected.status != "active" {
         return Err(AppError::TenantInactive);
     }
-    let subject = subject(claims.sub, claims.email.clone(), claims.super_admin, &tenants, Some(selected));
+    let subject = subject(
+        claims.sub,
+        claims.email.clone(),
+        claims.super_admin,
+        &tenants,
+        Some(selected),
+    );
     // Same session, new jti: the previous token of this session stops working.
     let (token, new_claims) = auth::issue(&state, subject, claims.sid).await?;
     Ok(token_response(token, &new_claims, state.keys.access_ttl()))
 }
 
-async fn logout(State(state): State<AppState>, AuthUser(claims): AuthUser) -> AppResult<StatusCode> {
+async fn logout(
+    State(state): State<AppState>,
+    AuthUser(claims): AuthUser,
+) -> AppResult<StatusCode> {
     auth::revoke_session(&state, claims.sid).await?;
     Ok(StatusCode::NO_CONTENT)
 }

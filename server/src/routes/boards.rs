@@ -79,16 +79,22 @@ async fn read(db: Db, AppPath(id): AppPath<Uuid>) -> AppResult<Json<Board>> {
         .ok_or(AppError::NotFound("Board"))
 }
 
-async fn update(db: Db, AppPath(id): AppPath<Uuid>, AppJson(body): AppJson<BoardBody>) -> AppResult<Json<Board>> {
+async fn update(
+    db: Db,
+    AppPath(id): AppPath<Uuid>,
+    AppJson(body): AppJson<BoardBody>,
+) -> AppResult<Json<Board>> {
     let name = valid_name("name", &body.name, 200)?;
     let mut db = db.lock().await?;
-    sqlx::query_as(&format!("UPDATE app.boards SET name = $2 WHERE id = $1 RETURNING {COLUMNS}"))
-        .bind(id)
-        .bind(name)
-        .fetch_optional(db.conn()?)
-        .await?
-        .map(Json)
-        .ok_or(AppError::NotFound("Board"))
+    sqlx::query_as(&format!(
+        "UPDATE app.boards SET name = $2 WHERE id = $1 RETURNING {COLUMNS}"
+    ))
+    .bind(id)
+    .bind(name)
+    .fetch_optional(db.conn()?)
+    .await?
+    .map(Json)
+    .ok_or(AppError::NotFound("Board"))
 }
 
 async fn remove(db: Db, AppPath(id): AppPath<Uuid>) -> AppResult<StatusCode> {

@@ -14,14 +14,20 @@ use uuid::Uuid;
 pub(crate) fn valid_name<'a>(field: &str, value: &'a str, max: usize) -> AppResult<&'a str> {
     let trimmed = value.trim();
     if trimmed.is_empty() || trimmed.chars().count() > max {
-        return Err(AppError::Validation(format!("{field} must be 1 to {max} characters")));
+        return Err(AppError::Validation(format!(
+            "{field} must be 1 to {max} characters"
+        )));
     }
     Ok(trimmed)
 }
 
 /// Whether a row with this id is visible in the current tenant.
 /// `table` is always one of our own constants, never input.
-pub(crate) async fn exists(conn: &mut sqlx::PgConnection, table: &'static str, id: Uuid) -> AppResult<bool> {
+pub(crate) async fn exists(
+    conn: &mut sqlx::PgConnection,
+    table: &'static str,
+    id: Uuid,
+) -> AppResult<bool> {
     let found: Option<(i32,)> = sqlx::query_as(&format!("SELECT 1 FROM {table} WHERE id = $1"))
         .bind(id)
         .fetch_optional(conn)

@@ -32,7 +32,8 @@ pub struct Task {
     updated_at: DateTime<Utc>,
 }
 
-const COLUMNS: &str = "id, board_id, title, description, status, assignee_id, created_by, created_at, updated_at";
+const COLUMNS: &str =
+    "id, board_id, title, description, status, assignee_id, created_by, created_at, updated_at";
 const STATUSES: [&str; 3] = ["todo", "doing", "done"];
 
 fn valid_status(status: Option<&str>) -> AppResult<Option<&str>> {
@@ -46,9 +47,9 @@ fn valid_status(status: Option<&str>) -> AppResult<Option<&str>> {
 
 fn valid_description(description: Option<&str>) -> AppResult<Option<&str>> {
     match description {
-        Some(d) if d.chars().count() > 10_000 => {
-            Err(AppError::Validation("description must be at most 10000 characters".to_owned()))
-        }
+        Some(d) if d.chars().count() > 10_000 => Err(AppError::Validation(
+            "description must be at most 10000 characters".to_owned(),
+        )),
         other => Ok(other),
     }
 }
@@ -56,12 +57,15 @@ fn valid_description(description: Option<&str>) -> AppResult<Option<&str>> {
 /// The assignee must be a member of this tenant (visible through RLS).
 async fn valid_assignee(conn: &mut sqlx::PgConnection, assignee: Option<Uuid>) -> AppResult<()> {
     if let Some(user) = assignee {
-        let member: Option<(Uuid,)> = sqlx::query_as("SELECT user_id FROM app.tenant_memberships WHERE user_id = $1")
-            .bind(user)
-            .fetch_optional(conn)
-            .await?;
+        let member: Option<(Uuid,)> =
+            sqlx::query_as("SELECT user_id FROM app.tenant_memberships WHERE user_id = $1")
+                .bind(user)
+                .fetch_optional(conn)
+                .await?;
         if member.is_none() {
-            return Err(AppError::Validation("assignee_id is not a member of this tenant".to_owned()));
+            return Err(AppError::Validation(
+                "assignee_id is not a member of this tenant".to_owned(),
+            ));
         }
     }
     Ok(())
@@ -138,13 +142,25 @@ struct UpdateTask {
     assignee_id: Option<Uuid>,
 }
 
-async fn update(db: Db, AppPath(id): AppPath<Uuid>, AppJson(body): AppJson<UpdateTask>) -> AppResult<Json<Task>> {
-    if body.title.is_none() && body.description.is_none() && body.status.is_none() && body.assignee_id.is_none() {
+async fn update(
+    db: Db,
+    AppPath(id): AppPath<Uuid>,
+    AppJson(body): AppJson<UpdateTask>,
+) -> AppResult<Json<Task>> {
+    if body.title.is_none()
+        && body.description.is_none()
+        && body.status.is_none()
+        && body.assignee_id.is_none()
+    {
         return Err(AppError::Validation(
             "nothing to update: give title, description, status and/or assignee_id".to_owned(),
         ));
     }
-    let title = body.title.as_deref().map(|t| valid_name("title", t, 500)).transpose()?;
+    let title = body
+        .title
+        .as_deref()
+        .map(|t| valid_name("title", t, 500))
+        .transpose()?;
     let status = valid_status(body.status.as_deref())?;
     let description = valid_description(body.description.as_deref())?;
     let mut db = db.lock().await?;

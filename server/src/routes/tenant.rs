@@ -14,7 +14,8 @@ pub fn router() -> Router<AppState> {
 
 async fn current(tenant: Tenant) -> Json<Value> {
     // Configuration can hold the tenant's own API keys: owners and admins only.
-    let configuration = matches!(tenant.role.as_str(), "owner" | "admin").then_some(&tenant.configuration);
+    let configuration =
+        matches!(tenant.role.as_str(), "owner" | "admin").then_some(&tenant.configuration);
     Json(json!({
         "id": tenant.id,
         "slug": tenant.slug,

@@ -17,7 +17,10 @@ use crate::tenant::{Db, Tenant};
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/workspaces", get(list).post(create))
-        .route("/api/workspaces/{id}", get(read).patch(update).delete(remove))
+        .route(
+            "/api/workspaces/{id}",
+            get(read).patch(update).delete(remove),
+        )
 }
 
 #[derive(Serialize, sqlx::FromRow)]
@@ -32,9 +35,11 @@ const COLUMNS: &str = "id, name, archived_at, created_at";
 
 async fn list(db: Db) -> AppResult<Json<Vec<Workspace>>> {
     let mut db = db.lock().await?;
-    let rows = sqlx::query_as(&format!("SELECT {COLUMNS} FROM app.workspaces ORDER BY created_at, id"))
-        .fetch_all(db.conn()?)
-        .await?;
+    let rows = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM app.workspaces ORDER BY created_at, id"
+    ))
+    .fetch_all(db.conn()?)
+    .await?;
     Ok(Json(rows))
 }
 
@@ -59,22 +64,26 @@ async fn create(
     .fetch_one(db.conn()?)
     .await?;
     // The creator administers the new workspace.
-    sqlx::query("INSERT INTO app.workspace_members (workspace_id, user_id, role) VALUES ($1, $2, 'admin')")
-        .bind(workspace.id)
-        .bind(tenant.user_id)
-        .execute(db.conn()?)
-        .await?;
+    sqlx::query(
+        "INSERT INTO app.workspace_members (workspace_id, user_id, role) VALUES ($1, $2, 'admin')",
+    )
+    .bind(workspace.id)
+    .bind(tenant.user_id)
+    .execute(db.conn()?)
+    .await?;
     Ok((StatusCode::CREATED, Json(workspace)))
 }
 
 async fn read(db: Db, AppPath(id): AppPath<Uuid>) -> AppResult<Json<Workspace>> {
     let mut db = db.lock().await?;
-    sqlx::query_as(&format!("SELECT {COLUMNS} FROM app.workspaces WHERE id = $1"))
-        .bind(id)
-        .fetch_optional(db.conn()?)
-        .await?
-        .map(Json)
-        .ok_or(AppError::NotFound("Workspace"))
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM app.workspaces WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(db.conn()?)
+    .await?
+    .map(Json)
+    .ok_or(AppError::NotFound("Workspace"))
 }
 
 #[derive(Deserialize)]
@@ -90,9 +99,15 @@ async fn update(
     AppJson(body): AppJson<UpdateWorkspace>,
 ) -> AppResult<Json<Workspace>> {
     if body.name.is_none() && body.archived.is_none() {
-        return Err(AppError::Validation("nothing to update: give name and/or archived".to_owned()));
+        return Err(AppError::Validation(
+            "nothing to update: give name and/or archived".to_owned(),
+        ));
     }
-    let name = body.name.as_deref().map(|n| valid_name("name", n, 200)).transpose()?;
+    let name = body
+        .name
+        .as_deref()
+        .map(|n| valid_name("name", n, 200))
+        .transpose()?;
     let mut db = db.lock().await?;
     sqlx::query_as(&format!(
         "UPDATE app.workspaces SET name = coalesce($2, name),

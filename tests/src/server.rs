@@ -1,0 +1,241 @@
+//! A running service for one test: its own database (extension +
+//! migrations), tenants with users in every role, and the HTTP server on
+//! port 0, against the real PostgreSQL and Redis.
+
+use std::net::SocketAddr;
+
+use serde_json::Value;
+use sqlx::{Connection, PgConnection};
+use tenancy_server::{ops, AppState, Config};
+use uuid::Uuid;
+
+use crate::{server_url, TestResult, SETUP_LOCK};
+
+pub const PASSWORD: &str = "correct horse battery staple";
+const OWNER: &str = "tenancy_t_srv_owner";
+const APP: &str = "tenancy_t_srv_app";
+const ROLE_PASSWORD: &str = "tenancy";
+
+/// The service under test and what it was seeded with.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    pub config: Config,
+    pub db_name: String,
+    pub acme: Uuid,
+    pub globex: Uuid,
+}
+
+pub struct Options {
+    pub single_tenant_users: bool,
+    pub base_domain: Option<&'static str>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            single_tenant_users: false,
+            base_domain: Some("tenancy.test"),
+        }
+    }
+}
+
+/// Users seeded by `TestApp::spawn`, all with password [`PASSWORD`]:
+/// alice owns acme, bob is an acme member, gus owns globex, carol is a
+/// member of both, and root is a super admin of no tenant.
+pub const ALICE: &str = "alice@acme.test";
+pub const BOB: &str = "bob@acme.test";
+pub const GUS: &str = "gus@globex.test";
+pub const CAROL: &str = "carol@both.test";
+pub const ROOT: &str = "root@platform.test";
+
+fn role_url(role: &str, db: &str) -> String {
+    let host = server_url();
+    let host = host
+        .split_once('@')
+        .map(|(_, h)| h)
+        .unwrap_or(&host)
+        .to_owned();
+    format!("postgres://{role}:{ROLE_PASSWORD}@{host}/{db}")
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestResult<TestApp> {
+        Self::spawn_with(Options::default()).await
+    }
+
+    pub async fn spawn_with(options: Options) -> TestResult<TestApp> {
+        let db_name = format!("tenancy_t_{}", Uuid::new_v4().simple());
+        {
+            let _guard = SETUP_LOCK.lock().await;
+            let mut server = PgConnection::connect(&format!("{}/postgres", server_url())).await?;
+            for role in [OWNER, APP] {
+                sqlx::raw_sql(&format!(
+                    "DO $$ BEGIN CREATE ROLE {role} LOGIN PASSWORD '{ROLE_PASSWORD}';
+                     EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$"
+                ))
+                .execute(&mut server)
+                .await?;
+            }
+            sqlx::raw_sql(&format!("CREATE DATABASE {db_name}"))
+                .execute(&mut server)
+                .await?;
+            let mut su = PgConnection::connect(&format!("{}/{db_name}", server_url())).await?;
+            sqlx::raw_sql(&format!(
+                "CREATE EXTENSION tenancy;
+                 GRANT tenancy_admin TO {OWNER};
+                 SELECT tenancy.grant_table_owner('{OWNER}');
+                 GRANT CREATE ON DATABASE {db_name} TO {OWNER};
+                 GRANT CREATE ON SCHEMA public TO {OWNER};"
+            ))
+            .execute(&mut su)
+            .await?;
+        }
+        let config = Config {
+            listen: "127.0.0.1:0".parse()?,
+            database_url: role_url(APP, &db_name),
+            database_owner_url: role_url(OWNER, &db_name),
+            redis_url: std::env::var("TENANCY_REDIS_URL")
+                .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned()),
+            jwt_secret: "test-access-token-secret-0123456789abcdef".to_owned(),
+            jwt_issuer: "tenancy-test".to_owned(),
+            jwt_audience: "tenancy-test-api".to_owned(),
+            access_ttl_secs: 600,
+            context_kid: "test-server".to_owned(),
+            context_secret: "test-context-secret-0123456789abcdef0".to_owned(),
+            context_ttl_secs: 120,
+            base_domain: options.base_domain.map(str::to_owned),
+            max_body_bytes: 16 * 1024,
+            login_concurrency: 2,
+            db_pool_size: 8,
+            single_tenant_users: options.single_tenant_users,
+        };
+        ops::migrate(&config)
+            .await
+            .map_err(|e| format!("migrate: {e:?}"))?;
+        let password = || PASSWORD.to_owned();
+        let (acme, _) = ops::create_tenant(&config, "acme", "Acme Corp", ALICE, password())
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        let (globex, _) = ops::create_tenant(&config, "globex", "Globex", GUS, password())
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        ops::add_member(&config, acme, BOB, password(), "member")
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        if !options.single_tenant_users {
+            ops::add_member(&config, acme, CAROL, password(), "member")
+                .await
+                .map_err(|e| format!("{e:?}"))?;
+            ops::add_member(&config, globex, CAROL, password(), "admin")
+                .await
+                .map_err(|e| format!("{e:?}"))?;
+        }
+        ops::create_super_admin(&config, ROOT, password())
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+
+        let state = AppState::connect(config.clone())
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(async move {
+            let _ = tenancy_server::serve(listener, state).await;
+        });
+        Ok(TestApp {
+            addr,
+            client: reqwest::Client::new(),
+            config,
+            db_name,
+            acme,
+            globex,
+        })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Superuser connection to this app's database, for checks behind the scenes.
+    pub async fn superuser(&self) -> TestResult<PgConnection> {
+        Ok(PgConnection::connect(&format!("{}/{}", server_url(), self.db_name)).await?)
+    }
+
+    /// A connection as the service's application role.
+    pub async fn app_role(&self) -> TestResult<PgConnection> {
+        Ok(PgConnection::connect(&self.config.database_url).await?)
+    }
+
+    /// Logs in and returns the access token.
+    pub async fn login(&self, email: &str) -> TestResult<String> {
+        let response = self
+            .client
+            .post(self.url("/auth/token"))
+            .json(&serde_json::json!({"email": email, "password": PASSWORD}))
+            .send()
+            .await?;
+        let status = response.status();
+        let body: Value = response.json().await?;
+        if status != 200 {
+            return Err(format!("login {email}: {status} {body}").into());
+        }
+        Ok(body["access_token"].as_str().unwrap_or_default().to_owned())
+    }
+
+    /// Sends a request with a bearer token and returns status and JSON body
+    /// (Null for an empty body).
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<Value>,
+    ) -> TestResult<(u16, Value)> {
+        let mut request = self.client.request(method, self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        let text = response.text().await?;
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text)?
+        };
+        Ok((status, body))
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> TestResult<(u16, Value)> {
+        self.call(reqwest::Method::GET, path, Some(token), &[], None)
+            .await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> TestResult<(u16, Value)> {
+        self.call(reqwest::Method::POST, path, Some(token), &[], Some(body))
+            .await
+    }
+}
+
+/// The claims of a JWT, decoded without verification (for assertions only).
+pub fn claims(token: &str) -> Value {
+    use base64::Engine as _;
+    token
+        .split('.')
+        .nth(1)
+        .and_then(|p| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(p)
+                .ok()
+        })
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or(Value::Null)
+}
