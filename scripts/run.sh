@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The main job: set up the machine, install the extension into a local
-# database (tenancy_demo) and show isolation working on a demo schema,
-# as the application role, with signed tokens.
+# database (tenancy_demo) and show isolation working on a demo schema, as
+# the application role, with signed tokens; then start the service
+# (database tenancy) with demo tenants and users, show a few calls with
+# curl, and keep serving on 127.0.0.1:8080 until Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -99,3 +101,6 @@ SQL
 
 printf '\nDemo database: postgres://tenancy_demo_app:demo@%s/%s\nSign more tokens with:\n' "${PG_URL#*@}" "${DB}"
 printf '  TENANCY_SIGNING_KEY=%s target/debug/tenancy-sign --kid demo --tenant %s\n' "$TENANCY_SIGNING_KEY" "$GLOBEX"
+
+[ "${TENANCY_NO_SERVE:-0}" = "1" ] && exit 0
+bash scripts/serve-demo.sh

@@ -71,7 +71,13 @@ pub struct Keys {
     context_kid: String,
     context_secret: String,
     context_ttl: u64,
+    /// Context tokens by (tenant, user), reused for half their lifetime so
+    /// the database's per-backend verification cache gets hits.
+    context_cache: std::sync::Mutex<std::collections::HashMap<(Uuid, Uuid), (String, u64)>>,
 }
+
+/// Context tokens kept at most; the map is emptied when it reaches this size.
+const CONTEXT_CACHE_CAPACITY: usize = 10_000;
 
 impl Keys {
     pub fn new(config: &Config) -> Self {
@@ -90,6 +96,7 @@ impl Keys {
             context_kid: config.context_kid.clone(),
             context_secret: config.context_secret.clone(),
             context_ttl: config.context_ttl_secs,
+            context_cache: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -107,6 +114,24 @@ impl Keys {
     /// database knows under `context_kid`.
     pub fn context_token(&self, tenant: Uuid, user: Uuid) -> AppResult<String> {
         let now = tenancy_token::now();
+        if let Ok(cache) = self.context_cache.lock() {
+            if let Some((token, fresh_until)) = cache.get(&(tenant, user)) {
+                if *fresh_until > now {
+                    return Ok(token.clone());
+                }
+            }
+        }
+        let token = self.sign_context(tenant, user, now)?;
+        if let Ok(mut cache) = self.context_cache.lock() {
+            if cache.len() >= CONTEXT_CACHE_CAPACITY {
+                cache.clear();
+            }
+            cache.insert((tenant, user), (token.clone(), now + self.context_ttl / 2));
+        }
+        Ok(token)
+    }
+
+    fn sign_context(&self, tenant: Uuid, user: Uuid, now: u64) -> AppResult<String> {
         let claims = serde_json::json!({
             "tenant_id": tenant,
             "sub": user,

@@ -188,7 +188,17 @@ async fn bad_credentials_are_401() -> tenancy_tests::TestResult {
             b64.encode(other_tenant.to_string())
         )
     };
+    let mut bad_tenant = c.clone();
+    bad_tenant["tenant_id"] = json!("1");
     let cases = [
+        (
+            "invalid tenant_id claim",
+            Some(format!(
+                "Bearer {}",
+                sign(bad_tenant, &app.config.jwt_secret)
+            )),
+            "Invalid or expired token",
+        ),
         (
             "expired",
             Some(format!("Bearer {}", sign(expired, &app.config.jwt_secret))),

@@ -523,3 +523,27 @@ async fn single_tenant_deployments_refuse_a_second_tenant_per_user() -> TestResu
     assert_eq!(status, 200, "bob still works in acme: {body}");
     Ok(())
 }
+
+#[tokio::test]
+async fn migrations_roll_back_and_forward() -> TestResult {
+    let app = TestApp::spawn().await?;
+    tenancy_server::ops::migrate_down(&app.config, 3)
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    let mut su = app.superuser().await?;
+    let schema: Option<String> =
+        sqlx::query_scalar("SELECT nspname::text FROM pg_namespace WHERE nspname = 'app'")
+            .fetch_optional(&mut su)
+            .await?;
+    assert_eq!(schema, None, "everything the migrations made is gone");
+    tenancy_server::ops::migrate(&app.config)
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    let tables: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM tenancy.protected_tables WHERE schema_name = 'app' AND rls_enabled AND tenant_index",
+    )
+    .fetch_one(&mut su)
+    .await?;
+    assert_eq!(tables, 8, "every tenant-owned table protected again");
+    Ok(())
+}

@@ -1,7 +1,12 @@
 //! End-to-end tests against a real PostgreSQL with the tenancy extension
 //! installed. Every assertion is made as an ordinary role (the application
 //! role, the table owner, a tenancy_admin member), never as a superuser.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::type_complexity)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::type_complexity
+)]
 
 mod bypass;
 mod catalog;

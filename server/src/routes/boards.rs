@@ -31,15 +31,16 @@ const COLUMNS: &str = "id, workspace_id, name, created_at";
 
 async fn list(db: Db, AppPath(workspace): AppPath<Uuid>) -> AppResult<Json<Vec<Board>>> {
     let mut db = db.lock().await?;
-    if !exists(db.conn()?, "app.workspaces", workspace).await? {
-        return Err(AppError::NotFound("Workspace"));
-    }
-    let rows = sqlx::query_as(&format!(
+    let rows: Vec<Board> = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM app.boards WHERE workspace_id = $1 ORDER BY created_at, id"
     ))
     .bind(workspace)
     .fetch_all(db.conn()?)
     .await?;
+    // An empty list is a 404 when the workspace itself is not there.
+    if rows.is_empty() && !exists(db.conn()?, "app.workspaces", workspace).await? {
+        return Err(AppError::NotFound("Workspace"));
+    }
     Ok(Json(rows))
 }
 

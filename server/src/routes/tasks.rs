@@ -73,15 +73,16 @@ async fn valid_assignee(conn: &mut sqlx::PgConnection, assignee: Option<Uuid>) -
 
 async fn list(db: Db, AppPath(board): AppPath<Uuid>) -> AppResult<Json<Vec<Task>>> {
     let mut db = db.lock().await?;
-    if !exists(db.conn()?, "app.boards", board).await? {
-        return Err(AppError::NotFound("Board"));
-    }
-    let rows = sqlx::query_as(&format!(
+    let rows: Vec<Task> = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM app.tasks WHERE board_id = $1 ORDER BY created_at, id"
     ))
     .bind(board)
     .fetch_all(db.conn()?)
     .await?;
+    // An empty list is a 404 when the board itself is not there.
+    if rows.is_empty() && !exists(db.conn()?, "app.boards", board).await? {
+        return Err(AppError::NotFound("Board"));
+    }
     Ok(Json(rows))
 }
 
