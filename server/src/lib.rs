@@ -6,6 +6,7 @@
 //! filter by tenant themselves.
 
 pub mod auth;
+pub mod authz;
 pub mod config;
 pub mod error;
 pub mod extract;

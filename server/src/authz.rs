@@ -1,0 +1,488 @@
+//! Authorization with Cedar: the policies in `policies/` (the same files
+//! security reviewers read), validated against the schema in strict mode at
+//! start-up, and one decision per request for every tenant and workspace
+//! resource.
+//!
+//! This module must never build a request whose principal acts in a tenant
+//! other than the one the request resolved, and never treat an evaluation
+//! error as an allow.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::str::FromStr;
+
+use cedar_policy::{
+    Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityTypeName,
+    EntityUid, PolicyId, PolicySet, Request, RestrictedExpression, Schema, ValidationMode,
+    Validator,
+};
+use uuid::Uuid;
+
+pub const SCHEMA_FILE: &str = "tenancy.cedarschema";
+pub const POLICY_FILE: &str = "tenancy.cedar";
+
+/// What can be wrong with the policy files; refuses start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthzError {
+    #[error("{file}:{line}: {message}")]
+    Invalid {
+        file: String,
+        line: usize,
+        message: String,
+    },
+    #[error("{file}: {message}")]
+    File { file: String, message: String },
+}
+
+/// The resource kinds actions apply to, as in the schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Platform,
+    Tenant,
+    Workspace,
+    Board,
+    Task,
+}
+
+/// Every action of the schema with the kind of resource it applies to.
+pub const ACTIONS: &[(&str, Kind)] = &[
+    ("tenant:view", Kind::Tenant),
+    ("tenant:update", Kind::Tenant),
+    ("tenant:delete", Kind::Tenant),
+    ("tenant:manageUsers", Kind::Tenant),
+    ("tenant:manageSettings", Kind::Tenant),
+    ("tenant:manageBilling", Kind::Tenant),
+    ("workspace:create", Kind::Tenant),
+    ("workspace:view", Kind::Workspace),
+    ("workspace:update", Kind::Workspace),
+    ("workspace:archive", Kind::Workspace),
+    ("workspace:delete", Kind::Workspace),
+    ("workspace:manageMembers", Kind::Workspace),
+    ("board:create", Kind::Workspace),
+    ("board:view", Kind::Board),
+    ("board:update", Kind::Board),
+    ("board:delete", Kind::Board),
+    ("task:create", Kind::Board),
+    ("task:view", Kind::Task),
+    ("task:update", Kind::Task),
+    ("task:delete", Kind::Task),
+    ("platform:manageTenants", Kind::Platform),
+    ("platform:viewTenants", Kind::Platform),
+];
+
+/// The caller, inside the tenant of the request.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub user: Uuid,
+    pub tenant: Uuid,
+    /// owner | admin | member | none
+    pub tenant_role: String,
+    pub super_admin: bool,
+    /// workspace id -> admin | member | viewer
+    pub workspace_roles: HashMap<Uuid, String>,
+}
+
+/// The resource of a request, with the tenant (and workspace) it belongs to.
+#[derive(Debug, Clone, Copy)]
+pub enum Resource {
+    Platform,
+    Tenant(Uuid),
+    Workspace {
+        id: Uuid,
+        tenant: Uuid,
+    },
+    Board {
+        id: Uuid,
+        tenant: Uuid,
+        workspace: Uuid,
+    },
+    Task {
+        id: Uuid,
+        tenant: Uuid,
+        workspace: Uuid,
+    },
+}
+
+/// The outcome of one decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    /// The @id of every policy that decided it (empty: no permit applied).
+    pub policies: Vec<String>,
+    pub errors: Vec<String>,
+}
+
+struct Types {
+    user: EntityTypeName,
+    tenant: EntityTypeName,
+    workspace: EntityTypeName,
+    board: EntityTypeName,
+    task: EntityTypeName,
+    platform: EntityTypeName,
+    action: EntityTypeName,
+}
+
+pub struct Authz {
+    policies: PolicySet,
+    schema: Schema,
+    authorizer: Authorizer,
+    types: Types,
+}
+
+fn line_of(src: &str, diagnostic: &dyn miette::Diagnostic) -> usize {
+    let offset = diagnostic
+        .labels()
+        .and_then(|mut labels| labels.next())
+        .map(|label| label.offset())
+        .or_else(|| {
+            diagnostic
+                .related()
+                .and_then(|mut r| r.next())
+                .and_then(|d| d.labels()?.next().map(|l| l.offset()))
+        })
+        .unwrap_or(0);
+    src.get(..offset.min(src.len()))
+        .map(|s| s.matches('\n').count() + 1)
+        .unwrap_or(1)
+}
+
+fn invalid(file: &str, src: &str, diagnostic: &dyn miette::Diagnostic) -> AuthzError {
+    AuthzError::Invalid {
+        file: file.to_owned(),
+        line: line_of(src, diagnostic),
+        message: diagnostic.to_string(),
+    }
+}
+
+fn type_name(name: &str) -> Result<EntityTypeName, AuthzError> {
+    EntityTypeName::from_str(name).map_err(|e| AuthzError::File {
+        file: SCHEMA_FILE.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+impl Authz {
+    /// Loads `tenancy.cedarschema` and `tenancy.cedar` from `dir`.
+    pub fn load(dir: &Path) -> Result<Self, AuthzError> {
+        let read = |name: &str| {
+            let path = dir.join(name);
+            std::fs::read_to_string(&path).map_err(|e| AuthzError::File {
+                file: path.display().to_string(),
+                message: e.to_string(),
+            })
+        };
+        let schema_path = dir.join(SCHEMA_FILE).display().to_string();
+        let policy_path = dir.join(POLICY_FILE).display().to_string();
+        Self::from_sources(
+            &schema_path,
+            &read(SCHEMA_FILE)?,
+            &policy_path,
+            &read(POLICY_FILE)?,
+        )
+    }
+
+    /// Parses and validates (strict mode); every policy needs a unique `@id`.
+    pub fn from_sources(
+        schema_file: &str,
+        schema_src: &str,
+        policy_file: &str,
+        policy_src: &str,
+    ) -> Result<Self, AuthzError> {
+        let (schema, _warnings) = Schema::from_cedarschema_str(schema_src)
+            .map_err(|e| invalid(schema_file, schema_src, &e))?;
+        let parsed =
+            PolicySet::from_str(policy_src).map_err(|e| invalid(policy_file, policy_src, &e))?;
+        let mut policies = PolicySet::new();
+        for policy in parsed.policies() {
+            let summary = || {
+                policy
+                    .to_string()
+                    .chars()
+                    .take(80)
+                    .collect::<String>()
+                    .replace('\n', " ")
+            };
+            let Some(id) = policy.annotation("id") else {
+                return Err(AuthzError::File {
+                    file: policy_file.to_owned(),
+                    message: format!("a policy has no @id(\"...\") annotation: {}", summary()),
+                });
+            };
+            policies
+                .add(policy.new_id(PolicyId::new(id)))
+                .map_err(|_| AuthzError::Invalid {
+                    file: policy_file.to_owned(),
+                    line: policy_src
+                        .rfind(&format!("@id(\"{id}\")"))
+                        .map(|o| line_of_offset(policy_src, o))
+                        .unwrap_or(1),
+                    message: format!("@id {id:?} is used twice"),
+                })?;
+        }
+        let validation = Validator::new(schema.clone()).validate(&policies, ValidationMode::Strict);
+        if let Some(error) = validation.validation_errors().next() {
+            return Err(invalid(policy_file, policy_src, error));
+        }
+        let types = Types {
+            user: type_name("Tenancy::User")?,
+            tenant: type_name("Tenancy::Tenant")?,
+            workspace: type_name("Tenancy::Workspace")?,
+            board: type_name("Tenancy::Board")?,
+            task: type_name("Tenancy::Task")?,
+            platform: type_name("Tenancy::Platform")?,
+            action: type_name("Tenancy::Action")?,
+        };
+        Ok(Self {
+            policies,
+            schema,
+            authorizer: Authorizer::new(),
+            types,
+        })
+    }
+
+    fn uid(&self, kind: &EntityTypeName, id: impl AsRef<str>) -> EntityUid {
+        EntityUid::from_type_name_and_id(kind.clone(), EntityId::new(id))
+    }
+
+    fn workspace_set(&self, principal: &Principal, role: &str) -> RestrictedExpression {
+        RestrictedExpression::new_set(
+            principal
+                .workspace_roles
+                .iter()
+                .filter(|(_, r)| r.as_str() == role)
+                .map(|(ws, _)| {
+                    RestrictedExpression::new_entity_uid(
+                        self.uid(&self.types.workspace, ws.to_string()),
+                    )
+                }),
+        )
+    }
+
+    fn entities(
+        &self,
+        principal: &Principal,
+        resource: &Resource,
+    ) -> Result<(EntityUid, EntityUid, Entities), String> {
+        let tenant_uid = |t: &Uuid| self.uid(&self.types.tenant, t.to_string());
+        let principal_uid = self.uid(&self.types.user, principal.user.to_string());
+        let attrs = HashMap::from([
+            (
+                "tenant".to_owned(),
+                RestrictedExpression::new_entity_uid(tenant_uid(&principal.tenant)),
+            ),
+            (
+                "tenant_role".to_owned(),
+                RestrictedExpression::new_string(principal.tenant_role.clone()),
+            ),
+            (
+                "super_admin".to_owned(),
+                RestrictedExpression::new_bool(principal.super_admin),
+            ),
+            (
+                "workspace_admin".to_owned(),
+                self.workspace_set(principal, "admin"),
+            ),
+            (
+                "workspace_member".to_owned(),
+                self.workspace_set(principal, "member"),
+            ),
+            (
+                "workspace_viewer".to_owned(),
+                self.workspace_set(principal, "viewer"),
+            ),
+        ]);
+        let user =
+            Entity::new(principal_uid.clone(), attrs, HashSet::new()).map_err(|e| e.to_string())?;
+        let in_tenant = |tenant: &Uuid, workspace: Option<&Uuid>| {
+            let mut attrs = HashMap::from([(
+                "tenant".to_owned(),
+                RestrictedExpression::new_entity_uid(tenant_uid(tenant)),
+            )]);
+            if let Some(ws) = workspace {
+                attrs.insert(
+                    "workspace".to_owned(),
+                    RestrictedExpression::new_entity_uid(
+                        self.uid(&self.types.workspace, ws.to_string()),
+                    ),
+                );
+            }
+            attrs
+        };
+        let (resource_uid, resource_entity) = match resource {
+            Resource::Platform => {
+                let uid = self.uid(&self.types.platform, "platform");
+                (uid.clone(), Entity::new_no_attrs(uid, HashSet::new()))
+            }
+            Resource::Tenant(t) => {
+                let uid = tenant_uid(t);
+                (uid.clone(), Entity::new_no_attrs(uid, HashSet::new()))
+            }
+            Resource::Workspace { id, tenant } => {
+                let uid = self.uid(&self.types.workspace, id.to_string());
+                let entity = Entity::new(uid.clone(), in_tenant(tenant, None), HashSet::new())
+                    .map_err(|e| e.to_string())?;
+                (uid, entity)
+            }
+            Resource::Board {
+                id,
+                tenant,
+                workspace,
+            } => {
+                let uid = self.uid(&self.types.board, id.to_string());
+                let entity = Entity::new(
+                    uid.clone(),
+                    in_tenant(tenant, Some(workspace)),
+                    HashSet::new(),
+                )
+                .map_err(|e| e.to_string())?;
+                (uid, entity)
+            }
+            Resource::Task {
+                id,
+                tenant,
+                workspace,
+            } => {
+                let uid = self.uid(&self.types.task, id.to_string());
+                let entity = Entity::new(
+                    uid.clone(),
+                    in_tenant(tenant, Some(workspace)),
+                    HashSet::new(),
+                )
+                .map_err(|e| e.to_string())?;
+                (uid, entity)
+            }
+        };
+        let entities = Entities::from_entities([user, resource_entity], Some(&self.schema))
+            .map_err(|e| e.to_string())?;
+        Ok((principal_uid, resource_uid, entities))
+    }
+
+    /// Decides `action` by `principal` on `resource`. Anything that keeps
+    /// the request from being evaluated is a deny, with the reason in `errors`.
+    pub fn decide(&self, principal: &Principal, action: &str, resource: &Resource) -> Decision {
+        let deny = |error: String| Decision {
+            allowed: false,
+            policies: Vec::new(),
+            errors: vec![error],
+        };
+        let (principal_uid, resource_uid, entities) = match self.entities(principal, resource) {
+            Ok(parts) => parts,
+            Err(e) => return deny(e),
+        };
+        let action_uid = self.uid(&self.types.action, action);
+        let request = match Request::new(
+            principal_uid,
+            action_uid,
+            resource_uid,
+            Context::empty(),
+            Some(&self.schema),
+        ) {
+            Ok(r) => r,
+            Err(e) => return deny(e.to_string()),
+        };
+        let response = self
+            .authorizer
+            .is_authorized(&request, &self.policies, &entities);
+        let diagnostics = response.diagnostics();
+        Decision {
+            allowed: response.decision() == CedarDecision::Allow,
+            policies: diagnostics.reason().map(ToString::to_string).collect(),
+            errors: diagnostics.errors().map(ToString::to_string).collect(),
+        }
+    }
+
+    /// The action ids the schema declares.
+    pub fn schema_actions(&self) -> Vec<String> {
+        let mut actions: Vec<String> = self
+            .schema
+            .actions()
+            .map(|a| a.id().unescaped().to_owned())
+            .collect();
+        actions.sort();
+        actions
+    }
+
+    /// The role-by-action table, computed by asking the policies themselves.
+    pub fn permission_matrix(&self) -> Vec<(&'static str, Vec<bool>)> {
+        let tenant = Uuid::from_u128(1);
+        let workspace = Uuid::from_u128(2);
+        let resource = |kind: Kind| match kind {
+            Kind::Platform => Resource::Platform,
+            Kind::Tenant => Resource::Tenant(tenant),
+            Kind::Workspace => Resource::Workspace {
+                id: workspace,
+                tenant,
+            },
+            Kind::Board => Resource::Board {
+                id: Uuid::from_u128(3),
+                tenant,
+                workspace,
+            },
+            Kind::Task => Resource::Task {
+                id: Uuid::from_u128(4),
+                tenant,
+                workspace,
+            },
+        };
+        ACTIONS
+            .iter()
+            .map(|(action, kind)| {
+                let row = MATRIX_ROLES
+                    .iter()
+                    .map(|(_, tenant_role, ws_role, super_admin)| {
+                        let principal = Principal {
+                            user: Uuid::from_u128(10),
+                            tenant,
+                            tenant_role: (*tenant_role).to_owned(),
+                            super_admin: *super_admin,
+                            workspace_roles: ws_role
+                                .map(|r| HashMap::from([(workspace, r.to_owned())]))
+                                .unwrap_or_default(),
+                        };
+                        self.decide(&principal, action, &resource(*kind)).allowed
+                    })
+                    .collect();
+                (*action, row)
+            })
+            .collect()
+    }
+
+    /// The matrix as a Markdown table (the one in policies/README.md).
+    pub fn permission_matrix_markdown(&self) -> String {
+        let mut out = String::from("| action |");
+        for (name, ..) in MATRIX_ROLES {
+            out.push_str(&format!(" {name} |"));
+        }
+        out.push_str("\n|---|");
+        out.push_str(&"---|".repeat(MATRIX_ROLES.len()));
+        out.push('\n');
+        for (action, row) in self.permission_matrix() {
+            out.push_str(&format!("| `{action}` |"));
+            for allowed in row {
+                out.push_str(if allowed { " allow |" } else { " - |" });
+            }
+            out.push('\n');
+        }
+        out
+    }
+}
+
+fn line_of_offset(src: &str, offset: usize) -> usize {
+    src.get(..offset.min(src.len()))
+        .map(|s| s.matches('\n').count() + 1)
+        .unwrap_or(1)
+}
+
+/// Columns of the permission matrix: (name, tenant role, workspace role on
+/// the resource's workspace, super admin). Workspace roles are held by a
+/// tenant member.
+pub const MATRIX_ROLES: &[(&str, &str, Option<&str>, bool)] = &[
+    ("tenant owner", "owner", None, false),
+    ("tenant admin", "admin", None, false),
+    ("tenant member", "member", None, false),
+    ("workspace admin", "member", Some("admin"), false),
+    ("workspace member", "member", Some("member"), false),
+    ("workspace viewer", "member", Some("viewer"), false),
+    ("non-member", "none", None, false),
+    ("super admin", "none", None, true),
+];
