@@ -100,13 +100,32 @@ SELECT tenancy.protect('app.audit_events');
 -- when the function returns.
 CREATE FUNCTION app.begin_request(context_token text, member uuid)
 RETURNS TABLE (role text, default_workspace_id uuid, slug text, name text,
-               display_name text, configuration jsonb)
+               display_name text, configuration jsonb, workspace_roles jsonb)
 LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pg_catalog.set_config('tenancy.token', context_token, true);
     RETURN QUERY
-    SELECT m.role, m.default_workspace_id, t.slug, t.name, t.display_name, t.configuration
+    SELECT m.role, m.default_workspace_id, t.slug, t.name, t.display_name, t.configuration,
+           coalesce((SELECT jsonb_object_agg(w.workspace_id, w.role)
+                     FROM app.workspace_members w WHERE w.user_id = member), '{}'::jsonb)
     FROM tenancy.current_tenant() t
     LEFT JOIN app.tenant_memberships m ON m.user_id = member;
+END
+$$;
+
+-- The id of the user with this email, created as an invited user (no usable
+-- password) when new. Returns nothing else about the user.
+CREATE FUNCTION app.ensure_user(user_email text) RETURNS uuid
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    found uuid;
+BEGIN
+    SELECT u.id INTO found FROM app.users u WHERE lower(u.email) = lower(btrim(user_email));
+    IF found IS NULL THEN
+        INSERT INTO app.users (email, password_hash) VALUES (btrim(user_email), '!invited')
+        ON CONFLICT (lower(email)) DO UPDATE SET email = app.users.email
+        RETURNING id INTO found;
+    END IF;
+    RETURN found;
 END
 $$;

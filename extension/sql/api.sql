@@ -228,6 +228,28 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     FROM tenancy.tenants t WHERE t.id = tenancy.current_tenant_id();
 $$;
 
+-- The current tenant replaces its own configuration (a JSON object). The
+-- caller's right to do so is the application's decision; the database
+-- guarantees that only the tenant of the context is touched.
+CREATE FUNCTION tenancy.set_current_tenant_configuration(configuration jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    tenant uuid := tenancy.current_tenant_id();
+    result jsonb;
+BEGIN
+    IF tenant IS NULL THEN
+        RAISE EXCEPTION 'tenant context required' USING ERRCODE = '42501';
+    END IF;
+    IF configuration IS NULL OR jsonb_typeof(configuration) <> 'object' THEN
+        RAISE EXCEPTION 'tenant configuration must be a JSON object' USING ERRCODE = '22023';
+    END IF;
+    UPDATE tenancy.tenants t SET configuration = set_current_tenant_configuration.configuration
+    WHERE t.id = tenant RETURNING t.configuration INTO result;
+    RETURN result;
+END
+$$;
+
 ------------------------------------------------------------------------------
 -- Settings and keys
 ------------------------------------------------------------------------------

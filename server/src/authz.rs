@@ -50,6 +50,7 @@ pub const ACTIONS: &[(&str, Kind)] = &[
     ("tenant:update", Kind::Tenant),
     ("tenant:delete", Kind::Tenant),
     ("tenant:manageUsers", Kind::Tenant),
+    ("tenant:manageOwners", Kind::Tenant),
     ("tenant:manageSettings", Kind::Tenant),
     ("tenant:manageBilling", Kind::Tenant),
     ("workspace:create", Kind::Tenant),

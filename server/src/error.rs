@@ -7,6 +7,11 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
+/// Marks an error response whose transaction holds only an audit entry and
+/// must be committed anyway.
+#[derive(Debug, Clone, Copy)]
+pub struct CommitAudit;
+
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     /// 400: the request is malformed (message says how).
@@ -27,6 +32,9 @@ pub enum AppError {
     /// 403: the caller may not do this (message says what).
     #[error("{0}")]
     Forbidden(&'static str),
+    /// 403: the policies deny this; already audited (see `CommitAudit`).
+    #[error("You are not allowed to do this")]
+    Denied,
     /// 404: no such resource in this tenant.
     #[error("{0} not found")]
     NotFound(&'static str),
@@ -52,7 +60,9 @@ impl AppError {
         match self {
             AppError::BadRequest(_) | AppError::TenantRequired => StatusCode::BAD_REQUEST,
             AppError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            AppError::TenantInactive | AppError::Forbidden(_) => StatusCode::FORBIDDEN,
+            AppError::TenantInactive | AppError::Forbidden(_) | AppError::Denied => {
+                StatusCode::FORBIDDEN
+            }
             AppError::TenantNotFound | AppError::NotFound(_) => StatusCode::NOT_FOUND,
             AppError::Conflict(_) => StatusCode::CONFLICT,
             AppError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -69,7 +79,7 @@ impl AppError {
             AppError::TenantRequired => "tenant_required",
             AppError::TenantNotFound => "tenant_not_found",
             AppError::TenantInactive => "tenant_inactive",
-            AppError::Forbidden(_) => "forbidden",
+            AppError::Forbidden(_) | AppError::Denied => "forbidden",
             AppError::NotFound(_) => "not_found",
             AppError::Conflict(_) => "conflict",
             AppError::Validation(_) => "validation_failed",
@@ -94,7 +104,12 @@ impl IntoResponse for AppError {
             _ => {}
         }
         let body = Json(json!({"error": self.to_string(), "code": self.code()}));
-        (self.status(), body).into_response()
+        let mut response = (self.status(), body).into_response();
+        if matches!(self, AppError::Denied) {
+            // The denial's audit row is in the request transaction: keep it.
+            response.extensions_mut().insert(CommitAudit);
+        }
+        response
     }
 }
 

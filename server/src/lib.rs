@@ -28,6 +28,7 @@ pub fn app(state: AppState) -> Router {
     let tenant_scoped = Router::new()
         .merge(routes::tenant::router())
         .merge(routes::workspaces::router())
+        .merge(routes::members::router())
         .merge(routes::boards::router())
         .merge(routes::tasks::router())
         .route_layer(from_fn_with_state(state.clone(), tenant::tenant_scope));

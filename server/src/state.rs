@@ -8,8 +8,27 @@ use sqlx::PgPool;
 use tokio::sync::Semaphore;
 
 use crate::auth::Keys;
+use crate::authz::{Authz, AuthzError};
 use crate::config::Config;
 use crate::error::AppError;
+
+/// Why the service refuses to start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("invalid authorization policies: {0}")]
+    Policies(#[from] AuthzError),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl From<AppError> for StartupError {
+    fn from(e: AppError) -> Self {
+        StartupError::Unavailable(match e {
+            AppError::Unavailable(detail) | AppError::Internal(detail) => detail,
+            other => other.to_string(),
+        })
+    }
+}
 
 #[derive(Clone)]
 pub struct AppState {
@@ -20,18 +39,24 @@ pub struct AppState {
     pub keys: Arc<Keys>,
     /// Caps concurrent password hashing so a login flood cannot starve the runtime.
     pub login_slots: Arc<Semaphore>,
+    /// The Cedar policies, validated at start-up.
+    pub authz: Arc<Authz>,
 }
 
 impl AppState {
-    pub async fn connect(config: Config) -> Result<Self, AppError> {
+    /// Loads the policies (refusing invalid ones) and connects to PostgreSQL and Redis.
+    pub async fn connect(config: Config) -> Result<Self, StartupError> {
+        let authz = Arc::new(Authz::load(&config.policy_dir)?);
         let db = PgPoolOptions::new()
             .max_connections(config.db_pool_size)
             .acquire_timeout(Duration::from_secs(5))
             .connect(&config.database_url)
             .await
             .map_err(|e| AppError::Unavailable(format!("database: {e}")))?;
-        let client = redis::Client::open(config.redis_url.as_str())?;
-        let redis = redis::aio::ConnectionManager::new(client).await?;
+        let client = redis::Client::open(config.redis_url.as_str()).map_err(AppError::from)?;
+        let redis = redis::aio::ConnectionManager::new(client)
+            .await
+            .map_err(AppError::from)?;
         let keys = Arc::new(Keys::new(&config));
         let login_slots = Arc::new(Semaphore::new(config.login_concurrency.max(1)));
         Ok(Self {
@@ -40,6 +65,7 @@ impl AppState {
             redis,
             keys,
             login_slots,
+            authz,
         })
     }
 }

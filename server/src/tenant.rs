@@ -39,6 +39,22 @@ pub struct Tenant {
     pub role: String,
     pub user_id: Uuid,
     pub default_workspace_id: Option<Uuid>,
+    pub super_admin: bool,
+    /// workspace id -> admin | member | viewer, read through the tenant's context.
+    pub workspace_roles: std::collections::HashMap<Uuid, String>,
+}
+
+impl Tenant {
+    /// The caller as the Cedar policies see it.
+    pub fn principal(&self) -> crate::authz::Principal {
+        crate::authz::Principal {
+            user: self.user_id,
+            tenant: self.id,
+            tenant_role: self.role.clone(),
+            super_admin: self.super_admin,
+            workspace_roles: self.workspace_roles.clone(),
+        }
+    }
 }
 
 /// The request's transaction, with the tenant context set.
@@ -249,6 +265,9 @@ pub async fn tenant_scope(
         role,
         user_id,
         default_workspace_id: row.try_get("default_workspace_id")?,
+        super_admin: user.0.super_admin,
+        workspace_roles: serde_json::from_value(row.try_get("workspace_roles")?)
+            .map_err(AppError::internal)?,
     };
     let db = Db(Arc::new(Mutex::new(Some(tx))));
     request.extensions_mut().insert(tenant);
@@ -258,7 +277,13 @@ pub async fn tenant_scope(
 
     let tx = db.0.lock().await.take();
     if let Some(tx) = tx {
-        if response.status().is_success() || response.status().is_redirection() {
+        let keep = response.status().is_success()
+            || response.status().is_redirection()
+            || response
+                .extensions()
+                .get::<crate::error::CommitAudit>()
+                .is_some();
+        if keep {
             tx.commit().await?;
         } else {
             tx.rollback().await?;

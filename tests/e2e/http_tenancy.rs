@@ -455,7 +455,10 @@ async fn the_application_role_sees_one_tenant_even_with_a_handler_bug() -> TestR
     let everyone: i64 = sqlx::query_scalar("SELECT count(*) FROM app.users")
         .fetch_one(&mut *tx)
         .await?;
-    assert_eq!(everyone, 3, "alice, bob and carol: the users of acme only");
+    assert_eq!(
+        everyone, 5,
+        "alice, bob, carol, dave and erin: the users of acme only"
+    );
     let deleted = sqlx::query("DELETE FROM app.workspaces")
         .execute(&mut *tx)
         .await?;

@@ -13,6 +13,7 @@ mod catalog;
 mod context;
 mod forging;
 mod http_auth;
+mod http_authz;
 mod http_input;
 mod http_tenancy;
 mod isolation;

@@ -41,12 +41,15 @@ impl Default for Options {
 }
 
 /// Users seeded by `TestApp::spawn`, all with password [`PASSWORD`]:
-/// alice owns acme, bob is an acme member, gus owns globex, carol is a
-/// member of both, and root is a super admin of no tenant.
+/// alice owns acme, erin is an acme admin, bob and dave are acme members,
+/// gus owns globex, carol is a member of both, and root is a super admin
+/// of no tenant.
 pub const ALICE: &str = "alice@acme.test";
 pub const BOB: &str = "bob@acme.test";
 pub const GUS: &str = "gus@globex.test";
 pub const CAROL: &str = "carol@both.test";
+pub const DAVE: &str = "dave@acme.test";
+pub const ERIN: &str = "erin@acme.test";
 pub const ROOT: &str = "root@platform.test";
 
 fn role_url(role: &str, db: &str) -> String {
@@ -109,6 +112,7 @@ impl TestApp {
             login_concurrency: 2,
             db_pool_size: 8,
             single_tenant_users: options.single_tenant_users,
+            policy_dir: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies"),
         };
         ops::migrate(&config)
             .await
@@ -120,16 +124,18 @@ impl TestApp {
         let (globex, _) = ops::create_tenant(&config, "globex", "Globex", GUS, password())
             .await
             .map_err(|e| format!("{e:?}"))?;
-        ops::add_member(&config, acme, BOB, password(), "member")
-            .await
-            .map_err(|e| format!("{e:?}"))?;
+        let mut members = vec![
+            (acme, BOB, "member"),
+            (acme, DAVE, "member"),
+            (acme, ERIN, "admin"),
+        ];
         if !options.single_tenant_users {
-            ops::add_member(&config, acme, CAROL, password(), "member")
+            members.extend([(acme, CAROL, "member"), (globex, CAROL, "admin")]);
+        }
+        for (tenant, email, role) in members {
+            ops::add_member(&config, tenant, email, password(), role)
                 .await
-                .map_err(|e| format!("{e:?}"))?;
-            ops::add_member(&config, globex, CAROL, password(), "admin")
-                .await
-                .map_err(|e| format!("{e:?}"))?;
+                .map_err(|e| format!("{email}: {e:?}"))?;
         }
         ops::create_super_admin(&config, ROOT, password())
             .await

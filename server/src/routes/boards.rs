@@ -7,11 +7,13 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use axum::extract::State;
+
 use crate::error::{AppError, AppResult};
 use crate::extract::{AppJson, AppPath};
-use crate::routes::{exists, valid_name};
+use crate::routes::{authorize, board_resource, valid_name, workspace_resource};
 use crate::state::AppState;
-use crate::tenant::Db;
+use crate::tenant::{Db, Tenant};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -29,18 +31,21 @@ pub struct Board {
 
 const COLUMNS: &str = "id, workspace_id, name, created_at";
 
-async fn list(db: Db, AppPath(workspace): AppPath<Uuid>) -> AppResult<Json<Vec<Board>>> {
+async fn list(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    db: Db,
+    AppPath(workspace): AppPath<Uuid>,
+) -> AppResult<Json<Vec<Board>>> {
     let mut db = db.lock().await?;
-    let rows: Vec<Board> = sqlx::query_as(&format!(
+    let resource = workspace_resource(&mut db, &tenant, workspace).await?;
+    authorize(&state, &tenant, &mut db, "workspace:view", resource).await?;
+    let rows = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM app.boards WHERE workspace_id = $1 ORDER BY created_at, id"
     ))
     .bind(workspace)
     .fetch_all(db.conn()?)
     .await?;
-    // An empty list is a 404 when the workspace itself is not there.
-    if rows.is_empty() && !exists(db.conn()?, "app.workspaces", workspace).await? {
-        return Err(AppError::NotFound("Workspace"));
-    }
     Ok(Json(rows))
 }
 
@@ -51,15 +56,16 @@ struct BoardBody {
 }
 
 async fn create(
+    State(state): State<AppState>,
+    tenant: Tenant,
     db: Db,
     AppPath(workspace): AppPath<Uuid>,
     AppJson(body): AppJson<BoardBody>,
 ) -> AppResult<(StatusCode, Json<Board>)> {
     let name = valid_name("name", &body.name, 200)?;
     let mut db = db.lock().await?;
-    if !exists(db.conn()?, "app.workspaces", workspace).await? {
-        return Err(AppError::NotFound("Workspace"));
-    }
+    let resource = workspace_resource(&mut db, &tenant, workspace).await?;
+    authorize(&state, &tenant, &mut db, "board:create", resource).await?;
     let board = sqlx::query_as(&format!(
         "INSERT INTO app.boards (workspace_id, name) VALUES ($1, $2) RETURNING {COLUMNS}"
     ))
@@ -70,8 +76,15 @@ async fn create(
     Ok((StatusCode::CREATED, Json(board)))
 }
 
-async fn read(db: Db, AppPath(id): AppPath<Uuid>) -> AppResult<Json<Board>> {
+async fn read(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    db: Db,
+    AppPath(id): AppPath<Uuid>,
+) -> AppResult<Json<Board>> {
     let mut db = db.lock().await?;
+    let resource = board_resource(&mut db, &tenant, id).await?;
+    authorize(&state, &tenant, &mut db, "board:view", resource).await?;
     sqlx::query_as(&format!("SELECT {COLUMNS} FROM app.boards WHERE id = $1"))
         .bind(id)
         .fetch_optional(db.conn()?)
@@ -98,8 +111,15 @@ async fn update(
     .ok_or(AppError::NotFound("Board"))
 }
 
-async fn remove(db: Db, AppPath(id): AppPath<Uuid>) -> AppResult<StatusCode> {
+async fn remove(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    db: Db,
+    AppPath(id): AppPath<Uuid>,
+) -> AppResult<StatusCode> {
     let mut db = db.lock().await?;
+    let resource = board_resource(&mut db, &tenant, id).await?;
+    authorize(&state, &tenant, &mut db, "board:delete", resource).await?;
     let done = sqlx::query("DELETE FROM app.boards WHERE id = $1")
         .bind(id)
         .execute(db.conn()?)

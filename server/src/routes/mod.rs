@@ -3,12 +3,117 @@
 pub mod auth;
 pub mod boards;
 pub mod health;
+pub mod members;
 pub mod tasks;
 pub mod tenant;
 pub mod workspaces;
 
+use crate::authz::Resource;
 use crate::error::{AppError, AppResult};
+use crate::state::AppState;
+use crate::tenant::{DbGuard, Tenant};
 use uuid::Uuid;
+
+/// Asks the policies whether the caller may do `action` on `resource`. A
+/// denial is written to the tenant's audit trail (principal, action,
+/// resource, deciding policies) and answered 403. Call it before writing.
+pub(crate) async fn authorize(
+    state: &AppState,
+    tenant: &Tenant,
+    db: &mut DbGuard<'_>,
+    action: &'static str,
+    resource: Resource,
+) -> AppResult<()> {
+    let decision = state.authz.decide(&tenant.principal(), action, &resource);
+    if decision.allowed {
+        return Ok(());
+    }
+    if !decision.errors.is_empty() {
+        tracing::warn!(errors = ?decision.errors, action, "authorization evaluated with errors (denied)");
+    }
+    tracing::info!(user_id = %tenant.user_id, action, resource = ?resource, policies = ?decision.policies, "denied");
+    sqlx::query("INSERT INTO app.audit_events (actor_id, action, target, details) VALUES ($1, 'authz.denied', $2, $3)")
+        .bind(tenant.user_id)
+        .bind(format!("{resource:?}"))
+        .bind(serde_json::json!({
+            "principal": tenant.user_id,
+            "tenant_role": tenant.role,
+            "action": action,
+            "resource": format!("{resource:?}"),
+            "policies": decision.policies,
+            "errors": decision.errors,
+        }))
+        .execute(db.conn()?)
+        .await?;
+    Err(AppError::Denied)
+}
+
+/// Whether the policies allow it, without auditing (for filtering lists).
+pub(crate) fn allowed(
+    state: &AppState,
+    tenant: &Tenant,
+    action: &str,
+    resource: &Resource,
+) -> bool {
+    state
+        .authz
+        .decide(&tenant.principal(), action, resource)
+        .allowed
+}
+
+/// The workspace of a board, or 404 (never a hint of another tenant).
+pub(crate) async fn board_resource(
+    db: &mut DbGuard<'_>,
+    tenant: &Tenant,
+    board: Uuid,
+) -> AppResult<Resource> {
+    let row: Option<(Uuid,)> = sqlx::query_as("SELECT workspace_id FROM app.boards WHERE id = $1")
+        .bind(board)
+        .fetch_optional(db.conn()?)
+        .await?;
+    let (workspace,) = row.ok_or(AppError::NotFound("Board"))?;
+    Ok(Resource::Board {
+        id: board,
+        tenant: tenant.id,
+        workspace,
+    })
+}
+
+/// The workspace of a task, or 404.
+pub(crate) async fn task_resource(
+    db: &mut DbGuard<'_>,
+    tenant: &Tenant,
+    task: Uuid,
+) -> AppResult<Resource> {
+    let row: Option<(Uuid,)> = sqlx::query_as(
+        "SELECT b.workspace_id FROM app.tasks t JOIN app.boards b ON b.tenant_id = t.tenant_id AND b.id = t.board_id
+         WHERE t.id = $1",
+    )
+    .bind(task)
+    .fetch_optional(db.conn()?)
+    .await?;
+    let (workspace,) = row.ok_or(AppError::NotFound("Task"))?;
+    Ok(Resource::Task {
+        id: task,
+        tenant: tenant.id,
+        workspace,
+    })
+}
+
+/// A workspace of this tenant, or 404.
+pub(crate) async fn workspace_resource(
+    db: &mut DbGuard<'_>,
+    tenant: &Tenant,
+    workspace: Uuid,
+) -> AppResult<Resource> {
+    if !exists(db.conn()?, "app.workspaces", workspace).await? {
+        return Err(AppError::NotFound("Workspace"));
+    }
+    Ok(Resource::Workspace {
+        id: workspace,
+        tenant: tenant.id,
+    })
+}
 
 /// A trimmed, non-empty name of at most `max` characters.
 pub(crate) fn valid_name<'a>(field: &str, value: &'a str, max: usize) -> AppResult<&'a str> {

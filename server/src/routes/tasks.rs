@@ -7,9 +7,11 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use axum::extract::State;
+
 use crate::error::{AppError, AppResult};
 use crate::extract::{AppJson, AppPath};
-use crate::routes::{exists, valid_name};
+use crate::routes::{authorize, board_resource, task_resource, valid_name};
 use crate::state::AppState;
 use crate::tenant::{Db, Tenant};
 
@@ -71,18 +73,21 @@ async fn valid_assignee(conn: &mut sqlx::PgConnection, assignee: Option<Uuid>) -
     Ok(())
 }
 
-async fn list(db: Db, AppPath(board): AppPath<Uuid>) -> AppResult<Json<Vec<Task>>> {
+async fn list(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    db: Db,
+    AppPath(board): AppPath<Uuid>,
+) -> AppResult<Json<Vec<Task>>> {
     let mut db = db.lock().await?;
-    let rows: Vec<Task> = sqlx::query_as(&format!(
+    let resource = board_resource(&mut db, &tenant, board).await?;
+    authorize(&state, &tenant, &mut db, "board:view", resource).await?;
+    let rows = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM app.tasks WHERE board_id = $1 ORDER BY created_at, id"
     ))
     .bind(board)
     .fetch_all(db.conn()?)
     .await?;
-    // An empty list is a 404 when the board itself is not there.
-    if rows.is_empty() && !exists(db.conn()?, "app.boards", board).await? {
-        return Err(AppError::NotFound("Board"));
-    }
     Ok(Json(rows))
 }
 
@@ -96,6 +101,7 @@ struct CreateTask {
 }
 
 async fn create(
+    State(state): State<AppState>,
     tenant: Tenant,
     db: Db,
     AppPath(board): AppPath<Uuid>,
@@ -105,9 +111,8 @@ async fn create(
     let status = valid_status(body.status.as_deref())?.unwrap_or("todo");
     let description = valid_description(body.description.as_deref())?.unwrap_or("");
     let mut db = db.lock().await?;
-    if !exists(db.conn()?, "app.boards", board).await? {
-        return Err(AppError::NotFound("Board"));
-    }
+    let resource = board_resource(&mut db, &tenant, board).await?;
+    authorize(&state, &tenant, &mut db, "task:create", resource).await?;
     valid_assignee(db.conn()?, body.assignee_id).await?;
     let task = sqlx::query_as(&format!(
         "INSERT INTO app.tasks (board_id, title, description, status, assignee_id, created_by)
@@ -124,8 +129,15 @@ async fn create(
     Ok((StatusCode::CREATED, Json(task)))
 }
 
-async fn read(db: Db, AppPath(id): AppPath<Uuid>) -> AppResult<Json<Task>> {
+async fn read(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    db: Db,
+    AppPath(id): AppPath<Uuid>,
+) -> AppResult<Json<Task>> {
     let mut db = db.lock().await?;
+    let resource = task_resource(&mut db, &tenant, id).await?;
+    authorize(&state, &tenant, &mut db, "task:view", resource).await?;
     sqlx::query_as(&format!("SELECT {COLUMNS} FROM app.tasks WHERE id = $1"))
         .bind(id)
         .fetch_optional(db.conn()?)
@@ -144,6 +156,8 @@ struct UpdateTask {
 }
 
 async fn update(
+    State(state): State<AppState>,
+    tenant: Tenant,
     db: Db,
     AppPath(id): AppPath<Uuid>,
     AppJson(body): AppJson<UpdateTask>,
@@ -165,6 +179,8 @@ async fn update(
     let status = valid_status(body.status.as_deref())?;
     let description = valid_description(body.description.as_deref())?;
     let mut db = db.lock().await?;
+    let resource = task_resource(&mut db, &tenant, id).await?;
+    authorize(&state, &tenant, &mut db, "task:update", resource).await?;
     valid_assignee(db.conn()?, body.assignee_id).await?;
     sqlx::query_as(&format!(
         "UPDATE app.tasks SET title = coalesce($2, title), description = coalesce($3, description),
@@ -182,8 +198,15 @@ async fn update(
     .ok_or(AppError::NotFound("Task"))
 }
 
-async fn remove(db: Db, AppPath(id): AppPath<Uuid>) -> AppResult<StatusCode> {
+async fn remove(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    db: Db,
+    AppPath(id): AppPath<Uuid>,
+) -> AppResult<StatusCode> {
     let mut db = db.lock().await?;
+    let resource = task_resource(&mut db, &tenant, id).await?;
+    authorize(&state, &tenant, &mut db, "task:delete", resource).await?;
     let done = sqlx::query("DELETE FROM app.tasks WHERE id = $1")
         .bind(id)
         .execute(db.conn()?)

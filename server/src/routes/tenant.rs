@@ -1,27 +1,144 @@
-//! `GET /api/tenant`: the current tenant as its members see it, with its
-//! configuration (loaded once per request by the tenant layer).
+//! The current tenant: `GET /api/tenant` (every member), its settings
+//! (`GET/PUT /api/tenant/settings`, owners and admins) and billing contact
+//! (`PUT /api/tenant/billing`, owners). Settings live in the tenant's
+//! catalog row (`configuration`), which the tenant layer loads per request.
 
-use axum::routing::get;
+use axum::extract::State;
+use axum::routing::{get, put};
 use axum::{Json, Router};
-use serde_json::{json, Value};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
 
+use crate::authz::Resource;
+use crate::error::{AppError, AppResult};
+use crate::extract::AppJson;
+use crate::routes::{allowed, authorize};
 use crate::state::AppState;
-use crate::tenant::Tenant;
+use crate::tenant::{Db, Tenant};
+
+/// Kept apart from the settings: only owners change it.
+const BILLING_KEY: &str = "billing_email";
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/api/tenant", get(current))
+    Router::new()
+        .route("/api/tenant", get(current))
+        .route("/api/tenant/settings", get(settings).put(update_settings))
+        .route("/api/tenant/billing", put(update_billing))
 }
 
-async fn current(tenant: Tenant) -> Json<Value> {
-    // Configuration can hold the tenant's own API keys: owners and admins only.
-    let configuration =
-        matches!(tenant.role.as_str(), "owner" | "admin").then_some(&tenant.configuration);
-    Json(json!({
+async fn current(State(state): State<AppState>, tenant: Tenant, db: Db) -> AppResult<Json<Value>> {
+    let mut db = db.lock().await?;
+    authorize(
+        &state,
+        &tenant,
+        &mut db,
+        "tenant:view",
+        Resource::Tenant(tenant.id),
+    )
+    .await?;
+    // Configuration can hold the tenant's own API keys: only for those who manage settings.
+    let configuration = allowed(
+        &state,
+        &tenant,
+        "tenant:manageSettings",
+        &Resource::Tenant(tenant.id),
+    )
+    .then_some(&tenant.configuration);
+    Ok(Json(json!({
         "id": tenant.id,
         "slug": tenant.slug,
         "name": tenant.name,
         "display_name": tenant.display_name,
         "configuration": configuration,
         "role": tenant.role,
-    }))
+    })))
+}
+
+async fn settings(State(state): State<AppState>, tenant: Tenant, db: Db) -> AppResult<Json<Value>> {
+    let mut db = db.lock().await?;
+    authorize(
+        &state,
+        &tenant,
+        &mut db,
+        "tenant:manageSettings",
+        Resource::Tenant(tenant.id),
+    )
+    .await?;
+    Ok(Json(tenant.configuration.clone()))
+}
+
+async fn store(db: &mut crate::tenant::DbGuard<'_>, configuration: Value) -> AppResult<Value> {
+    Ok(
+        sqlx::query_scalar("SELECT tenancy.set_current_tenant_configuration($1)")
+            .bind(configuration)
+            .fetch_one(db.conn()?)
+            .await?,
+    )
+}
+
+/// Replaces the settings (a JSON object); the billing contact is kept.
+async fn update_settings(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    db: Db,
+    AppJson(body): AppJson<Value>,
+) -> AppResult<Json<Value>> {
+    let Value::Object(mut settings) = body else {
+        return Err(AppError::Validation(
+            "settings must be a JSON object".to_owned(),
+        ));
+    };
+    if settings.contains_key(BILLING_KEY) {
+        return Err(AppError::Validation(format!(
+            "{BILLING_KEY} is changed with PUT /api/tenant/billing"
+        )));
+    }
+    let mut db = db.lock().await?;
+    authorize(
+        &state,
+        &tenant,
+        &mut db,
+        "tenant:manageSettings",
+        Resource::Tenant(tenant.id),
+    )
+    .await?;
+    if let Some(billing) = tenant.configuration.get(BILLING_KEY) {
+        settings.insert(BILLING_KEY.to_owned(), billing.clone());
+    }
+    Ok(Json(store(&mut db, Value::Object(settings)).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Billing {
+    billing_email: String,
+}
+
+async fn update_billing(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    db: Db,
+    AppJson(body): AppJson<Billing>,
+) -> AppResult<Json<Value>> {
+    let email = body.billing_email.trim();
+    if !crate::routes::members::valid_email(email) {
+        return Err(AppError::Validation(
+            "billing_email must be an email address".to_owned(),
+        ));
+    }
+    let mut db = db.lock().await?;
+    authorize(
+        &state,
+        &tenant,
+        &mut db,
+        "tenant:manageBilling",
+        Resource::Tenant(tenant.id),
+    )
+    .await?;
+    let mut configuration = match &tenant.configuration {
+        Value::Object(map) => map.clone(),
+        _ => Map::new(),
+    };
+    configuration.insert(BILLING_KEY.to_owned(), json!(email));
+    Ok(Json(store(&mut db, Value::Object(configuration)).await?))
 }

@@ -8,9 +8,12 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use axum::extract::State;
+
+use crate::authz::Resource;
 use crate::error::{AppError, AppResult};
 use crate::extract::{AppJson, AppPath};
-use crate::routes::valid_name;
+use crate::routes::{allowed, authorize, valid_name, workspace_resource};
 use crate::state::AppState;
 use crate::tenant::{Db, Tenant};
 
@@ -33,14 +36,33 @@ pub struct Workspace {
 
 const COLUMNS: &str = "id, name, archived_at, created_at";
 
-async fn list(db: Db) -> AppResult<Json<Vec<Workspace>>> {
+/// The workspaces of the tenant the caller may view.
+async fn list(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    db: Db,
+) -> AppResult<Json<Vec<Workspace>>> {
     let mut db = db.lock().await?;
-    let rows = sqlx::query_as(&format!(
+    let rows: Vec<Workspace> = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM app.workspaces ORDER BY created_at, id"
     ))
     .fetch_all(db.conn()?)
     .await?;
-    Ok(Json(rows))
+    let visible = rows
+        .into_iter()
+        .filter(|w| {
+            allowed(
+                &state,
+                &tenant,
+                "workspace:view",
+                &Resource::Workspace {
+                    id: w.id,
+                    tenant: tenant.id,
+                },
+            )
+        })
+        .collect();
+    Ok(Json(visible))
 }
 
 #[derive(Deserialize)]
@@ -50,12 +72,21 @@ struct CreateWorkspace {
 }
 
 async fn create(
+    State(state): State<AppState>,
     tenant: Tenant,
     db: Db,
     AppJson(body): AppJson<CreateWorkspace>,
 ) -> AppResult<(StatusCode, Json<Workspace>)> {
     let name = valid_name("name", &body.name, 200)?;
     let mut db = db.lock().await?;
+    authorize(
+        &state,
+        &tenant,
+        &mut db,
+        "workspace:create",
+        Resource::Tenant(tenant.id),
+    )
+    .await?;
     let workspace: Workspace = sqlx::query_as(&format!(
         "INSERT INTO app.workspaces (name, created_by) VALUES ($1, $2) RETURNING {COLUMNS}"
     ))
@@ -74,8 +105,15 @@ async fn create(
     Ok((StatusCode::CREATED, Json(workspace)))
 }
 
-async fn read(db: Db, AppPath(id): AppPath<Uuid>) -> AppResult<Json<Workspace>> {
+async fn read(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    db: Db,
+    AppPath(id): AppPath<Uuid>,
+) -> AppResult<Json<Workspace>> {
     let mut db = db.lock().await?;
+    let resource = workspace_resource(&mut db, &tenant, id).await?;
+    authorize(&state, &tenant, &mut db, "workspace:view", resource).await?;
     sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM app.workspaces WHERE id = $1"
     ))
@@ -94,6 +132,8 @@ struct UpdateWorkspace {
 }
 
 async fn update(
+    State(state): State<AppState>,
+    tenant: Tenant,
     db: Db,
     AppPath(id): AppPath<Uuid>,
     AppJson(body): AppJson<UpdateWorkspace>,
@@ -109,6 +149,13 @@ async fn update(
         .map(|n| valid_name("name", n, 200))
         .transpose()?;
     let mut db = db.lock().await?;
+    let resource = workspace_resource(&mut db, &tenant, id).await?;
+    if name.is_some() {
+        authorize(&state, &tenant, &mut db, "workspace:update", resource).await?;
+    }
+    if body.archived.is_some() {
+        authorize(&state, &tenant, &mut db, "workspace:archive", resource).await?;
+    }
     sqlx::query_as(&format!(
         "UPDATE app.workspaces SET name = coalesce($2, name),
              archived_at = CASE WHEN $3 IS NULL THEN archived_at WHEN $3 THEN coalesce(archived_at, now()) END,
@@ -124,8 +171,15 @@ async fn update(
     .ok_or(AppError::NotFound("Workspace"))
 }
 
-async fn remove(db: Db, AppPath(id): AppPath<Uuid>) -> AppResult<StatusCode> {
+async fn remove(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    db: Db,
+    AppPath(id): AppPath<Uuid>,
+) -> AppResult<StatusCode> {
     let mut db = db.lock().await?;
+    let resource = workspace_resource(&mut db, &tenant, id).await?;
+    authorize(&state, &tenant, &mut db, "workspace:delete", resource).await?;
     let done = sqlx::query("DELETE FROM app.workspaces WHERE id = $1")
         .bind(id)
         .execute(db.conn()?)

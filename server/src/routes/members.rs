@@ -1,0 +1,400 @@
+//! Tenant members (`/api/tenant/members`) and workspace members
+//! (`/api/workspaces/{id}/members`), each change decided by the policies.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, patch};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::authz::Resource;
+use crate::error::{AppError, AppResult};
+use crate::extract::{AppJson, AppPath};
+use crate::routes::{authorize, workspace_resource};
+use crate::state::AppState;
+use crate::tenant::{Db, DbGuard, Tenant};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/tenant/members", get(list_tenant).post(add_tenant))
+        .route(
+            "/api/tenant/members/{user_id}",
+            patch(change_tenant).delete(remove_tenant),
+        )
+        .route(
+            "/api/workspaces/{id}/members",
+            get(list_workspace).post(add_workspace),
+        )
+        .route(
+            "/api/workspaces/{id}/members/{user_id}",
+            patch(change_workspace).delete(remove_workspace),
+        )
+}
+
+pub(crate) fn valid_email(email: &str) -> bool {
+    let parts: Vec<&str> = email.split('@').collect();
+    email.len() <= 254
+        && parts.len() == 2
+        && !parts[0].is_empty()
+        && parts[1].contains('.')
+        && !email.chars().any(char::is_whitespace)
+}
+
+fn tenant_role(role: &str) -> AppResult<&str> {
+    match role {
+        "owner" | "admin" | "member" => Ok(role),
+        other => Err(AppError::Validation(format!(
+            "role must be owner, admin or member; got {other:?}"
+        ))),
+    }
+}
+
+fn workspace_role(role: &str) -> AppResult<&str> {
+    match role {
+        "admin" | "member" | "viewer" => Ok(role),
+        other => Err(AppError::Validation(format!(
+            "role must be admin, member or viewer; got {other:?}"
+        ))),
+    }
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+struct Member {
+    user_id: Uuid,
+    email: String,
+    display_name: String,
+    role: String,
+}
+
+async fn list_tenant(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    db: Db,
+) -> AppResult<Json<Vec<Member>>> {
+    let mut db = db.lock().await?;
+    authorize(
+        &state,
+        &tenant,
+        &mut db,
+        "tenant:view",
+        Resource::Tenant(tenant.id),
+    )
+    .await?;
+    let rows = sqlx::query_as(
+        "SELECT m.user_id, u.email, u.display_name, m.role
+         FROM app.tenant_memberships m JOIN app.users u ON u.id = m.user_id ORDER BY u.email",
+    )
+    .fetch_all(db.conn()?)
+    .await?;
+    Ok(Json(rows))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddTenantMember {
+    email: String,
+    role: String,
+}
+
+/// Authorizes a change that touches the owner role, then the general right.
+async fn authorize_role_change(
+    state: &AppState,
+    tenant: &Tenant,
+    db: &mut DbGuard<'_>,
+    roles: &[&str],
+) -> AppResult<()> {
+    authorize(
+        state,
+        tenant,
+        db,
+        "tenant:manageUsers",
+        Resource::Tenant(tenant.id),
+    )
+    .await?;
+    if roles.contains(&"owner") {
+        authorize(
+            state,
+            tenant,
+            db,
+            "tenant:manageOwners",
+            Resource::Tenant(tenant.id),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Adds a user by email; an unknown email becomes an invited user.
+async fn add_tenant(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    db: Db,
+    AppJson(body): AppJson<AddTenantMember>,
+) -> AppResult<(StatusCode, Json<Member>)> {
+    let email = body.email.trim();
+    if !valid_email(email) {
+        return Err(AppError::Validation(
+            "email must be an email address".to_owned(),
+        ));
+    }
+    let role = tenant_role(&body.role)?;
+    let mut db = db.lock().await?;
+    authorize_role_change(&state, &tenant, &mut db, &[role]).await?;
+    let user: Uuid = sqlx::query_scalar("SELECT app.ensure_user($1)")
+        .bind(email)
+        .fetch_one(db.conn()?)
+        .await?;
+    let inserted = sqlx::query(
+        "INSERT INTO app.tenant_memberships (user_id, role) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    )
+    .bind(user)
+    .bind(role)
+    .execute(db.conn()?)
+    .await?;
+    if inserted.rows_affected() == 0 {
+        return Err(AppError::Conflict(
+            "Already a member of this tenant".to_owned(),
+        ));
+    }
+    let member = sqlx::query_as(
+        "SELECT m.user_id, u.email, u.display_name, m.role
+         FROM app.tenant_memberships m JOIN app.users u ON u.id = m.user_id WHERE m.user_id = $1",
+    )
+    .bind(user)
+    .fetch_one(db.conn()?)
+    .await?;
+    Ok((StatusCode::CREATED, Json(member)))
+}
+
+async fn current_role(db: &mut DbGuard<'_>, user: Uuid) -> AppResult<String> {
+    let row: Option<(String,)> =
+        sqlx::query_as("SELECT role FROM app.tenant_memberships WHERE user_id = $1 FOR UPDATE")
+            .bind(user)
+            .fetch_optional(db.conn()?)
+            .await?;
+    row.map(|(r,)| r).ok_or(AppError::NotFound("Member"))
+}
+
+/// Refuses to leave the tenant without an owner.
+async fn keep_an_owner(db: &mut DbGuard<'_>, user: Uuid) -> AppResult<()> {
+    let others: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT 1 FROM app.tenant_memberships WHERE role = 'owner' AND user_id <> $1 FOR UPDATE) o",
+    )
+    .bind(user)
+    .fetch_one(db.conn()?)
+    .await?;
+    if others == 0 {
+        return Err(AppError::Conflict(
+            "A tenant needs at least one owner".to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChangeRole {
+    role: String,
+}
+
+async fn change_tenant(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    db: Db,
+    AppPath(user): AppPath<Uuid>,
+    AppJson(body): AppJson<ChangeRole>,
+) -> AppResult<Json<Member>> {
+    let role = tenant_role(&body.role)?;
+    let mut db = db.lock().await?;
+    let before = current_role(&mut db, user).await?;
+    authorize_role_change(&state, &tenant, &mut db, &[role, before.as_str()]).await?;
+    if before == "owner" && role != "owner" {
+        keep_an_owner(&mut db, user).await?;
+    }
+    sqlx::query("UPDATE app.tenant_memberships SET role = $2 WHERE user_id = $1")
+        .bind(user)
+        .bind(role)
+        .execute(db.conn()?)
+        .await?;
+    let member = sqlx::query_as(
+        "SELECT m.user_id, u.email, u.display_name, m.role
+         FROM app.tenant_memberships m JOIN app.users u ON u.id = m.user_id WHERE m.user_id = $1",
+    )
+    .bind(user)
+    .fetch_one(db.conn()?)
+    .await?;
+    Ok(Json(member))
+}
+
+async fn remove_tenant(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    db: Db,
+    AppPath(user): AppPath<Uuid>,
+) -> AppResult<StatusCode> {
+    let mut db = db.lock().await?;
+    let before = current_role(&mut db, user).await?;
+    authorize_role_change(&state, &tenant, &mut db, &[before.as_str()]).await?;
+    if before == "owner" {
+        keep_an_owner(&mut db, user).await?;
+    }
+    sqlx::query("DELETE FROM app.tenant_memberships WHERE user_id = $1")
+        .bind(user)
+        .execute(db.conn()?)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+struct WorkspaceMember {
+    user_id: Uuid,
+    email: String,
+    role: String,
+}
+
+const WORKSPACE_MEMBER: &str = "SELECT w.user_id, u.email, w.role FROM app.workspace_members w JOIN app.users u ON u.id = w.user_id";
+
+async fn list_workspace(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    db: Db,
+    AppPath(workspace): AppPath<Uuid>,
+) -> AppResult<Json<Vec<WorkspaceMember>>> {
+    let mut db = db.lock().await?;
+    let resource = workspace_resource(&mut db, &tenant, workspace).await?;
+    authorize(&state, &tenant, &mut db, "workspace:view", resource).await?;
+    let rows = sqlx::query_as(&format!(
+        "{WORKSPACE_MEMBER} WHERE w.workspace_id = $1 ORDER BY u.email"
+    ))
+    .bind(workspace)
+    .fetch_all(db.conn()?)
+    .await?;
+    Ok(Json(rows))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddWorkspaceMember {
+    user_id: Uuid,
+    role: String,
+}
+
+async fn add_workspace(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    db: Db,
+    AppPath(workspace): AppPath<Uuid>,
+    AppJson(body): AppJson<AddWorkspaceMember>,
+) -> AppResult<(StatusCode, Json<WorkspaceMember>)> {
+    let role = workspace_role(&body.role)?;
+    let mut db = db.lock().await?;
+    let resource = workspace_resource(&mut db, &tenant, workspace).await?;
+    authorize(
+        &state,
+        &tenant,
+        &mut db,
+        "workspace:manageMembers",
+        resource,
+    )
+    .await?;
+    // Only members of this tenant can join its workspaces (the key enforces it too).
+    let member: Option<(Uuid,)> =
+        sqlx::query_as("SELECT user_id FROM app.tenant_memberships WHERE user_id = $1")
+            .bind(body.user_id)
+            .fetch_optional(db.conn()?)
+            .await?;
+    if member.is_none() {
+        return Err(AppError::Validation(
+            "user_id is not a member of this tenant".to_owned(),
+        ));
+    }
+    let inserted = sqlx::query(
+        "INSERT INTO app.workspace_members (workspace_id, user_id, role) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+    )
+    .bind(workspace)
+    .bind(body.user_id)
+    .bind(role)
+    .execute(db.conn()?)
+    .await?;
+    if inserted.rows_affected() == 0 {
+        return Err(AppError::Conflict(
+            "Already a member of this workspace".to_owned(),
+        ));
+    }
+    let row = sqlx::query_as(&format!(
+        "{WORKSPACE_MEMBER} WHERE w.workspace_id = $1 AND w.user_id = $2"
+    ))
+    .bind(workspace)
+    .bind(body.user_id)
+    .fetch_one(db.conn()?)
+    .await?;
+    Ok((StatusCode::CREATED, Json(row)))
+}
+
+async fn change_workspace(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    db: Db,
+    AppPath((workspace, user)): AppPath<(Uuid, Uuid)>,
+    AppJson(body): AppJson<ChangeRole>,
+) -> AppResult<Json<WorkspaceMember>> {
+    let role = workspace_role(&body.role)?;
+    let mut db = db.lock().await?;
+    let resource = workspace_resource(&mut db, &tenant, workspace).await?;
+    authorize(
+        &state,
+        &tenant,
+        &mut db,
+        "workspace:manageMembers",
+        resource,
+    )
+    .await?;
+    let done = sqlx::query(
+        "UPDATE app.workspace_members SET role = $3 WHERE workspace_id = $1 AND user_id = $2",
+    )
+    .bind(workspace)
+    .bind(user)
+    .bind(role)
+    .execute(db.conn()?)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Err(AppError::NotFound("Workspace member"));
+    }
+    let row = sqlx::query_as(&format!(
+        "{WORKSPACE_MEMBER} WHERE w.workspace_id = $1 AND w.user_id = $2"
+    ))
+    .bind(workspace)
+    .bind(user)
+    .fetch_one(db.conn()?)
+    .await?;
+    Ok(Json(row))
+}
+
+async fn remove_workspace(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    db: Db,
+    AppPath((workspace, user)): AppPath<(Uuid, Uuid)>,
+) -> AppResult<StatusCode> {
+    let mut db = db.lock().await?;
+    let resource = workspace_resource(&mut db, &tenant, workspace).await?;
+    authorize(
+        &state,
+        &tenant,
+        &mut db,
+        "workspace:manageMembers",
+        resource,
+    )
+    .await?;
+    let done =
+        sqlx::query("DELETE FROM app.workspace_members WHERE workspace_id = $1 AND user_id = $2")
+            .bind(workspace)
+            .bind(user)
+            .execute(db.conn()?)
+            .await?;
+    match done.rows_affected() {
+        0 => Err(AppError::NotFound("Workspace member")),
+        _ => Ok(StatusCode::NO_CONTENT),
+    }
+}
