@@ -5,6 +5,7 @@
 # (database tenancy) with demo tenants and users, show a few calls with
 # curl, and keep serving on 127.0.0.1:8080 until Ctrl-C.
 set -euo pipefail
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh

@@ -3,6 +3,7 @@
 # tenants and users, shows login and a few calls with curl, then keeps
 # serving on 127.0.0.1:8080 until Ctrl-C. Assumes scripts/setup.sh ran.
 set -euo pipefail
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 cd "$(dirname "$0")/.."
 
 PG_URL="${TENANCY_PG_URL:-postgres://postgres:postgres@127.0.0.1:5432}"

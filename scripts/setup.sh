@@ -3,6 +3,7 @@
 # packages, cargo-pgrx), starts PostgreSQL 15 and Redis if they are not
 # running. Fast when everything is already there.
 set -euo pipefail
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 
 PG_MAJOR=15
 PGRX_VERSION=0.18.0

@@ -2,6 +2,7 @@
 # Every test: lint, the token codec's unit tests, and the end-to-end tests
 # against the real PostgreSQL with the extension installed (and Redis).
 set -euo pipefail
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh

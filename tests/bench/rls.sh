@@ -13,6 +13,7 @@
 #
 # Usage: tests/bench/rls.sh   (REUSE_DATA=1 keeps the loaded database; env: ROUNDS=5 SECONDS_PER_RUN=10 CLIENTS=4 ROWS_PER_TENANT=1000 TENANTS=1000)
 set -euo pipefail
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 cd "$(dirname "$0")/../.."
 
 ROUNDS=${ROUNDS:-5}

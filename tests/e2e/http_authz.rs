@@ -417,3 +417,36 @@ async fn workspace_members_are_managed_by_workspace_admins() -> TestResult {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn the_service_refuses_to_start_with_a_broken_policy_file() -> TestResult {
+    let app = TestApp::spawn().await?;
+    let dir = std::env::temp_dir().join(format!(
+        "tenancy-policies-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::copy(
+        app.config.policy_dir.join("tenancy.cedarschema"),
+        dir.join("tenancy.cedarschema"),
+    )?;
+    let mut policies = std::fs::read_to_string(app.config.policy_dir.join("tenancy.cedar"))?;
+    let line = policies.lines().count() + 3; // a blank line, the @id, then the faulty rule
+    policies.push_str("\n@id(\"typo\")\npermit (principal, action, resource is Tenancy::Task) when { resource.tennant == principal.tenant };\n");
+    std::fs::write(dir.join("tenancy.cedar"), policies)?;
+
+    let mut config = app.config.clone();
+    config.policy_dir = dir.clone();
+    let outcome = tenancy_server::AppState::connect(config).await;
+    let message = match outcome {
+        Ok(_) => String::from("started"),
+        Err(e) => e.to_string(),
+    };
+    let expected = format!("{}:{line}:", dir.join("tenancy.cedar").display());
+    assert!(
+        message.starts_with("invalid authorization policies: ") && message.contains(&expected),
+        "{message}"
+    );
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
