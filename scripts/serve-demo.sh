@@ -57,14 +57,14 @@ step "Log in as alice (owner of acme)" \
 ALICE=$(login alice@acme.test)
 GUS=$(login gus@globex.test)
 CAROL=$(login carol@example.test)
-step "Alice lists acme's workspaces" "curl -s http://${LISTEN}/api/workspaces -H 'authorization: Bearer \$ALICE'"
+step "Alice lists acme's workspaces" "curl -s http://${LISTEN}/api/workspaces -H \"authorization: Bearer \$ALICE\""
 step "Alice creates a workspace" \
-    "curl -s http://${LISTEN}/api/workspaces -H 'authorization: Bearer \$ALICE' -H 'content-type: application/json' -d '{\"name\":\"Launch\"}'"
-step "Gus (globex) sees only globex" "curl -s http://${LISTEN}/api/workspaces -H 'authorization: Bearer \$GUS'"
+    "curl -s http://${LISTEN}/api/workspaces -H \"authorization: Bearer \$ALICE\" -H 'content-type: application/json' -d '{\"name\":\"Launch\"}'"
+step "Gus (globex) sees only globex" "curl -s http://${LISTEN}/api/workspaces -H \"authorization: Bearer \$GUS\""
 step "Gus asks for acme by header: not a member" \
-    "curl -s http://${LISTEN}/api/workspaces -H 'authorization: Bearer \$GUS' -H 'x-tenant-id: ${ACME}'"
+    "curl -s http://${LISTEN}/api/workspaces -H \"authorization: Bearer \$GUS\" -H 'x-tenant-id: ${ACME}'"
 step "Carol belongs to two tenants: she picks one by subdomain" \
-    "curl -s http://${LISTEN}/api/tenant -H 'authorization: Bearer \$CAROL' -H 'host: globex.${TENANCY_BASE_DOMAIN}'"
+    "curl -s http://${LISTEN}/api/tenant -H \"authorization: Bearer \$CAROL\" -H 'host: globex.${TENANCY_BASE_DOMAIN}'"
 
 cat <<EOT
 

@@ -343,22 +343,17 @@ impl Authz {
                 id,
                 tenant,
                 workspace,
-            } => {
-                let uid = self.uid(&self.types.board, id.to_string());
-                let entity = Entity::new(
-                    uid.clone(),
-                    in_tenant(tenant, Some(workspace)),
-                    HashSet::new(),
-                )
-                .map_err(|e| e.to_string())?;
-                (uid, entity)
             }
-            Resource::Task {
+            | Resource::Task {
                 id,
                 tenant,
                 workspace,
             } => {
-                let uid = self.uid(&self.types.task, id.to_string());
+                let kind = match resource {
+                    Resource::Board { .. } => &self.types.board,
+                    _ => &self.types.task,
+                };
+                let uid = self.uid(kind, id.to_string());
                 let entity = Entity::new(
                     uid.clone(),
                     in_tenant(tenant, Some(workspace)),

@@ -11,7 +11,7 @@ use axum::extract::State;
 
 use crate::error::{AppError, AppResult};
 use crate::extract::{AppJson, AppPath};
-use crate::routes::{authorize, board_resource, valid_name, workspace_resource};
+use crate::routes::{authorize, board_resource, delete_row, valid_name, workspace_resource};
 use crate::state::AppState;
 use crate::tenant::{Db, Tenant};
 
@@ -120,12 +120,5 @@ async fn remove(
     let mut db = db.lock().await?;
     let resource = board_resource(&mut db, &tenant, id).await?;
     authorize(&state, &tenant, &mut db, "board:delete", resource).await?;
-    let done = sqlx::query("DELETE FROM app.boards WHERE id = $1")
-        .bind(id)
-        .execute(db.conn()?)
-        .await?;
-    match done.rows_affected() {
-        0 => Err(AppError::NotFound("Board")),
-        _ => Ok(StatusCode::NO_CONTENT),
-    }
+    delete_row(&mut db, "app.boards", id, "Board").await
 }

@@ -157,14 +157,18 @@ async fn add_tenant(
             "Already a member of this tenant".to_owned(),
         ));
     }
-    let member = sqlx::query_as(
+    let member = tenant_member(&mut db, user).await?;
+    Ok((StatusCode::CREATED, Json(member)))
+}
+
+async fn tenant_member(db: &mut DbGuard<'_>, user: Uuid) -> AppResult<Member> {
+    Ok(sqlx::query_as(
         "SELECT m.user_id, u.email, u.display_name, m.role
          FROM app.tenant_memberships m JOIN app.users u ON u.id = m.user_id WHERE m.user_id = $1",
     )
     .bind(user)
     .fetch_one(db.conn()?)
-    .await?;
-    Ok((StatusCode::CREATED, Json(member)))
+    .await?)
 }
 
 async fn current_role(db: &mut DbGuard<'_>, user: Uuid) -> AppResult<String> {
@@ -217,13 +221,7 @@ async fn change_tenant(
         .bind(role)
         .execute(db.conn()?)
         .await?;
-    let member = sqlx::query_as(
-        "SELECT m.user_id, u.email, u.display_name, m.role
-         FROM app.tenant_memberships m JOIN app.users u ON u.id = m.user_id WHERE m.user_id = $1",
-    )
-    .bind(user)
-    .fetch_one(db.conn()?)
-    .await?;
+    let member = tenant_member(&mut db, user).await?;
     Ok(Json(member))
 }
 
@@ -254,6 +252,20 @@ struct WorkspaceMember {
 }
 
 const WORKSPACE_MEMBER: &str = "SELECT w.user_id, u.email, w.role FROM app.workspace_members w JOIN app.users u ON u.id = w.user_id";
+
+async fn workspace_member(
+    db: &mut DbGuard<'_>,
+    workspace: Uuid,
+    user: Uuid,
+) -> AppResult<WorkspaceMember> {
+    Ok(sqlx::query_as(&format!(
+        "{WORKSPACE_MEMBER} WHERE w.workspace_id = $1 AND w.user_id = $2"
+    ))
+    .bind(workspace)
+    .bind(user)
+    .fetch_one(db.conn()?)
+    .await?)
+}
 
 async fn list_workspace(
     State(state): State<AppState>,
@@ -322,13 +334,7 @@ async fn add_workspace(
             "Already a member of this workspace".to_owned(),
         ));
     }
-    let row = sqlx::query_as(&format!(
-        "{WORKSPACE_MEMBER} WHERE w.workspace_id = $1 AND w.user_id = $2"
-    ))
-    .bind(workspace)
-    .bind(body.user_id)
-    .fetch_one(db.conn()?)
-    .await?;
+    let row = workspace_member(&mut db, workspace, body.user_id).await?;
     Ok((StatusCode::CREATED, Json(row)))
 }
 
@@ -361,13 +367,7 @@ async fn change_workspace(
     if done.rows_affected() == 0 {
         return Err(AppError::NotFound("Workspace member"));
     }
-    let row = sqlx::query_as(&format!(
-        "{WORKSPACE_MEMBER} WHERE w.workspace_id = $1 AND w.user_id = $2"
-    ))
-    .bind(workspace)
-    .bind(user)
-    .fetch_one(db.conn()?)
-    .await?;
+    let row = workspace_member(&mut db, workspace, user).await?;
     Ok(Json(row))
 }
 

@@ -126,6 +126,24 @@ pub(crate) fn valid_name<'a>(field: &str, value: &'a str, max: usize) -> AppResu
     Ok(trimmed)
 }
 
+/// Deletes the row with this id (already authorized): 204, or 404 if the
+/// tenant has no such row. `table` is always one of our own constants.
+pub(crate) async fn delete_row(
+    db: &mut DbGuard<'_>,
+    table: &'static str,
+    id: Uuid,
+    what: &'static str,
+) -> AppResult<axum::http::StatusCode> {
+    let done = sqlx::query(&format!("DELETE FROM {table} WHERE id = $1"))
+        .bind(id)
+        .execute(db.conn()?)
+        .await?;
+    match done.rows_affected() {
+        0 => Err(AppError::NotFound(what)),
+        _ => Ok(axum::http::StatusCode::NO_CONTENT),
+    }
+}
+
 /// Whether a row with this id is visible in the current tenant.
 /// `table` is always one of our own constants, never input.
 pub(crate) async fn exists(

@@ -11,7 +11,7 @@ use axum::extract::State;
 
 use crate::error::{AppError, AppResult};
 use crate::extract::{AppJson, AppPath};
-use crate::routes::{authorize, board_resource, task_resource, valid_name};
+use crate::routes::{authorize, board_resource, delete_row, task_resource, valid_name};
 use crate::state::AppState;
 use crate::tenant::{Db, Tenant};
 
@@ -207,12 +207,5 @@ async fn remove(
     let mut db = db.lock().await?;
     let resource = task_resource(&mut db, &tenant, id).await?;
     authorize(&state, &tenant, &mut db, "task:delete", resource).await?;
-    let done = sqlx::query("DELETE FROM app.tasks WHERE id = $1")
-        .bind(id)
-        .execute(db.conn()?)
-        .await?;
-    match done.rows_affected() {
-        0 => Err(AppError::NotFound("Task")),
-        _ => Ok(StatusCode::NO_CONTENT),
-    }
+    delete_row(&mut db, "app.tasks", id, "Task").await
 }

@@ -13,7 +13,7 @@ use axum::extract::State;
 use crate::authz::Resource;
 use crate::error::{AppError, AppResult};
 use crate::extract::{AppJson, AppPath};
-use crate::routes::{allowed, authorize, valid_name, workspace_resource};
+use crate::routes::{allowed, authorize, delete_row, valid_name, workspace_resource};
 use crate::state::AppState;
 use crate::tenant::{Db, Tenant};
 
@@ -180,12 +180,5 @@ async fn remove(
     let mut db = db.lock().await?;
     let resource = workspace_resource(&mut db, &tenant, id).await?;
     authorize(&state, &tenant, &mut db, "workspace:delete", resource).await?;
-    let done = sqlx::query("DELETE FROM app.workspaces WHERE id = $1")
-        .bind(id)
-        .execute(db.conn()?)
-        .await?;
-    match done.rows_affected() {
-        0 => Err(AppError::NotFound("Workspace")),
-        _ => Ok(StatusCode::NO_CONTENT),
-    }
+    delete_row(&mut db, "app.workspaces", id, "Workspace").await
 }
