@@ -334,3 +334,28 @@ async fn use_token_is_what_set_local_does() -> TestResult {
     assert_eq!((a, b), (db.acme, db.acme));
     Ok(())
 }
+
+#[tokio::test]
+async fn a_cached_token_still_expires() -> TestResult {
+    let db = TestDb::new().await?;
+    let mut admin = db.connect(Role::Admin).await?;
+    sqlx::query("SELECT tenancy.set_setting('jwt_leeway_seconds', '0')")
+        .execute(&mut admin)
+        .await?;
+    let mut app = db.connect(Role::App).await?;
+    let short = token_with(
+        json!({"tenant_id": db.acme, "sub": Uuid::new_v4(), "exp": tenancy_token::now() + 2}),
+    );
+    assert_eq!(
+        current(&mut app, &short, "tenancy.current_tenant_id()").await?,
+        Some(db.acme.to_string()),
+        "verified once and cached in this backend"
+    );
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    let (code, message) = db_error(current(&mut app, &short, "tenancy.current_tenant_id()").await);
+    assert_eq!(
+        (code.as_str(), message.as_str()),
+        ("28000", "invalid tenant token: token has expired")
+    );
+    Ok(())
+}
