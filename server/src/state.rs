@@ -54,7 +54,14 @@ impl AppState {
             .await
             .map_err(|e| AppError::Unavailable(format!("database: {e}")))?;
         let client = redis::Client::open(config.redis_url.as_str()).map_err(AppError::from)?;
-        let redis = redis::aio::ConnectionManager::new(client)
+        // Short timeouts and few retries: with Redis down a request must fail
+        // fast (503), not wait; the manager reconnects by itself afterwards.
+        let redis_config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Duration::from_secs(1))
+            .set_response_timeout(Duration::from_secs(1))
+            .set_number_of_retries(1)
+            .set_max_delay(500);
+        let redis = redis::aio::ConnectionManager::new_with_config(client, redis_config)
             .await
             .map_err(AppError::from)?;
         let keys = Arc::new(Keys::new(&config));

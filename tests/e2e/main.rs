@@ -14,6 +14,7 @@ mod context;
 mod forging;
 mod http_auth;
 mod http_authz;
+mod http_faults;
 mod http_input;
 mod http_tenancy;
 mod isolation;

@@ -29,6 +29,8 @@ pub struct TestApp {
 pub struct Options {
     pub single_tenant_users: bool,
     pub base_domain: Option<&'static str>,
+    /// Another Redis than the shared one (fault tests run their own).
+    pub redis_url: Option<String>,
 }
 
 impl Default for Options {
@@ -36,6 +38,7 @@ impl Default for Options {
         Self {
             single_tenant_users: false,
             base_domain: Some("tenancy.test"),
+            redis_url: None,
         }
     }
 }
@@ -98,8 +101,10 @@ impl TestApp {
             listen: "127.0.0.1:0".parse()?,
             database_url: role_url(APP, &db_name),
             database_owner_url: role_url(OWNER, &db_name),
-            redis_url: std::env::var("TENANCY_REDIS_URL")
-                .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned()),
+            redis_url: options.redis_url.clone().unwrap_or_else(|| {
+                std::env::var("TENANCY_REDIS_URL")
+                    .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+            }),
             jwt_secret: "test-access-token-secret-0123456789abcdef".to_owned(),
             jwt_issuer: "tenancy-test".to_owned(),
             jwt_audience: "tenancy-test-api".to_owned(),
