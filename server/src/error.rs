@@ -132,6 +132,10 @@ impl From<sqlx::Error> for AppError {
                     Some("23503") => {
                         AppError::Validation("Refers to something that does not exist".to_owned())
                     }
+                    // Connection lost or server shutting down/restarting: retryable.
+                    Some(code) if code.starts_with("08") || code.starts_with("57") => {
+                        AppError::Unavailable(format!("database: {e}"))
+                    }
                     Some("23514") | Some("22001") | Some("22023") => {
                         AppError::Validation("Invalid value".to_owned())
                     }

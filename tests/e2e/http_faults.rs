@@ -118,3 +118,46 @@ async fn redis_down_fails_closed_with_a_clean_503_and_recovers() -> TestResult {
     assert_eq!(status, 200);
     Ok(())
 }
+
+#[tokio::test]
+async fn lost_database_connections_are_a_clean_503_then_recover() -> TestResult {
+    let app = TestApp::spawn().await?;
+    let token = app.login(ALICE).await?;
+    let (status, _) = app.get("/api/workspaces", &token).await?;
+    assert_eq!(status, 200);
+
+    // What a PostgreSQL restart does to the pool: every connection dies.
+    let mut su = app.superuser().await?;
+    let killed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE datname = current_database() AND usename = 'tenancy_t_srv_app') t",
+    )
+    .fetch_one(&mut su)
+    .await?;
+    assert!(killed > 0, "the service had connections");
+
+    let mut statuses = Vec::new();
+    for _ in 0..20 {
+        let (status, body) = app.get("/api/workspaces", &token).await?;
+        if status != 200 {
+            assert_eq!(
+                (status, body),
+                (
+                    503,
+                    json!({"error": "Service temporarily unavailable", "code": "unavailable"})
+                ),
+                "a broken connection is never a 500 and never leaks internals"
+            );
+        }
+        statuses.push(status);
+        if status == 200 {
+            break;
+        }
+    }
+    assert_eq!(
+        statuses.last(),
+        Some(&200),
+        "recovers with fresh connections: {statuses:?}"
+    );
+    Ok(())
+}
