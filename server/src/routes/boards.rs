@@ -94,12 +94,16 @@ async fn read(
 }
 
 async fn update(
+    State(state): State<AppState>,
+    tenant: Tenant,
     db: Db,
     AppPath(id): AppPath<Uuid>,
     AppJson(body): AppJson<BoardBody>,
 ) -> AppResult<Json<Board>> {
     let name = valid_name("name", &body.name, 200)?;
     let mut db = db.lock().await?;
+    let resource = board_resource(&mut db, &tenant, id).await?;
+    authorize(&state, &tenant, &mut db, "board:update", resource).await?;
     sqlx::query_as(&format!(
         "UPDATE app.boards SET name = $2 WHERE id = $1 RETURNING {COLUMNS}"
     ))
