@@ -149,6 +149,16 @@ async fn a_member_creates_a_task_in_their_workspace() -> TestResult {
         )
         .await?;
     assert_eq!(status, 403);
+    let (status, _) = app
+        .call(
+            Method::PATCH,
+            &format!("/api/boards/{board}"),
+            Some(&bob),
+            &[],
+            Some(json!({"name": "Renamed"})),
+        )
+        .await?;
+    assert_eq!(status, 403, "members do not rename boards");
     Ok(())
 }
 
