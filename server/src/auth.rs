@@ -158,7 +158,7 @@ pub struct TokenSubject {
     pub tenants: Option<Vec<TenantRef>>,
 }
 
-fn session_key(sid: Uuid) -> String {
+pub(crate) fn session_key(sid: Uuid) -> String {
     format!("session:{sid}")
 }
 
@@ -201,11 +201,24 @@ pub async fn revoke_session(state: &AppState, sid: Uuid) -> AppResult<()> {
     Ok(())
 }
 
+/// The `access_token` query parameter, accepted on the WebSocket route only:
+/// browsers cannot set headers on a WebSocket handshake.
+fn query_token(request: &Request) -> Option<&str> {
+    if request.uri().path() != "/api/ws" {
+        return None;
+    }
+    request
+        .uri()
+        .query()?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("access_token="))
+        .filter(|token| !token.is_empty())
+}
+
 fn bearer(request: &Request) -> AppResult<&str> {
-    let header = request
-        .headers()
-        .get(AUTHORIZATION)
-        .ok_or(AppError::Unauthorized("Missing bearer token"))?;
+    let Some(header) = request.headers().get(AUTHORIZATION) else {
+        return query_token(request).ok_or(AppError::Unauthorized("Missing bearer token"));
+    };
     let value = header
         .to_str()
         .map_err(|_| AppError::Unauthorized("Authorization header must be a bearer token"))?;

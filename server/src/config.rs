@@ -65,6 +65,21 @@ pub struct Config {
     /// Require every user to belong to exactly one tenant (set at migrate time).
     #[arg(long, env = "TENANCY_SINGLE_TENANT_USERS", default_value_t = false)]
     pub single_tenant_users: bool,
+    /// Redis that carries the message streams, if not the one of REDIS_URL.
+    #[arg(long, env = "TENANCY_STREAM_REDIS_URL")]
+    pub stream_redis_url: Option<String>,
+    /// Run the outbox relay in this process (any number may run; one publishes at a time).
+    #[arg(long, env = "TENANCY_RELAY", default_value_t = true, action = clap::ArgAction::Set)]
+    pub relay: bool,
+    /// Messages a user may send per minute in one tenant (0: no limit).
+    #[arg(long, env = "TENANCY_MESSAGE_RATE", default_value_t = 60)]
+    pub message_rate_per_minute: u32,
+    /// Approximate length each tenant stream is trimmed to (0: never trim).
+    #[arg(long, env = "TENANCY_STREAM_MAXLEN", default_value_t = 100_000)]
+    pub stream_maxlen: usize,
+    /// How often open WebSockets re-check that their session is still valid, in seconds.
+    #[arg(long, env = "TENANCY_WS_SESSION_CHECK_SECS", default_value_t = 5)]
+    pub ws_session_check_secs: u64,
 }
 
 impl std::fmt::Debug for Config {
@@ -75,6 +90,7 @@ impl std::fmt::Debug for Config {
             .field("jwt_issuer", &self.jwt_issuer)
             .field("jwt_audience", &self.jwt_audience)
             .field("base_domain", &self.base_domain)
+            .field("relay", &self.relay)
             .field("secrets", &"[redacted]")
             .finish_non_exhaustive()
     }
@@ -101,6 +117,14 @@ impl Config {
             return Err(ConfigError::EmptyKid);
         }
         Ok(())
+    }
+
+    /// The Redis of the message streams.
+    pub fn stream_redis_url(&self) -> &str {
+        self.stream_redis_url
+            .as_deref()
+            .filter(|u| !u.trim().is_empty())
+            .unwrap_or(&self.redis_url)
     }
 
     pub fn base_domain(&self) -> Option<String> {

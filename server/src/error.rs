@@ -44,6 +44,9 @@ pub enum AppError {
     /// 413: the body is larger than the configured limit.
     #[error("Request body too large")]
     PayloadTooLarge,
+    /// 429: too many requests; retry after this many seconds.
+    #[error("Rate limit exceeded; retry in {0} seconds")]
+    RateLimited(u64),
     /// 422: well-formed but invalid input.
     #[error("{0}")]
     Validation(String),
@@ -67,6 +70,7 @@ impl AppError {
             AppError::Conflict(_) => StatusCode::CONFLICT,
             AppError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             AppError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -84,6 +88,7 @@ impl AppError {
             AppError::Conflict(_) => "conflict",
             AppError::Validation(_) => "validation_failed",
             AppError::PayloadTooLarge => "payload_too_large",
+            AppError::RateLimited(_) => "rate_limited",
             AppError::Unavailable(_) => "unavailable",
             AppError::Internal(_) => "internal",
         }
@@ -105,6 +110,12 @@ impl IntoResponse for AppError {
         }
         let body = Json(json!({"error": self.to_string(), "code": self.code()}));
         let mut response = (self.status(), body).into_response();
+        if let AppError::RateLimited(seconds) = &self {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(*seconds),
+            );
+        }
         if matches!(self, AppError::Denied) {
             // The denial's audit row is in the request transaction: keep it.
             response.extensions_mut().insert(CommitAudit);

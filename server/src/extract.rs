@@ -1,7 +1,7 @@
 //! Extractors that turn axum's rejections into our error format, so that
 //! malformed JSON or a malformed id gets a JSON 4xx that says what was wrong.
 
-use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
@@ -48,6 +48,24 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for AppPath
             Err(PathRejection::FailedToDeserializePathParams(_)) => Err(AppError::BadRequest(
                 "Malformed id in path: expected a UUID".to_owned(),
             )),
+            Err(other) => Err(AppError::BadRequest(other.body_text())),
+        }
+    }
+}
+
+/// `Query<T>` with our error body on rejection (an unknown or malformed
+/// parameter is a 422 that names it).
+pub struct AppQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for AppQuery<T> {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(AppQuery(value)),
+            Err(QueryRejection::FailedToDeserializeQueryString(e)) => {
+                Err(AppError::Validation(e.body_text()))
+            }
             Err(other) => Err(AppError::BadRequest(other.body_text())),
         }
     }

@@ -10,6 +10,7 @@ pub mod authz;
 pub mod config;
 pub mod error;
 pub mod extract;
+pub mod messaging;
 pub mod ops;
 pub mod routes;
 pub mod state;
@@ -31,6 +32,7 @@ pub fn app(state: AppState) -> Router {
         .merge(routes::members::router())
         .merge(routes::boards::router())
         .merge(routes::tasks::router())
+        .merge(routes::chat::router())
         .route_layer(from_fn_with_state(state.clone(), tenant::tenant_scope));
     let authenticated = Router::new()
         .merge(routes::auth::authenticated_router())
@@ -46,14 +48,45 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves until SIGINT or SIGTERM, then drains in-flight requests.
+/// Serves until SIGINT or SIGTERM, then drains in-flight requests. Runs
+/// beside it the WebSocket fan-out and session checks and, unless
+/// disabled, the outbox relay.
 pub async fn serve(listener: tokio::net::TcpListener, state: AppState) -> std::io::Result<()> {
-    axum::serve(listener, app(state))
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut background = tokio::task::JoinSet::new();
+    background.spawn(
+        state
+            .hub
+            .clone()
+            .run_fanout(state.config.stream_redis_url().to_owned(), stopped.clone()),
+    );
+    background.spawn(state.hub.clone().run_session_checks(
+        state.redis.clone(),
+        std::time::Duration::from_secs(state.config.ws_session_check_secs.max(1)),
+        stopped.clone(),
+    ));
+    if state.config.relay {
+        match messaging::relay::Relay::connect(&state.config).await {
+            Ok(relay) => {
+                background.spawn(relay.run(stopped.clone()));
+            }
+            Err(e) => {
+                return Err(std::io::Error::other(format!(
+                    "cannot start the outbox relay: {e:?}"
+                )))
+            }
+        }
+    }
+    let served = axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown_signal())
-        .await
+        .await;
+    let _ = stop.send(true);
+    background.join_all().await;
+    served
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;

@@ -3,6 +3,8 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tenancy_server::messaging::relay::Relay;
+use tenancy_server::messaging::worker::{Worker, WorkerOptions};
 use tenancy_server::{ops, AppState, Config};
 use uuid::Uuid;
 
@@ -22,6 +24,26 @@ struct Cli {
 enum Command {
     /// Serve HTTP (the default).
     Serve,
+    /// Process tenant message streams in a consumer group.
+    Worker {
+        /// Tenants to serve (repeat or comma-separate); none: every tenant stream found.
+        #[arg(long, value_delimiter = ',')]
+        tenants: Vec<Uuid>,
+        /// Redis URL of the worker (e.g. a user whose ACL allows only these tenants' keys).
+        #[arg(long, env = "TENANCY_WORKER_REDIS_URL")]
+        worker_redis_url: Option<String>,
+        /// Consumer group shared by the workers of a deployment.
+        #[arg(long, default_value = "workers")]
+        group: String,
+        /// This worker's name in the group (default: host and process id).
+        #[arg(long)]
+        consumer: Option<String>,
+        /// Claim entries another worker left pending this long, in milliseconds.
+        #[arg(long, default_value_t = 30_000)]
+        claim_idle_ms: u64,
+    },
+    /// Run only the outbox relay (when the API instances run with TENANCY_RELAY=false).
+    Relay,
     /// Apply migrations as the owner role (and register the context key).
     Migrate,
     /// Revert the last N migrations.
@@ -81,6 +103,28 @@ async fn main() -> ExitCode {
     let config = cli.config;
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config).await,
+        Command::Worker {
+            tenants,
+            worker_redis_url,
+            group,
+            consumer,
+            claim_idle_ms,
+        } => {
+            let mut options = WorkerOptions::new(
+                tenants,
+                consumer.unwrap_or_else(|| {
+                    format!(
+                        "{}-{}",
+                        std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".to_owned()),
+                        std::process::id()
+                    )
+                }),
+            );
+            options.group = group;
+            options.claim_idle = std::time::Duration::from_millis(claim_idle_ms);
+            worker(config, options, worker_redis_url).await
+        }
+        Command::Relay => relay(config).await,
         Command::Migrate => ops::migrate(&config).await.map_err(|e| e.to_string()),
         Command::MigrateDown { steps } => ops::migrate_down(&config, steps)
             .await
@@ -130,4 +174,43 @@ async fn serve(config: Config) -> Result<(), String> {
     tenancy_server::serve(listener, state)
         .await
         .map_err(|e| e.to_string())
+}
+
+/// A channel that turns true on SIGINT or SIGTERM.
+fn stop_on_signal() -> tokio::sync::watch::Receiver<bool> {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        tenancy_server::shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    stopped
+}
+
+async fn worker(
+    config: Config,
+    options: WorkerOptions,
+    redis_url: Option<String>,
+) -> Result<(), String> {
+    let db = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&config.database_url)
+        .await
+        .map_err(|e| format!("database: {e}"))?;
+    let keys = std::sync::Arc::new(tenancy_server::auth::Keys::new(&config));
+    let url = redis_url.unwrap_or_else(|| config.stream_redis_url().to_owned());
+    tracing::info!(tenants = ?options.tenants, group = %options.group, consumer = %options.consumer, "worker starting");
+    let worker = Worker::connect(options, &url, db, keys)
+        .await
+        .map_err(|e| e.to_string())?;
+    worker.run(stop_on_signal()).await;
+    Ok(())
+}
+
+async fn relay(config: Config) -> Result<(), String> {
+    let relay = Relay::connect(&config)
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    tracing::info!("relay starting");
+    relay.run(stop_on_signal()).await;
+    Ok(())
 }

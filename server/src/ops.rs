@@ -48,6 +48,7 @@ pub async fn migrate(config: &Config) -> AppResult<()> {
         format!("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA app TO {quoted}"),
         format!("REVOKE INSERT, UPDATE, DELETE ON app.users, app.settings FROM {quoted}"),
         format!("REVOKE UPDATE, DELETE ON app.audit_events FROM {quoted}"),
+        format!("REVOKE INSERT, UPDATE, DELETE ON app.message_outbox FROM {quoted}"),
     ] {
         sqlx::query(&statement).execute(&pool).await?;
     }

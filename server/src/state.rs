@@ -10,7 +10,8 @@ use tokio::sync::Semaphore;
 use crate::auth::Keys;
 use crate::authz::{Authz, AuthzError};
 use crate::config::Config;
-use crate::error::AppError;
+use crate::error::{AppError, AppResult};
+use crate::messaging::hub::Hub;
 
 /// Why the service refuses to start.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +42,23 @@ pub struct AppState {
     pub login_slots: Arc<Semaphore>,
     /// The Cedar policies, validated at start-up.
     pub authz: Arc<Authz>,
+    /// The Redis of the message streams (the same as `redis` unless configured).
+    pub streams: redis::aio::ConnectionManager,
+    /// Open WebSockets of this instance.
+    pub hub: Arc<Hub>,
+}
+
+/// A Redis connection manager with short timeouts and few retries: with
+/// Redis down a request must fail fast (503), not wait; the manager
+/// reconnects by itself afterwards.
+pub async fn redis_manager(url: &str) -> AppResult<redis::aio::ConnectionManager> {
+    let client = redis::Client::open(url)?;
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Duration::from_secs(1))
+        .set_response_timeout(Duration::from_secs(1))
+        .set_number_of_retries(1)
+        .set_max_delay(500);
+    Ok(redis::aio::ConnectionManager::new_with_config(client, config).await?)
 }
 
 impl AppState {
@@ -53,17 +71,12 @@ impl AppState {
             .connect(&config.database_url)
             .await
             .map_err(|e| AppError::Unavailable(format!("database: {e}")))?;
-        let client = redis::Client::open(config.redis_url.as_str()).map_err(AppError::from)?;
-        // Short timeouts and few retries: with Redis down a request must fail
-        // fast (503), not wait; the manager reconnects by itself afterwards.
-        let redis_config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Duration::from_secs(1))
-            .set_response_timeout(Duration::from_secs(1))
-            .set_number_of_retries(1)
-            .set_max_delay(500);
-        let redis = redis::aio::ConnectionManager::new_with_config(client, redis_config)
-            .await
-            .map_err(AppError::from)?;
+        let redis = redis_manager(&config.redis_url).await?;
+        let streams = if config.stream_redis_url() == config.redis_url {
+            redis.clone()
+        } else {
+            redis_manager(config.stream_redis_url()).await?
+        };
         let keys = Arc::new(Keys::new(&config));
         let login_slots = Arc::new(Semaphore::new(config.login_concurrency.max(1)));
         Ok(Self {
@@ -73,6 +86,8 @@ impl AppState {
             keys,
             login_slots,
             authz,
+            streams,
+            hub: Arc::new(Hub::default()),
         })
     }
 }

@@ -19,6 +19,7 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use tenancy_tests::server::{TestApp, ALICE};
+use tenancy_tests::{env_or, median};
 use uuid::Uuid;
 
 type BenchResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -127,27 +128,11 @@ async fn load(
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 #[tokio::main]
 async fn main() -> BenchResult {
-    let rounds = env("ROUNDS", 5);
-    let seconds = env("SECONDS", 5);
-    let concurrency = env("CONCURRENCY", 16) as usize;
+    let rounds = env_or("ROUNDS", 5);
+    let seconds = env_or("SECONDS", 5);
+    let concurrency = env_or("CONCURRENCY", 16) as usize;
 
     let app = TestApp::spawn().await?;
     let token = app.login(ALICE).await?;

@@ -2,66 +2,17 @@
 //! comes back. Requests fail closed with a clean 503 (no internals), and the
 //! service recovers by itself.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::json;
-use tenancy_tests::server::{Options, TestApp, ALICE};
+use tenancy_tests::server::{Options, PrivateRedis, TestApp, ALICE};
 use tenancy_tests::TestResult;
-
-/// A Redis of this test's own on a free port (the shared one stays up).
-struct PrivateRedis {
-    child: Option<tokio::process::Child>,
-}
-
-impl PrivateRedis {
-    async fn start(port: u16) -> TestResult<PrivateRedis> {
-        let child = tokio::process::Command::new("redis-server")
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()?;
-        for _ in 0..50 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                return Ok(PrivateRedis { child: Some(child) });
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Err("redis-server did not start".into())
-    }
-
-    async fn stop(&mut self) -> TestResult {
-        if let Some(mut child) = self.child.take() {
-            child.kill().await?;
-            child.wait().await?;
-        }
-        Ok(())
-    }
-}
-
-fn free_port() -> TestResult<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
 
 #[tokio::test]
 async fn redis_down_fails_closed_with_a_clean_503_and_recovers() -> TestResult {
-    let port = free_port()?;
-    let mut redis = PrivateRedis::start(port).await?;
+    let mut redis = PrivateRedis::start().await?;
+    let port = redis.port;
     let app = TestApp::spawn_with(Options {
         redis_url: Some(format!("redis://127.0.0.1:{port}")),
         ..Options::default()
@@ -97,7 +48,7 @@ async fn redis_down_fails_closed_with_a_clean_503_and_recovers() -> TestResult {
     let (status, _) = app.call(Method::GET, "/healthz", None, &[], None).await?;
     assert_eq!(status, 200, "alive, just not ready");
 
-    let _redis = PrivateRedis::start(port).await?;
+    let _redis = PrivateRedis::start_on(port).await?;
     // The connection manager reconnects on its own; give it a moment.
     let mut recovered = None;
     for _ in 0..50 {

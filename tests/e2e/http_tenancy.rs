@@ -530,7 +530,7 @@ async fn single_tenant_deployments_refuse_a_second_tenant_per_user() -> TestResu
 #[tokio::test]
 async fn migrations_roll_back_and_forward() -> TestResult {
     let app = TestApp::spawn().await?;
-    tenancy_server::ops::migrate_down(&app.config, 3)
+    tenancy_server::ops::migrate_down(&app.config, 4)
         .await
         .map_err(|e| format!("{e:?}"))?;
     let mut su = app.superuser().await?;
@@ -547,6 +547,6 @@ async fn migrations_roll_back_and_forward() -> TestResult {
     )
     .fetch_one(&mut su)
     .await?;
-    assert_eq!(tables, 8, "every tenant-owned table protected again");
+    assert_eq!(tables, 9, "every tenant-owned table protected again");
     Ok(())
 }

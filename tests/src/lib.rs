@@ -209,3 +209,21 @@ pub fn db_error<T: std::fmt::Debug>(result: Result<T, sqlx::Error>) -> (String, 
         other => (String::from("no database error"), format!("{other:?}")),
     }
 }
+
+/// Median of benchmark figures (0 for none).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// A numeric benchmark setting from the environment, or `default`.
+pub fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}

@@ -31,6 +31,12 @@ pub struct Options {
     pub base_domain: Option<&'static str>,
     /// Another Redis than the shared one (fault tests run their own).
     pub redis_url: Option<String>,
+    /// A Redis for the message streams apart from the sessions' one.
+    pub stream_redis_url: Option<String>,
+    /// Run the outbox relay inside the service.
+    pub relay: bool,
+    /// Messages per user per minute (0: unlimited).
+    pub message_rate_per_minute: u32,
 }
 
 impl Default for Options {
@@ -39,6 +45,9 @@ impl Default for Options {
             single_tenant_users: false,
             base_domain: Some("tenancy.test"),
             redis_url: None,
+            stream_redis_url: None,
+            relay: true,
+            message_rate_per_minute: 0,
         }
     }
 }
@@ -118,6 +127,11 @@ impl TestApp {
             db_pool_size: 8,
             single_tenant_users: options.single_tenant_users,
             policy_dir: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies"),
+            stream_redis_url: options.stream_redis_url.clone(),
+            relay: options.relay,
+            message_rate_per_minute: options.message_rate_per_minute,
+            stream_maxlen: 10_000,
+            ws_session_check_secs: 1,
         };
         ops::migrate(&config)
             .await
@@ -146,14 +160,7 @@ impl TestApp {
             .await
             .map_err(|e| format!("{e:?}"))?;
 
-        let state = AppState::connect(config.clone())
-            .await
-            .map_err(|e| format!("{e:?}"))?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        tokio::spawn(async move {
-            let _ = tenancy_server::serve(listener, state).await;
-        });
+        let addr = serve(&config).await?;
         Ok(TestApp {
             addr,
             client: reqwest::Client::new(),
@@ -234,6 +241,81 @@ impl TestApp {
         self.call(reqwest::Method::POST, path, Some(token), &[], Some(body))
             .await
     }
+}
+
+/// Starts one more instance of the service with `config` (same database
+/// and Redis), on port 0; returns its address.
+pub async fn serve(config: &Config) -> TestResult<SocketAddr> {
+    let state = AppState::connect(config.clone())
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let _ = tenancy_server::serve(listener, state).await;
+    });
+    Ok(addr)
+}
+
+/// A Redis of a test's own on a free port (the shared one stays up), to
+/// stop and start again.
+pub struct PrivateRedis {
+    pub port: u16,
+    child: Option<tokio::process::Child>,
+}
+
+impl PrivateRedis {
+    pub async fn start_on(port: u16) -> TestResult<PrivateRedis> {
+        let child = tokio::process::Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?;
+        for _ in 0..50 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return Ok(PrivateRedis {
+                    port,
+                    child: Some(child),
+                });
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        Err("redis-server did not start".into())
+    }
+
+    pub async fn start() -> TestResult<PrivateRedis> {
+        Self::start_on(free_port()?).await
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub async fn stop(&mut self) -> TestResult {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await?;
+            child.wait().await?;
+        }
+        Ok(())
+    }
+}
+
+pub fn free_port() -> TestResult<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// The claims of a JWT, decoded without verification (for assertions only).

@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod boards;
+pub mod chat;
 pub mod health;
 pub mod members;
 pub mod tasks;

@@ -1,0 +1,298 @@
+//! Chat: sessions and messages of the caller, in the current tenant, and the
+//! WebSocket that delivers them live.
+//!
+//! Each session and message belongs to one user; besides the tenant policy,
+//! a restrictive policy in the database limits every query to the caller's
+//! own rows, so these handlers never filter by user or tenant. Sending
+//! writes the message; a trigger writes its outbox row in the same
+//! transaction, and the relay publishes it to `messages:{tenant_id}`.
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::auth::AuthUser;
+use crate::error::{AppError, AppResult};
+use crate::extract::{AppJson, AppPath, AppQuery};
+use crate::messaging::hub::{Outgoing, Registration};
+use crate::routes::valid_name;
+use crate::state::AppState;
+use crate::tenant::{Db, Tenant};
+
+/// Longest message, in characters (the database checks it too).
+pub const MAX_CONTENT_CHARS: usize = 4000;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/api/chat/sessions",
+            get(list_sessions).post(create_session),
+        )
+        .route("/api/chat/sessions/{id}/messages", get(list_messages))
+        .route("/api/messages", post(send))
+        .route("/api/ws", get(websocket))
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+pub struct Session {
+    id: Uuid,
+    user_id: Uuid,
+    title: String,
+    created_at: DateTime<Utc>,
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+pub struct ChatMessage {
+    id: Uuid,
+    tenant_id: Uuid,
+    session_id: Uuid,
+    user_id: Uuid,
+    content: String,
+    created_at: DateTime<Utc>,
+    processed_at: Option<DateTime<Utc>>,
+}
+
+const MESSAGE_COLUMNS: &str =
+    "id, tenant_id, session_id, user_id, content, created_at, processed_at";
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateSession {
+    title: Option<String>,
+}
+
+async fn create_session(
+    tenant: Tenant,
+    db: Db,
+    AppJson(body): AppJson<CreateSession>,
+) -> AppResult<(StatusCode, Json<Session>)> {
+    let title = match body.title.as_deref() {
+        Some(t) => valid_name("title", t, 200)?,
+        None => "",
+    };
+    let mut db = db.lock().await?;
+    let session = sqlx::query_as(
+        "INSERT INTO app.chat_sessions (user_id, title) VALUES ($1, $2)
+         RETURNING id, user_id, title, created_at",
+    )
+    .bind(tenant.user_id)
+    .bind(title)
+    .fetch_one(db.conn()?)
+    .await?;
+    Ok((StatusCode::CREATED, Json(session)))
+}
+
+async fn list_sessions(db: Db) -> AppResult<Json<Vec<Session>>> {
+    let mut db = db.lock().await?;
+    let rows = sqlx::query_as(
+        "SELECT id, user_id, title, created_at FROM app.chat_sessions ORDER BY created_at, id",
+    )
+    .fetch_all(db.conn()?)
+    .await?;
+    Ok(Json(rows))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListMessages {
+    /// At most this many (1 to 500, default 100).
+    limit: Option<i64>,
+    /// Only messages after this one (a cursor: the last id of the previous page).
+    after: Option<Uuid>,
+}
+
+async fn list_messages(
+    db: Db,
+    AppPath(session): AppPath<Uuid>,
+    AppQuery(query): AppQuery<ListMessages>,
+) -> AppResult<Json<Vec<ChatMessage>>> {
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=500).contains(&limit) {
+        return Err(AppError::Validation(
+            "limit must be between 1 and 500".to_owned(),
+        ));
+    }
+    let mut db = db.lock().await?;
+    if !crate::routes::exists(db.conn()?, "app.chat_sessions", session).await? {
+        return Err(AppError::NotFound("Session"));
+    }
+    let after = match query.after {
+        None => None,
+        Some(id) => Some(
+            sqlx::query_as::<_, (DateTime<Utc>, Uuid)>(
+                "SELECT created_at, id FROM app.messages WHERE id = $1 AND session_id = $2",
+            )
+            .bind(id)
+            .bind(session)
+            .fetch_optional(db.conn()?)
+            .await?
+            .ok_or_else(|| {
+                AppError::Validation("after must be a message of this session".to_owned())
+            })?,
+        ),
+    };
+    let rows = sqlx::query_as(&format!(
+        "SELECT {MESSAGE_COLUMNS} FROM app.messages
+         WHERE session_id = $1 AND ($2::timestamptz IS NULL OR (created_at, id) > ($2, $3))
+         ORDER BY created_at, id LIMIT $4"
+    ))
+    .bind(session)
+    .bind(after.map(|(at, _)| at))
+    .bind(after.map(|(_, id)| id))
+    .bind(limit)
+    .fetch_all(db.conn()?)
+    .await?;
+    Ok(Json(rows))
+}
+
+/// A message as sent: the seed's payload. `tenant_id` and `user_id` may be
+/// given; they must then be the caller's own.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SendMessage {
+    session_id: Uuid,
+    content: String,
+    tenant_id: Option<Uuid>,
+    user_id: Option<Uuid>,
+}
+
+fn valid_content(content: &str) -> AppResult<&str> {
+    if content.trim().is_empty() {
+        return Err(AppError::Validation("content must not be empty".to_owned()));
+    }
+    if content.chars().count() > MAX_CONTENT_CHARS {
+        return Err(AppError::Validation(format!(
+            "content must be at most {MAX_CONTENT_CHARS} characters"
+        )));
+    }
+    if content.contains('\0') {
+        return Err(AppError::Validation(
+            "content must not contain NUL characters".to_owned(),
+        ));
+    }
+    Ok(content)
+}
+
+/// Counts one message against the caller's per-minute budget in Redis
+/// (shared by every instance); 429 with Retry-After once it is spent.
+async fn rate_limit(state: &AppState, tenant: &Tenant) -> AppResult<()> {
+    let limit = state.config.message_rate_per_minute;
+    if limit == 0 {
+        return Ok(());
+    }
+    let key = format!("ratelimit:messages:{{{}}}:{}", tenant.id, tenant.user_id);
+    let mut redis = state.redis.clone();
+    let (count, ttl): (u64, i64) = redis::pipe()
+        .incr(&key, 1)
+        .cmd("EXPIRE")
+        .arg(&key)
+        .arg(60)
+        .arg("NX")
+        .ignore()
+        .ttl(&key)
+        .query_async(&mut redis)
+        .await?;
+    if count > u64::from(limit) {
+        return Err(AppError::RateLimited(ttl.clamp(1, 60) as u64));
+    }
+    Ok(())
+}
+
+async fn send(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    db: Db,
+    AppJson(body): AppJson<SendMessage>,
+) -> AppResult<(StatusCode, Json<ChatMessage>)> {
+    if body.tenant_id.is_some_and(|t| t != tenant.id) {
+        return Err(AppError::Forbidden(
+            "tenant_id does not match the request's tenant",
+        ));
+    }
+    if body.user_id.is_some_and(|u| u != tenant.user_id) {
+        return Err(AppError::Forbidden("Messages can only be sent as yourself"));
+    }
+    let content = valid_content(&body.content)?;
+    rate_limit(&state, &tenant).await?;
+    let mut db = db.lock().await?;
+    // Another user's session is as invisible as one that does not exist.
+    if !crate::routes::exists(db.conn()?, "app.chat_sessions", body.session_id).await? {
+        return Err(AppError::NotFound("Session"));
+    }
+    let message = sqlx::query_as(&format!(
+        "INSERT INTO app.messages (session_id, user_id, content) VALUES ($1, $2, $3)
+         RETURNING {MESSAGE_COLUMNS}"
+    ))
+    .bind(body.session_id)
+    .bind(tenant.user_id)
+    .bind(content)
+    .fetch_one(db.conn()?)
+    .await?;
+    Ok((StatusCode::CREATED, Json(message)))
+}
+
+/// `GET /api/ws`: authenticated and tenant-resolved like any request (401,
+/// 400, 403, 404 before the upgrade); then the caller's own messages in
+/// this tenant, live, until the session ends.
+async fn websocket(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    AuthUser(claims): AuthUser,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> AppResult<Response> {
+    let upgrade = upgrade.map_err(|e| AppError::BadRequest(e.body_text()))?;
+    let mut streams = state.streams.clone();
+    let registration = state.hub.register(&mut streams, tenant.id, &claims).await?;
+    Ok(upgrade.on_upgrade(move |socket| serve_socket(socket, registration)))
+}
+
+async fn serve_socket(mut socket: WebSocket, mut registration: Registration) {
+    loop {
+        tokio::select! {
+            outgoing = registration.rx.recv() => match outgoing {
+                Some(Outgoing::Message(message)) => {
+                    let text = serde_json::json!({"type": "message", "message": message}).to_string();
+                    if socket.send(Message::Text(text.into())).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Outgoing::Close(code, reason)) => {
+                    let frame = CloseFrame { code, reason: reason.into() };
+                    let _ = socket.send(Message::Close(Some(frame))).await;
+                    return;
+                }
+                None => {
+                    let frame = CloseFrame { code: crate::messaging::hub::CLOSE_TOO_SLOW, reason: "too slow".into() };
+                    let _ = socket.send(Message::Close(Some(frame))).await;
+                    return;
+                }
+            },
+            incoming = socket.recv() => match incoming {
+                // Pings are answered by the protocol layer; client text is ignored.
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_rules() {
+        assert!(valid_content("hi").is_ok());
+        assert!(valid_content("  \n ").is_err());
+        assert!(valid_content("").is_err());
+        assert!(valid_content("a\0b").is_err());
+        assert!(valid_content(&"é".repeat(MAX_CONTENT_CHARS)).is_ok());
+        assert!(valid_content(&"é".repeat(MAX_CONTENT_CHARS + 1)).is_err());
+    }
+}
