@@ -77,6 +77,44 @@ pub unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, re
 /// PostgreSQL's own RI triggers do; the caller's identity is restored on
 /// every exit, including errors.
 fn as_owner<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
+    pinned_search_path(|| as_owner_unpinned(owner, f))
+}
+
+/// Runs `f` with `search_path` set to `pg_catalog, pg_temp`, as PostgreSQL
+/// runs a function that has a SET clause: no operator, function or type in
+/// our queries can then resolve to an object a caller created (which would
+/// run with the owner's rights inside `as_owner`). The previous value comes
+/// back on return; on an error the (sub)transaction abort restores it.
+fn pinned_search_path<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(i32);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            if !std::thread::panicking() {
+                // SAFETY: pops the GUC nest level pushed below, keeping nothing.
+                unsafe { pg_sys::AtEOXact_GUC(true, self.0) }
+            }
+        }
+    }
+    // SAFETY: the same calls PostgreSQL makes for a function's SET clause.
+    let level = unsafe {
+        let level = pg_sys::NewGUCNestLevel();
+        pg_sys::set_config_option(
+            c"search_path".as_ptr(),
+            c"pg_catalog, pg_temp".as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            0,
+            false,
+        );
+        level
+    };
+    let _restore = Restore(level);
+    f()
+}
+
+fn as_owner_unpinned<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
     struct Restore(pg_sys::Oid, i32);
     impl Drop for Restore {
         fn drop(&mut self) {
@@ -124,26 +162,50 @@ fn fresh_state<R>(f: impl FnOnce(&mut State) -> R) -> R {
     })
 }
 
+/// Processes pending invalidations, then returns the generation a value
+/// about to be read from the catalog belongs to.
+fn generation_before_read() -> u64 {
+    // SAFETY: what PostgreSQL does at every lock acquisition.
+    unsafe { pg_sys::AcceptInvalidationMessages() };
+    GENERATION.with(Cell::get)
+}
+
+/// Keeps a value read from the catalog, unless it may already be stale: an
+/// invalidation arrived since `seen` (the read may predate the change), or
+/// the transaction reads through a REPEATABLE READ / SERIALIZABLE snapshot
+/// older than the latest change. Such a value is used once, not kept.
+fn store(seen: u64, f: impl FnOnce(&mut State)) -> bool {
+    // SAFETY: a read of backend-local transaction state.
+    let fresh_snapshot = unsafe { pg_sys::XactIsoLevel } < pg_sys::XACT_REPEATABLE_READ as i32;
+    let keep = fresh_snapshot && GENERATION.with(Cell::get) == seen;
+    if keep {
+        fresh_state(f);
+    }
+    keep
+}
+
 fn load_catalog() -> Result<Catalog, TenancyError> {
     // As the caller: where the catalog is and who owns it (pg_class is public).
-    let tables: Vec<(String, pg_sys::Oid, pg_sys::Oid)> = Spi::connect(|client| {
-        let rows = client.select(
-            "SELECT c.relname::text, c.oid, c.relowner FROM pg_catalog.pg_class c \
+    let tables: Vec<(String, pg_sys::Oid, pg_sys::Oid)> = pinned_search_path(|| {
+        Spi::connect(|client| {
+            let rows = client.select(
+                "SELECT c.relname::text, c.oid, c.relowner FROM pg_catalog.pg_class c \
              WHERE c.relnamespace = 'tenancy'::regnamespace \
                AND c.relname IN ('keys', 'settings', 'tenants')",
-            None,
-            &[],
-        )?;
-        let mut out = Vec::new();
-        for row in rows {
-            let name: Option<String> = row.get(1)?;
-            let oid: Option<pg_sys::Oid> = row.get(2)?;
-            let owner: Option<pg_sys::Oid> = row.get(3)?;
-            if let (Some(name), Some(oid), Some(owner)) = (name, oid, owner) {
-                out.push((name, oid, owner));
+                None,
+                &[],
+            )?;
+            let mut out = Vec::new();
+            for row in rows {
+                let name: Option<String> = row.get(1)?;
+                let oid: Option<pg_sys::Oid> = row.get(2)?;
+                let owner: Option<pg_sys::Oid> = row.get(3)?;
+                if let (Some(name), Some(oid), Some(owner)) = (name, oid, owner) {
+                    out.push((name, oid, owner));
+                }
             }
-        }
-        Ok::<_, TenancyError>(out)
+            Ok::<_, TenancyError>(out)
+        })
     })?;
     let owner = tables
         .iter()
@@ -209,8 +271,9 @@ fn catalog() -> Result<Rc<Catalog>, TenancyError> {
     if let Some(catalog) = fresh_state(|s| s.catalog.clone()) {
         return Ok(catalog);
     }
+    let seen = generation_before_read();
     let catalog = Rc::new(load_catalog()?);
-    fresh_state(|s| s.catalog = Some(catalog.clone()));
+    store(seen, |s| s.catalog = Some(catalog.clone()));
     Ok(catalog)
 }
 
@@ -219,18 +282,19 @@ fn verified(token: &str) -> Result<Rc<TenantContext>, TenancyError> {
         Some((last, context)) if last == token => Some(Ok(context.clone())),
         _ => s.tokens.get(token).cloned(),
     });
-    let result = match cached {
-        Some(result) => result,
+    let (result, kept) = match cached {
+        Some(result) => (result, true),
         None => {
+            let seen = generation_before_read();
             let catalog = catalog()?;
             let result = tenancy_token::verify(token, &catalog.keys, &catalog.rules).map(Rc::new);
-            fresh_state(|s| {
+            let kept = store(seen, |s| {
                 if s.tokens.len() >= TOKEN_CACHE_CAPACITY {
                     s.tokens.clear();
                 }
                 s.tokens.insert(token.to_owned(), result.clone());
             });
-            result
+            (result, kept)
         }
     };
     let context = result?;
@@ -238,6 +302,9 @@ fn verified(token: &str) -> Result<Rc<TenantContext>, TenancyError> {
     let leeway = catalog()?.rules.leeway_secs;
     if context.expired_at(tenancy_token::now(), leeway) {
         return Err(TokenError::Expired.into());
+    }
+    if !kept {
+        return Ok(context);
     }
     fresh_state(|s| {
         if !matches!(&s.last, Some((last, _)) if last == token) {
@@ -251,6 +318,7 @@ fn tenant_status(tenant: Uuid) -> Result<Option<String>, TenancyError> {
     if let Some(status) = fresh_state(|s| s.statuses.get(&tenant).cloned()) {
         return Ok(status);
     }
+    let seen = generation_before_read();
     let catalog = catalog()?;
     let status = as_owner(catalog.owner, || {
         Spi::connect(|client| {
@@ -265,7 +333,9 @@ fn tenant_status(tenant: Uuid) -> Result<Option<String>, TenancyError> {
             }
         })
     })?;
-    fresh_state(|s| s.statuses.insert(tenant, status.clone()));
+    store(seen, |s| {
+        s.statuses.insert(tenant, status.clone());
+    });
     Ok(status)
 }
 

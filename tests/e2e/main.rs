@@ -12,6 +12,7 @@ mod bypass;
 mod catalog;
 mod context;
 mod forging;
+mod hardening;
 mod http_auth;
 mod http_authz;
 mod http_faults;
