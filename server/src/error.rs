@@ -7,11 +7,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-/// Marks an error response whose transaction holds only an audit entry and
-/// must be committed anyway.
-#[derive(Debug, Clone, Copy)]
-pub struct CommitAudit;
-
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     /// 400: the request is malformed (message says how).
@@ -32,7 +27,7 @@ pub enum AppError {
     /// 403: the caller may not do this (message says what).
     #[error("{0}")]
     Forbidden(&'static str),
-    /// 403: the policies deny this; already audited (see `CommitAudit`).
+    /// 403: the policies deny this; already audited in a transaction of its own.
     #[error("You are not allowed to do this")]
     Denied,
     /// 404: no such resource in this tenant.
@@ -115,10 +110,6 @@ impl IntoResponse for AppError {
                 axum::http::header::RETRY_AFTER,
                 axum::http::HeaderValue::from(*seconds),
             );
-        }
-        if matches!(self, AppError::Denied) {
-            // The denial's audit row is in the request transaction: keep it.
-            response.extensions_mut().insert(CommitAudit);
         }
         response
     }

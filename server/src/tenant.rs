@@ -70,6 +70,14 @@ impl Db {
 pub struct DbGuard<'a>(MutexGuard<'a, Option<Transaction<'static, Postgres>>>);
 
 impl DbGuard<'_> {
+    /// Rolls the request's transaction back and ends it: nothing it did is kept.
+    pub async fn discard(&mut self) -> AppResult<()> {
+        if let Some(tx) = self.0.take() {
+            tx.rollback().await?;
+        }
+        Ok(())
+    }
+
     pub fn conn(&mut self) -> AppResult<&mut sqlx::PgConnection> {
         match self.0.as_mut() {
             Some(tx) => Ok(&mut **tx),
@@ -277,13 +285,7 @@ pub async fn tenant_scope(
 
     let tx = db.0.lock().await.take();
     if let Some(tx) = tx {
-        let keep = response.status().is_success()
-            || response.status().is_redirection()
-            || response
-                .extensions()
-                .get::<crate::error::CommitAudit>()
-                .is_some();
-        if keep {
+        if response.status().is_success() || response.status().is_redirection() {
             tx.commit().await?;
         } else {
             tx.rollback().await?;

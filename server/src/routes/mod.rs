@@ -17,7 +17,8 @@ use uuid::Uuid;
 
 /// Asks the policies whether the caller may do `action` on `resource`. A
 /// denial is written to the tenant's audit trail (principal, action,
-/// resource, deciding policies) and answered 403. Call it before writing.
+/// resource, deciding policies) and answered 403; whatever the request wrote
+/// before is rolled back.
 pub(crate) async fn authorize(
     state: &AppState,
     tenant: &Tenant,
@@ -33,6 +34,15 @@ pub(crate) async fn authorize(
         tracing::warn!(errors = ?decision.errors, action, "authorization evaluated with errors (denied)");
     }
     tracing::info!(user_id = %tenant.user_id, action, resource = ?resource, policies = ?decision.policies, "denied");
+    // Nothing the request did before the denial is kept: its transaction is
+    // rolled back, and the audit entry is written in one of its own, through
+    // the same tenant context.
+    db.discard().await?;
+    let mut tx = state.db.begin().await?;
+    sqlx::query("SELECT set_config('tenancy.token', $1, true)")
+        .bind(state.keys.context_token(tenant.id, tenant.user_id)?)
+        .execute(&mut *tx)
+        .await?;
     sqlx::query("INSERT INTO app.audit_events (actor_id, action, target, details) VALUES ($1, 'authz.denied', $2, $3)")
         .bind(tenant.user_id)
         .bind(format!("{resource:?}"))
@@ -44,8 +54,9 @@ pub(crate) async fn authorize(
             "policies": decision.policies,
             "errors": decision.errors,
         }))
-        .execute(db.conn()?)
+        .execute(&mut *tx)
         .await?;
+    tx.commit().await?;
     Err(AppError::Denied)
 }
 
