@@ -159,7 +159,10 @@ async fn tenant_from_host(state: &AppState, host: &str) -> AppResult<Option<Uuid
             .filter(|label| !label.contains('.') && !matches!(*label, "www" | "api"))
     });
     if base.as_deref() == Some(host)
-        || (subdomain.is_none() && base.as_deref().is_some_and(|b| host.ends_with(b)))
+        || (subdomain.is_none()
+            && base
+                .as_deref()
+                .is_some_and(|b| host.ends_with(&format!(".{b}"))))
     {
         return Ok(None);
     }

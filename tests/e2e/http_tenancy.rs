@@ -36,12 +36,18 @@ async fn resolution_order_and_outcomes() -> TestResult {
         .bind(app.globex)
         .execute(&mut su)
         .await?;
+    // Ends like the base domain (tenancy.test) but is not under it.
+    sqlx::query("SELECT tenancy.add_domain($1, 'globextenancy.test')")
+        .bind(app.globex)
+        .execute(&mut su)
+        .await?;
 
     // Subdomain, custom domain, header: each selects for a user of several tenants.
     for (host, header, slug) in [
         (Some("acme.tenancy.test"), None, "acme"),
         (Some("ACME.tenancy.test:8080"), None, "acme"),
         (Some("tasks.globex.example"), None, "globex"),
+        (Some("globextenancy.test"), None, "globex"),
         (None, Some(globex.as_str()), "globex"),
         (Some("acme.tenancy.test"), Some(acme.as_str()), "acme"),
     ] {
