@@ -250,6 +250,44 @@ BEGIN
 END
 $$;
 
+-- The current tenant changes its own branding (display name, logo URL,
+-- colour); NULL keeps a field as it is, '' clears the logo or colour. As
+-- above, only the tenant of the context is touched.
+CREATE FUNCTION tenancy.set_current_tenant_branding(
+    display_name  text DEFAULT NULL,
+    logo_url      text DEFAULT NULL,
+    primary_color text DEFAULT NULL
+) RETURNS TABLE (out_display_name text, out_logo_url text, out_primary_color text)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    tenant uuid := tenancy.current_tenant_id();
+BEGIN
+    IF tenant IS NULL THEN
+        RAISE EXCEPTION 'tenant context required' USING ERRCODE = '42501';
+    END IF;
+    IF display_name IS NOT NULL AND (btrim(display_name) = '' OR length(display_name) > 200) THEN
+        RAISE EXCEPTION 'display_name must be 1 to 200 characters' USING ERRCODE = '22023';
+    END IF;
+    IF logo_url IS NOT NULL AND logo_url <> ''
+       AND (logo_url !~ '^https?://[^\s/$.?#].[^\s]*$' OR length(logo_url) > 2048) THEN
+        RAISE EXCEPTION 'logo_url must be an http(s) URL of at most 2048 characters' USING ERRCODE = '22023';
+    END IF;
+    IF primary_color IS NOT NULL AND primary_color <> '' AND primary_color !~ '^#[0-9A-Fa-f]{6}$' THEN
+        RAISE EXCEPTION 'primary_color "%" is not a colour of the form #RRGGBB', primary_color
+            USING ERRCODE = '22023';
+    END IF;
+    RETURN QUERY
+    UPDATE tenancy.tenants t SET
+        display_name  = coalesce(btrim(set_current_tenant_branding.display_name), t.display_name),
+        logo_url      = CASE WHEN set_current_tenant_branding.logo_url IS NULL THEN t.logo_url
+                             ELSE nullif(set_current_tenant_branding.logo_url, '') END,
+        primary_color = CASE WHEN set_current_tenant_branding.primary_color IS NULL THEN t.primary_color
+                             ELSE nullif(set_current_tenant_branding.primary_color, '') END
+    WHERE t.id = tenant
+    RETURNING t.display_name, t.logo_url, t.primary_color;
+END
+$$;
+
 ------------------------------------------------------------------------------
 -- Settings and keys
 ------------------------------------------------------------------------------

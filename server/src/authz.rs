@@ -53,6 +53,7 @@ pub const ACTIONS: &[(&str, Kind)] = &[
     ("tenant:manageOwners", Kind::Tenant),
     ("tenant:manageSettings", Kind::Tenant),
     ("tenant:manageBilling", Kind::Tenant),
+    ("tenant:viewAudit", Kind::Tenant),
     ("workspace:create", Kind::Tenant),
     ("workspace:view", Kind::Workspace),
     ("workspace:update", Kind::Workspace),
@@ -460,6 +461,30 @@ impl Authz {
                     })
                     .collect();
                 (*action, row)
+            })
+            .collect()
+    }
+
+    /// The role set as a tenant is provisioned with it: (scope, role, the
+    /// actions the policies allow that role), for the tenant roles and the
+    /// workspace roles (held by a tenant member).
+    pub fn role_permissions(&self) -> Vec<(&'static str, &'static str, Vec<&'static str>)> {
+        let matrix = self.permission_matrix();
+        MATRIX_ROLES
+            .iter()
+            .enumerate()
+            .filter_map(|(column, (_, tenant_role, ws_role, super_admin))| {
+                let (scope, role) = match (ws_role, *super_admin, *tenant_role) {
+                    (_, true, _) | (None, false, "none") => return None,
+                    (Some(ws), false, _) => ("workspace", *ws),
+                    (None, false, role) => ("tenant", role),
+                };
+                let allowed = matrix
+                    .iter()
+                    .filter(|(_, row)| row.get(column).copied().unwrap_or(false))
+                    .map(|(action, _)| *action)
+                    .collect();
+                Some((scope, role, allowed))
             })
             .collect()
     }

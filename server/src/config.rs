@@ -68,7 +68,8 @@ pub struct Config {
     /// Redis that carries the message streams, if not the one of REDIS_URL.
     #[arg(long, env = "TENANCY_STREAM_REDIS_URL")]
     pub stream_redis_url: Option<String>,
-    /// Run the outbox relay in this process (any number may run; one publishes at a time).
+    /// Run the background jobs in this process: the message relay (any number
+    /// may run; one publishes at a time), the mail sender and the audit purge.
     #[arg(long, env = "TENANCY_RELAY", default_value_t = true, action = clap::ArgAction::Set)]
     pub relay: bool,
     /// Messages a user may send per minute in one tenant (0: no limit).
@@ -77,6 +78,12 @@ pub struct Config {
     /// Approximate length each tenant stream is trimmed to (0: never trim).
     #[arg(long, env = "TENANCY_STREAM_MAXLEN", default_value_t = 100_000)]
     pub stream_maxlen: usize,
+    /// Folder that receives outgoing mail as .eml files (default: mail goes to the log).
+    #[arg(long, env = "TENANCY_MAIL_DIR")]
+    pub mail_dir: Option<std::path::PathBuf>,
+    /// How often audit entries past each tenant's retention are purged, in seconds (0: never).
+    #[arg(long, env = "TENANCY_AUDIT_PURGE_SECS", default_value_t = 3600)]
+    pub audit_purge_secs: u64,
     /// How often open WebSockets re-check that their session is still valid, in seconds.
     #[arg(long, env = "TENANCY_WS_SESSION_CHECK_SECS", default_value_t = 5)]
     pub ws_session_check_secs: u64,

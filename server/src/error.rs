@@ -36,6 +36,9 @@ pub enum AppError {
     /// 409: conflicts with existing data.
     #[error("{0}")]
     Conflict(String),
+    /// 409: a limit of the tenant's plan is reached (message names it).
+    #[error("{0}")]
+    LimitReached(String),
     /// 413: the body is larger than the configured limit.
     #[error("Request body too large")]
     PayloadTooLarge,
@@ -62,7 +65,7 @@ impl AppError {
                 StatusCode::FORBIDDEN
             }
             AppError::TenantNotFound | AppError::NotFound(_) => StatusCode::NOT_FOUND,
-            AppError::Conflict(_) => StatusCode::CONFLICT,
+            AppError::Conflict(_) | AppError::LimitReached(_) => StatusCode::CONFLICT,
             AppError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             AppError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -81,6 +84,7 @@ impl AppError {
             AppError::Forbidden(_) | AppError::Denied => "forbidden",
             AppError::NotFound(_) => "not_found",
             AppError::Conflict(_) => "conflict",
+            AppError::LimitReached(_) => "limit_reached",
             AppError::Validation(_) => "validation_failed",
             AppError::PayloadTooLarge => "payload_too_large",
             AppError::RateLimited(_) => "rate_limited",
@@ -126,6 +130,8 @@ impl From<sqlx::Error> for AppError {
                     Some("28000") if message == "tenant context names an unknown tenant" => {
                         AppError::TenantNotFound
                     }
+                    // The plan's limits, enforced by triggers; the text names the limit.
+                    Some("53400") => AppError::LimitReached(message.to_owned()),
                     // Raised by our own triggers (no constraint): their text is written for users.
                     Some("23505") if db.constraint().is_none() => {
                         AppError::Conflict(message.to_owned())

@@ -5,16 +5,20 @@
 //! context, run the handler. Isolation is the database's job: handlers never
 //! filter by tenant themselves.
 
+pub mod audit;
 pub mod auth;
 pub mod authz;
 pub mod config;
 pub mod error;
 pub mod extract;
+pub mod mail;
 pub mod messaging;
 pub mod ops;
+pub mod provision;
 pub mod routes;
 pub mod state;
 pub mod tenant;
+pub mod tenant_config;
 
 use axum::extract::DefaultBodyLimit;
 use axum::middleware::from_fn_with_state;
@@ -33,9 +37,12 @@ pub fn app(state: AppState) -> Router {
         .merge(routes::boards::router())
         .merge(routes::tasks::router())
         .merge(routes::chat::router())
+        .merge(routes::config::router())
+        .merge(routes::audit::router())
         .route_layer(from_fn_with_state(state.clone(), tenant::tenant_scope));
     let authenticated = Router::new()
         .merge(routes::auth::authenticated_router())
+        .merge(routes::admin::router())
         .merge(tenant_scoped)
         .route_layer(from_fn_with_state(state.clone(), auth::authenticate));
     Router::new()
@@ -66,6 +73,23 @@ pub async fn serve(listener: tokio::net::TcpListener, state: AppState) -> std::i
         stopped.clone(),
     ));
     if state.config.relay {
+        let mailer = match &state.config.mail_dir {
+            Some(dir) => mail::Mailer::Dir(dir.clone()),
+            None => mail::Mailer::Log,
+        };
+        background.spawn(mail::run(
+            state.admin_db.clone(),
+            mailer,
+            std::time::Duration::from_secs(1),
+            stopped.clone(),
+        ));
+        if state.config.audit_purge_secs > 0 {
+            background.spawn(audit::run_purge(
+                state.clone(),
+                std::time::Duration::from_secs(state.config.audit_purge_secs),
+                stopped.clone(),
+            ));
+        }
         match messaging::relay::Relay::connect(&state.config).await {
             Ok(relay) => {
                 background.spawn(relay.run(stopped.clone()));

@@ -49,6 +49,13 @@ pub async fn migrate(config: &Config) -> AppResult<()> {
         format!("REVOKE INSERT, UPDATE, DELETE ON app.users, app.settings FROM {quoted}"),
         format!("REVOKE UPDATE, DELETE ON app.audit_events FROM {quoted}"),
         format!("REVOKE INSERT, UPDATE, DELETE ON app.message_outbox FROM {quoted}"),
+        // Plans, limits, usage, roles and mail are written by the owner role
+        // (administration, provisioning, triggers); history is append-only.
+        format!(
+            "REVOKE INSERT, UPDATE, DELETE ON app.plans, app.tenant_plans, app.tenant_usage,
+             app.tenant_roles, app.email_outbox FROM {quoted}"
+        ),
+        format!("REVOKE UPDATE, DELETE ON app.tenant_config_versions FROM {quoted}"),
     ] {
         sqlx::query(&statement).execute(&pool).await?;
     }
@@ -172,39 +179,10 @@ pub async fn create_tenant(
         .bind(name)
         .fetch_one(&mut *tx)
         .await
-        .map_err(|e| match &e {
-            sqlx::Error::Database(db)
-                if db.code().as_deref() == Some("22023")
-                    || db.code().as_deref() == Some("23505") =>
-            {
-                AppError::Validation(db.message().to_owned())
-            }
-            _ => AppError::from(e),
-        })?;
+        .map_err(crate::provision::catalog_error)?;
     let owner = upsert_user(&mut tx, owner_email, &password_hash).await?;
     enter_tenant(&mut tx, config, tenant, owner).await?;
-    sqlx::query("INSERT INTO app.tenant_memberships (user_id, role) VALUES ($1, 'owner')")
-        .bind(owner)
-        .execute(&mut *tx)
-        .await?;
-    let workspace: Uuid = sqlx::query_scalar(
-        "INSERT INTO app.workspaces (name, created_by) VALUES ('General', $1) RETURNING id",
-    )
-    .bind(owner)
-    .fetch_one(&mut *tx)
-    .await?;
-    sqlx::query(
-        "INSERT INTO app.workspace_members (workspace_id, user_id, role) VALUES ($1, $2, 'admin')",
-    )
-    .bind(workspace)
-    .bind(owner)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query("UPDATE app.tenant_memberships SET default_workspace_id = $1 WHERE user_id = $2")
-        .bind(workspace)
-        .bind(owner)
-        .execute(&mut *tx)
-        .await?;
+    crate::provision::owner_and_workspace(&mut tx, owner).await?;
     tx.commit().await?;
     Ok((tenant, owner))
 }

@@ -46,6 +46,10 @@ pub struct AppState {
     pub streams: redis::aio::ConnectionManager,
     /// Open WebSockets of this instance.
     pub hub: Arc<Hub>,
+    /// Pool of the owner role (member of tenancy_admin), for platform
+    /// administration only: creating tenants, changing their status, plans.
+    /// Connected on first use.
+    pub admin_db: PgPool,
 }
 
 /// A Redis connection manager with short timeouts and few retries: with
@@ -79,6 +83,11 @@ impl AppState {
         };
         let keys = Arc::new(Keys::new(&config));
         let login_slots = Arc::new(Semaphore::new(config.login_concurrency.max(1)));
+        let admin_db = PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy(&config.database_owner_url)
+            .map_err(|e| AppError::Unavailable(format!("database (owner): {e}")))?;
         Ok(Self {
             config: Arc::new(config),
             db,
@@ -88,6 +97,7 @@ impl AppState {
             authz,
             streams,
             hub: Arc::new(Hub::default()),
+            admin_db,
         })
     }
 }

@@ -267,6 +267,10 @@ pub async fn tenant_scope(
             AppError::Forbidden("You are not a member of this tenant")
         });
     };
+    let api_limit: Option<i32> = row.try_get("api_requests_per_minute")?;
+    if let Some(limit) = api_limit {
+        rate_limit(&state, &format!("ratelimit:api:{{{tenant_id}}}"), limit).await?;
+    }
     let tenant = Tenant {
         id: tenant_id,
         slug: row.try_get("slug")?,
@@ -295,4 +299,24 @@ pub async fn tenant_scope(
         }
     }
     Ok(response)
+}
+
+/// Counts one request against a per-minute budget kept in Redis (shared by
+/// every instance): 429 with Retry-After once `limit` is spent this minute.
+pub async fn rate_limit(state: &AppState, key: &str, limit: i32) -> AppResult<()> {
+    let mut redis = state.redis.clone();
+    let (count, ttl): (i64, i64) = redis::pipe()
+        .incr(key, 1)
+        .cmd("EXPIRE")
+        .arg(key)
+        .arg(60)
+        .arg("NX")
+        .ignore()
+        .ttl(key)
+        .query_async(&mut redis)
+        .await?;
+    if count > i64::from(limit) {
+        return Err(AppError::RateLimited(ttl.clamp(1, 60) as u64));
+    }
+    Ok(())
 }

@@ -441,13 +441,7 @@ async fn the_rate_limit_holds_across_instances_and_per_user() -> TestResult {
         .send()
         .await?;
     assert_eq!(limited.status(), 429);
-    let retry: u64 = limited
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    assert!((1..=60).contains(&retry), "Retry-After {retry}");
+    tenancy_tests::server::assert_retry_after(&limited);
     let answer: Value = limited.json().await?;
     assert_eq!(answer["code"], "rate_limited");
     let (status, _) = app.post("/api/messages", &alice, body.clone()).await?;

@@ -13,6 +13,7 @@ mod catalog;
 mod context;
 mod forging;
 mod hardening;
+mod http_admin;
 mod http_auth;
 mod http_authz;
 mod http_faults;

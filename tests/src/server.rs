@@ -37,6 +37,8 @@ pub struct Options {
     pub relay: bool,
     /// Messages per user per minute (0: unlimited).
     pub message_rate_per_minute: u32,
+    /// Where outgoing mail is written.
+    pub mail_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for Options {
@@ -48,6 +50,7 @@ impl Default for Options {
             stream_redis_url: None,
             relay: true,
             message_rate_per_minute: 0,
+            mail_dir: None,
         }
     }
 }
@@ -132,6 +135,8 @@ impl TestApp {
             message_rate_per_minute: options.message_rate_per_minute,
             stream_maxlen: 10_000,
             ws_session_check_secs: 1,
+            mail_dir: options.mail_dir.clone(),
+            audit_purge_secs: 0,
         };
         ops::migrate(&config)
             .await
@@ -331,4 +336,16 @@ pub fn claims(token: &str) -> Value {
         })
         .and_then(|bytes| serde_json::from_slice(&bytes).ok())
         .unwrap_or(Value::Null)
+}
+
+/// A 429's Retry-After is a number of seconds within the minute window.
+pub fn assert_retry_after(response: &reqwest::Response) {
+    let retry: u64 = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert_eq!(response.status(), 429);
+    assert!((1..=60).contains(&retry), "Retry-After {retry}");
 }

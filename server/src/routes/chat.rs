@@ -179,29 +179,16 @@ fn valid_content(content: &str) -> AppResult<&str> {
     Ok(content)
 }
 
-/// Counts one message against the caller's per-minute budget in Redis
-/// (shared by every instance); 429 with Retry-After once it is spent.
+/// Counts one message against the caller's per-minute budget.
 async fn rate_limit(state: &AppState, tenant: &Tenant) -> AppResult<()> {
-    let limit = state.config.message_rate_per_minute;
-    if limit == 0 {
-        return Ok(());
+    match i32::try_from(state.config.message_rate_per_minute) {
+        Ok(0) => Ok(()),
+        Ok(limit) => {
+            let key = format!("ratelimit:messages:{{{}}}:{}", tenant.id, tenant.user_id);
+            crate::tenant::rate_limit(state, &key, limit).await
+        }
+        Err(_) => Ok(()),
     }
-    let key = format!("ratelimit:messages:{{{}}}:{}", tenant.id, tenant.user_id);
-    let mut redis = state.redis.clone();
-    let (count, ttl): (u64, i64) = redis::pipe()
-        .incr(&key, 1)
-        .cmd("EXPIRE")
-        .arg(&key)
-        .arg(60)
-        .arg("NX")
-        .ignore()
-        .ttl(&key)
-        .query_async(&mut redis)
-        .await?;
-    if count > u64::from(limit) {
-        return Err(AppError::RateLimited(ttl.clamp(1, 60) as u64));
-    }
-    Ok(())
 }
 
 async fn send(

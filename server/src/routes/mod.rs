@@ -1,8 +1,11 @@
 //! HTTP areas, each a module with `router()`, and helpers they share.
 
+pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod boards;
 pub mod chat;
+pub mod config;
 pub mod health;
 pub mod members;
 pub mod tasks;

@@ -1,0 +1,234 @@
+//! Tenant provisioning: everything a new tenant starts with, in the one
+//! transaction that creates it (seed 002, REQ-MT-B006): its plan, the owner's
+//! membership and a first workspace, the role set of the policies, default
+//! categories and email templates, the default configuration as version 1,
+//! optionally demo data, a welcome email to the owner (through the mail
+//! outbox), and an audit entry. Either all of it exists or none of it.
+//!
+//! Runs on the owner role's connection (creating a tenant is a catalog
+//! change); every tenant row is written through the new tenant's own
+//! signed context, never with a bypass.
+
+use serde_json::{json, Value};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::error::{AppError, AppResult};
+use crate::state::AppState;
+
+/// What a super admin asks for.
+pub struct NewTenant<'a> {
+    pub slug: &'a str,
+    pub name: &'a str,
+    pub display_name: Option<&'a str>,
+    pub plan: &'a str,
+    pub owner_email: &'a str,
+    pub demo_data: bool,
+}
+
+const CATEGORIES: [&str; 4] = ["General", "Support", "Sales", "Billing"];
+
+/// (key, subject, body); `{tenant}`, `{owner_email}` and `{slug}` are filled in.
+const EMAIL_TEMPLATES: [(&str, &str, &str); 3] = [
+    (
+        "welcome",
+        "Welcome to {tenant}",
+        "Hello,\n\nthe {tenant} workspace is ready, and you ({owner_email}) are its owner.\nSign in and choose the tenant \"{slug}\" to get started.\n",
+    ),
+    (
+        "invitation",
+        "You are invited to {tenant}",
+        "Hello,\n\nyou have been invited to join {tenant}.\n",
+    ),
+    (
+        "password_reset",
+        "Reset your password for {tenant}",
+        "Hello,\n\nsomeone asked to reset your password. If it was not you, ignore this email.\n",
+    ),
+];
+
+fn render(text: &str, tenant: &str, owner_email: &str, slug: &str) -> String {
+    text.replace("{tenant}", tenant)
+        .replace("{owner_email}", owner_email)
+        .replace("{slug}", slug)
+}
+
+/// Maps the extension's refusals of a tenant (bad slug or name, duplicate
+/// slug) to a 4xx that says what was wrong.
+pub fn catalog_error(e: sqlx::Error) -> AppError {
+    match &e {
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("23505") => {
+            AppError::Conflict(db.message().to_owned())
+        }
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("22023") => {
+            AppError::Validation(db.message().to_owned())
+        }
+        _ => AppError::from(e),
+    }
+}
+
+/// Sets the tenant's signed context for the rest of the transaction.
+pub async fn enter_tenant(
+    conn: &mut PgConnection,
+    keys: &crate::auth::Keys,
+    tenant: Uuid,
+    user: Uuid,
+) -> AppResult<()> {
+    sqlx::query("SELECT set_config('tenancy.token', $1, true)")
+        .bind(keys.context_token(tenant, user)?)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The owner's membership and a first workspace they administer (inside
+/// the tenant's context). Returns the workspace.
+pub async fn owner_and_workspace(conn: &mut PgConnection, owner: Uuid) -> AppResult<Uuid> {
+    sqlx::query("INSERT INTO app.tenant_memberships (user_id, role) VALUES ($1, 'owner')")
+        .bind(owner)
+        .execute(&mut *conn)
+        .await?;
+    let workspace: Uuid = sqlx::query_scalar(
+        "INSERT INTO app.workspaces (name, created_by) VALUES ('General', $1) RETURNING id",
+    )
+    .bind(owner)
+    .fetch_one(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO app.workspace_members (workspace_id, user_id, role) VALUES ($1, $2, 'admin')",
+    )
+    .bind(workspace)
+    .bind(owner)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("UPDATE app.tenant_memberships SET default_workspace_id = $1 WHERE user_id = $2")
+        .bind(workspace)
+        .bind(owner)
+        .execute(&mut *conn)
+        .await?;
+    Ok(workspace)
+}
+
+/// Creates and provisions a tenant; returns its id and its owner's.
+pub async fn provision(
+    state: &AppState,
+    actor: Uuid,
+    new: &NewTenant<'_>,
+) -> AppResult<(Uuid, Uuid)> {
+    let mut tx = state.admin_db.begin().await?;
+    let plan: Option<(String,)> = sqlx::query_as("SELECT name FROM app.plans WHERE name = $1")
+        .bind(new.plan)
+        .fetch_optional(&mut *tx)
+        .await?;
+    if plan.is_none() {
+        let known: Vec<String> = sqlx::query_scalar("SELECT name FROM app.plans ORDER BY name")
+            .fetch_all(&mut *tx)
+            .await?;
+        return Err(AppError::Validation(format!(
+            "unknown plan {:?}; plans are {}",
+            new.plan,
+            known.join(", ")
+        )));
+    }
+    let tenant: Uuid = sqlx::query_scalar("SELECT tenancy.create_tenant($1, $2, $3)")
+        .bind(new.slug)
+        .bind(new.name)
+        .bind(new.display_name)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(catalog_error)?;
+    let owner: Uuid = sqlx::query_scalar("SELECT app.ensure_user($1)")
+        .bind(new.owner_email)
+        .fetch_one(&mut *tx)
+        .await?;
+    enter_tenant(&mut tx, &state.keys, tenant, owner).await?;
+    sqlx::query("INSERT INTO app.tenant_plans (plan) VALUES ($1)")
+        .bind(new.plan)
+        .execute(&mut *tx)
+        .await?;
+    let workspace = owner_and_workspace(&mut tx, owner).await?;
+
+    for (scope, role, permissions) in state.authz.role_permissions() {
+        sqlx::query("INSERT INTO app.tenant_roles (scope, role, permissions) VALUES ($1, $2, $3)")
+            .bind(scope)
+            .bind(role)
+            .bind(&permissions)
+            .execute(&mut *tx)
+            .await?;
+    }
+    for (position, name) in CATEGORIES.iter().enumerate() {
+        sqlx::query("INSERT INTO app.categories (name, position) VALUES ($1, $2)")
+            .bind(name)
+            .bind(position as i32)
+            .execute(&mut *tx)
+            .await?;
+    }
+    let display = new.display_name.unwrap_or(new.name).trim();
+    for (key, subject, body) in EMAIL_TEMPLATES {
+        sqlx::query("INSERT INTO app.email_templates (key, subject, body) VALUES ($1, $2, $3)")
+            .bind(key)
+            .bind(subject)
+            .bind(body)
+            .execute(&mut *tx)
+            .await?;
+    }
+    let defaults = Value::Object(crate::tenant_config::defaults());
+    sqlx::query(
+        "INSERT INTO app.tenant_config_versions (version, kind, value, changes, changed_by)
+         VALUES (1, 'config', $1, $2, $3)",
+    )
+    .bind(&defaults)
+    .bind(json!({"provisioned": "defaults"}))
+    .bind(actor)
+    .execute(&mut *tx)
+    .await?;
+    if new.demo_data {
+        demo_data(&mut tx, owner, workspace).await?;
+    }
+    let (_, subject, body) = EMAIL_TEMPLATES[0];
+    sqlx::query(
+        "INSERT INTO app.email_outbox (recipient, template, subject, body) VALUES ($1, 'welcome', $2, $3)",
+    )
+    .bind(new.owner_email.trim())
+    .bind(render(subject, display, new.owner_email.trim(), new.slug))
+    .bind(render(body, display, new.owner_email.trim(), new.slug))
+    .execute(&mut *tx)
+    .await?;
+    crate::audit::record(
+        &mut tx,
+        tenant,
+        actor,
+        "tenant.created",
+        Some(&tenant.to_string()),
+        json!({"slug": new.slug, "plan": new.plan, "owner_email": new.owner_email.trim(), "demo_data": new.demo_data}),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((tenant, owner))
+}
+
+/// A board with a few tasks in the first workspace, to look around.
+async fn demo_data(conn: &mut PgConnection, owner: Uuid, workspace: Uuid) -> AppResult<()> {
+    let board: Uuid = sqlx::query_scalar(
+        "INSERT INTO app.boards (workspace_id, name) VALUES ($1, 'Getting started') RETURNING id",
+    )
+    .bind(workspace)
+    .fetch_one(&mut *conn)
+    .await?;
+    for (title, status) in [
+        ("Invite your team", "todo"),
+        ("Set your branding", "doing"),
+        ("Create your first workspace", "done"),
+    ] {
+        sqlx::query(
+            "INSERT INTO app.tasks (board_id, title, status, created_by) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(board)
+        .bind(title)
+        .bind(status)
+        .bind(owner)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}

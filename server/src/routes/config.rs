@@ -1,0 +1,348 @@
+//! Tenant configuration and branding (seed 002, REQ-MT-B005), versioned.
+//!
+//! `GET/PUT /api/tenant/config`: the validated configuration (see
+//! `tenant_config`), defaults for what the tenant has not set; owners and
+//! admins. `GET/PUT /api/tenant/branding`: display name, logo URL, primary
+//! colour (every member reads, owners and admins change). Every change is a
+//! new version (who, when, what changed, the whole document after it) and an
+//! audit entry; `GET /api/tenant/config/versions[/{n}]` reads them and
+//! `POST /api/tenant/config/versions/{n}/restore` brings one back as a new
+//! version.
+
+use axum::extract::State;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use uuid::Uuid;
+
+use crate::authz::Resource;
+use crate::error::{AppError, AppResult};
+use crate::extract::{AppJson, AppPath};
+use crate::routes::authorize;
+use crate::state::AppState;
+use crate::tenant::{Db, DbGuard, Tenant};
+use crate::tenant_config;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/tenant/config", get(read_config).put(update_config))
+        .route("/api/tenant/config/versions", get(versions))
+        .route("/api/tenant/config/versions/{version}", get(version))
+        .route(
+            "/api/tenant/config/versions/{version}/restore",
+            post(restore),
+        )
+        .route(
+            "/api/tenant/branding",
+            get(read_branding).put(update_branding),
+        )
+}
+
+async fn allow(
+    state: &AppState,
+    tenant: &Tenant,
+    db: &mut DbGuard<'_>,
+    action: &'static str,
+) -> AppResult<()> {
+    authorize(state, tenant, db, action, Resource::Tenant(tenant.id)).await
+}
+
+/// The configuration in force and its version (0: never changed).
+async fn current_config(db: &mut DbGuard<'_>) -> AppResult<(i32, Map<String, Value>)> {
+    let row: Option<(i32, Value)> = sqlx::query_as(
+        "SELECT version, value FROM app.tenant_config_versions WHERE kind = 'config'
+         ORDER BY version DESC LIMIT 1",
+    )
+    .fetch_optional(db.conn()?)
+    .await?;
+    Ok(match row {
+        Some((version, Value::Object(set))) => (version, tenant_config::effective(&set)),
+        _ => (0, tenant_config::defaults()),
+    })
+}
+
+async fn current_branding(db: &mut DbGuard<'_>) -> AppResult<Map<String, Value>> {
+    let (display_name, logo_url, primary_color): (String, Option<String>, Option<String>) =
+        sqlx::query_as(
+            "SELECT display_name, logo_url, primary_color FROM tenancy.current_tenant()",
+        )
+        .fetch_one(db.conn()?)
+        .await?;
+    Ok(branding_map(display_name, logo_url, primary_color))
+}
+
+fn branding_map(
+    display_name: String,
+    logo_url: Option<String>,
+    primary_color: Option<String>,
+) -> Map<String, Value> {
+    let mut map = Map::new();
+    map.insert("display_name".to_owned(), json!(display_name));
+    map.insert("logo_url".to_owned(), json!(logo_url));
+    map.insert("primary_color".to_owned(), json!(primary_color));
+    map
+}
+
+/// Writes a new version of `kind` and its audit entry; returns its number.
+async fn new_version(
+    db: &mut DbGuard<'_>,
+    tenant: &Tenant,
+    kind: &str,
+    value: &Map<String, Value>,
+    changes: Value,
+    restored_from: Option<i32>,
+) -> AppResult<i32> {
+    let conn = db.conn()?;
+    // One writer at a time per tenant, so version numbers never collide.
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('tenancy.config'), hashtext($1::text))")
+        .bind(tenant.id)
+        .execute(&mut *conn)
+        .await?;
+    let version: i32 = sqlx::query_scalar(
+        "INSERT INTO app.tenant_config_versions (version, kind, value, changes, changed_by, restored_from)
+         SELECT coalesce(max(version), 0) + 1, $1, $2, $3, $4, $5 FROM app.tenant_config_versions
+         RETURNING version",
+    )
+    .bind(kind)
+    .bind(Value::Object(value.clone()))
+    .bind(&changes)
+    .bind(tenant.user_id)
+    .bind(restored_from)
+    .fetch_one(&mut *conn)
+    .await?;
+    let action = match (kind, restored_from) {
+        (_, Some(_)) => "config.restored",
+        ("branding", None) => "branding.updated",
+        _ => "config.updated",
+    };
+    crate::audit::record(
+        conn,
+        tenant.id,
+        tenant.user_id,
+        action,
+        Some(&format!("version {version}")),
+        json!({"kind": kind, "changes": changes, "restored_from": restored_from}),
+    )
+    .await?;
+    Ok(version)
+}
+
+async fn read_config(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    db: Db,
+) -> AppResult<Json<Value>> {
+    let mut db = db.lock().await?;
+    allow(&state, &tenant, &mut db, "tenant:manageSettings").await?;
+    let (version, config) = current_config(&mut db).await?;
+    Ok(Json(json!({"version": version, "config": config})))
+}
+
+async fn update_config(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    db: Db,
+    AppJson(body): AppJson<Value>,
+) -> AppResult<Json<Value>> {
+    let Value::Object(update) = body else {
+        return Err(AppError::Validation(
+            "configuration must be a JSON object".to_owned(),
+        ));
+    };
+    if update.is_empty() {
+        return Err(AppError::Validation(
+            "nothing to update: give at least one key".to_owned(),
+        ));
+    }
+    tenant_config::validate(&update).map_err(AppError::Validation)?;
+    let mut db = db.lock().await?;
+    allow(&state, &tenant, &mut db, "tenant:manageSettings").await?;
+    let (_, before) = current_config(&mut db).await?;
+    let mut after = before.clone();
+    after.extend(update);
+    let changes = tenant_config::changes(&before, &after);
+    let version = new_version(&mut db, &tenant, "config", &after, changes, None).await?;
+    Ok(Json(json!({"version": version, "config": after})))
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+struct Version {
+    version: i32,
+    kind: String,
+    changes: Value,
+    changed_by: Option<Uuid>,
+    changed_at: DateTime<Utc>,
+    restored_from: Option<i32>,
+}
+
+async fn versions(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    db: Db,
+) -> AppResult<Json<Vec<Version>>> {
+    let mut db = db.lock().await?;
+    allow(&state, &tenant, &mut db, "tenant:manageSettings").await?;
+    let rows = sqlx::query_as(
+        "SELECT version, kind, changes, changed_by, changed_at, restored_from
+         FROM app.tenant_config_versions ORDER BY version DESC",
+    )
+    .fetch_all(db.conn()?)
+    .await?;
+    Ok(Json(rows))
+}
+
+#[derive(sqlx::FromRow)]
+struct StoredVersion {
+    kind: String,
+    value: Value,
+    changes: Value,
+    changed_by: Option<Uuid>,
+    changed_at: DateTime<Utc>,
+    restored_from: Option<i32>,
+}
+
+/// A version's kind, its document, and the whole row as JSON.
+async fn load_version(
+    db: &mut DbGuard<'_>,
+    number: i32,
+) -> AppResult<(String, Map<String, Value>, Value)> {
+    let row: Option<StoredVersion> = sqlx::query_as(
+        "SELECT kind, value, changes, changed_by, changed_at, restored_from
+         FROM app.tenant_config_versions WHERE version = $1",
+    )
+    .bind(number)
+    .fetch_optional(db.conn()?)
+    .await?;
+    let Some(StoredVersion {
+        kind,
+        value: Value::Object(value),
+        changes,
+        changed_by,
+        changed_at,
+        restored_from,
+    }) = row
+    else {
+        return Err(AppError::NotFound("Configuration version"));
+    };
+    let meta = json!({
+        "version": number, "kind": kind, "value": value, "changes": changes,
+        "changed_by": changed_by, "changed_at": changed_at, "restored_from": restored_from,
+    });
+    Ok((kind, value, meta))
+}
+
+async fn version(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    db: Db,
+    AppPath(number): AppPath<i32>,
+) -> AppResult<Json<Value>> {
+    let mut db = db.lock().await?;
+    allow(&state, &tenant, &mut db, "tenant:manageSettings").await?;
+    Ok(Json(load_version(&mut db, number).await?.2))
+}
+
+async fn restore(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    db: Db,
+    AppPath(number): AppPath<i32>,
+) -> AppResult<Json<Value>> {
+    let mut db = db.lock().await?;
+    allow(&state, &tenant, &mut db, "tenant:manageSettings").await?;
+    let (kind, value, _) = load_version(&mut db, number).await?;
+    let (before, after) = if kind == "branding" {
+        let before = current_branding(&mut db).await?;
+        let after = apply_branding(
+            &mut db,
+            value.get("display_name").and_then(Value::as_str),
+            Some(value.get("logo_url").and_then(Value::as_str).unwrap_or("")),
+            Some(
+                value
+                    .get("primary_color")
+                    .and_then(Value::as_str)
+                    .unwrap_or(""),
+            ),
+        )
+        .await?;
+        (before, after)
+    } else {
+        let (_, before) = current_config(&mut db).await?;
+        (before, tenant_config::effective(&value))
+    };
+    let changes = tenant_config::changes(&before, &after);
+    let version = new_version(&mut db, &tenant, &kind, &after, changes, Some(number)).await?;
+    Ok(Json(
+        json!({"version": version, "kind": kind, "value": after, "restored_from": number}),
+    ))
+}
+
+async fn read_branding(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    db: Db,
+) -> AppResult<Json<Map<String, Value>>> {
+    let mut db = db.lock().await?;
+    allow(&state, &tenant, &mut db, "tenant:view").await?;
+    Ok(Json(current_branding(&mut db).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Branding {
+    display_name: Option<String>,
+    /// An http(s) URL; "" removes the logo.
+    logo_url: Option<String>,
+    /// #RRGGBB; "" removes the colour.
+    primary_color: Option<String>,
+}
+
+async fn apply_branding(
+    db: &mut DbGuard<'_>,
+    display_name: Option<&str>,
+    logo_url: Option<&str>,
+    primary_color: Option<&str>,
+) -> AppResult<Map<String, Value>> {
+    let (display_name, logo_url, primary_color): (String, Option<String>, Option<String>) =
+        sqlx::query_as("SELECT * FROM tenancy.set_current_tenant_branding($1, $2, $3)")
+            .bind(display_name)
+            .bind(logo_url)
+            .bind(primary_color)
+            .fetch_one(db.conn()?)
+            .await
+            .map_err(|e| match &e {
+                sqlx::Error::Database(d) if d.code().as_deref() == Some("22023") => {
+                    AppError::Validation(d.message().to_owned())
+                }
+                _ => AppError::from(e),
+            })?;
+    Ok(branding_map(display_name, logo_url, primary_color))
+}
+
+async fn update_branding(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    db: Db,
+    AppJson(body): AppJson<Branding>,
+) -> AppResult<Json<Value>> {
+    if body.display_name.is_none() && body.logo_url.is_none() && body.primary_color.is_none() {
+        return Err(AppError::Validation(
+            "nothing to update: give display_name, logo_url and/or primary_color".to_owned(),
+        ));
+    }
+    let mut db = db.lock().await?;
+    allow(&state, &tenant, &mut db, "tenant:manageSettings").await?;
+    let before = current_branding(&mut db).await?;
+    let after = apply_branding(
+        &mut db,
+        body.display_name.as_deref(),
+        body.logo_url.as_deref(),
+        body.primary_color.as_deref(),
+    )
+    .await?;
+    let changes = tenant_config::changes(&before, &after);
+    let version = new_version(&mut db, &tenant, "branding", &after, changes, None).await?;
+    Ok(Json(json!({"version": version, "branding": after})))
+}

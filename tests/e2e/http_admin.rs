@@ -1,0 +1,914 @@
+//! Tenant administration (seed 002: REQ-MT-B004 to B007 and B013): the
+//! super-admin tenant API, provisioning in one transaction, configuration and
+//! branding with versions, plan limits under concurrency, and the audit
+//! trail with its isolation and retention.
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{json, Value};
+use tenancy_tests::server::{Options, TestApp, ALICE, BOB, ERIN, GUS, ROOT};
+use tenancy_tests::TestResult;
+use uuid::Uuid;
+
+async fn put(app: &TestApp, path: &str, token: &str, body: Value) -> TestResult<(u16, Value)> {
+    app.call(Method::PUT, path, Some(token), &[], Some(body))
+        .await
+}
+
+async fn delete(app: &TestApp, path: &str, token: &str) -> TestResult<(u16, Value)> {
+    app.call(Method::DELETE, path, Some(token), &[], None).await
+}
+
+async fn scalar<T>(app: &TestApp, sql: &str) -> TestResult<T>
+where
+    T: for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send + Unpin,
+{
+    let mut su = app.superuser().await?;
+    Ok(sqlx::query_scalar(sql).fetch_one(&mut su).await?)
+}
+
+/// The tenant's audit actions, newest first (read behind the scenes).
+async fn actions(app: &TestApp, tenant: Uuid) -> TestResult<Vec<String>> {
+    let mut su = app.superuser().await?;
+    Ok(sqlx::query_scalar(
+        "SELECT action FROM app.audit_events WHERE tenant_id = $1 ORDER BY id DESC",
+    )
+    .bind(tenant)
+    .fetch_all(&mut su)
+    .await?)
+}
+
+fn initech() -> Value {
+    json!({"slug": "initech", "name": "Initech", "plan": "pro",
+           "owner_email": "peter@initech.test", "demo_data": true})
+}
+
+#[tokio::test]
+async fn only_super_admins_manage_tenants() -> TestResult {
+    let app = TestApp::spawn().await?;
+    for email in [ALICE, ERIN, BOB] {
+        let token = app.login(email).await?;
+        let (status, body) = app.get("/api/admin/tenants", &token).await?;
+        assert_eq!(status, 403, "{email} lists tenants: {body}");
+        let (status, _) = app.post("/api/admin/tenants", &token, initech()).await?;
+        assert_eq!(status, 403, "{email} creates a tenant");
+        let (status, _) = app
+            .call(
+                Method::POST,
+                &format!("/api/admin/tenants/{}/suspend", app.globex),
+                Some(&token),
+                &[],
+                None,
+            )
+            .await?;
+        assert_eq!(status, 403, "{email} suspends a tenant");
+        let (status, _) = app.get("/api/admin/audit", &token).await?;
+        assert_eq!(status, 403, "{email} reads every tenant's audit trail");
+    }
+    let (status, _) = app
+        .call(Method::GET, "/api/admin/tenants", None, &[], None)
+        .await?;
+    assert_eq!(status, 401);
+    assert_eq!(
+        scalar::<i64>(&app, "SELECT count(*) FROM tenancy.tenants").await?,
+        2
+    );
+    assert_eq!(
+        scalar::<String>(
+            &app,
+            "SELECT status FROM tenancy.tenants WHERE slug = 'globex'"
+        )
+        .await?,
+        "active"
+    );
+    let denials: i64 = scalar(
+        &app,
+        "SELECT count(*) FROM tenancy.audit_log WHERE action = 'platform.denied'",
+    )
+    .await?;
+    assert!(denials >= 12, "denials are audited: {denials}");
+
+    let root = app.login(ROOT).await?;
+    let (status, body) = app.get("/api/admin/tenants", &root).await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["total"], 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn creating_a_tenant_provisions_everything_and_sends_a_welcome_email() -> TestResult {
+    let mail = std::env::temp_dir().join(format!("tenancy-mail-{}", Uuid::new_v4().simple()));
+    let app = TestApp::spawn_with(Options {
+        mail_dir: Some(mail.clone()),
+        ..Options::default()
+    })
+    .await?;
+    let root = app.login(ROOT).await?;
+    let (status, tenant) = app.post("/api/admin/tenants", &root, initech()).await?;
+    assert_eq!(status, 201, "{tenant}");
+    assert_eq!(tenant["slug"], "initech");
+    assert_eq!(tenant["status"], "active");
+    assert_eq!(tenant["plan"], "pro");
+    assert_eq!(tenant["limits"]["max_members"], 50);
+    assert_eq!(tenant["usage"]["members"], 1, "the owner");
+    let id: Uuid = tenant["id"].as_str().unwrap_or_default().parse()?;
+
+    let mut su = app.superuser().await?;
+    let roles: Vec<(String, String, Vec<String>)> = sqlx::query_as(
+        "SELECT scope, role, permissions FROM app.tenant_roles WHERE tenant_id = $1 ORDER BY scope, role",
+    )
+    .bind(id)
+    .fetch_all(&mut su)
+    .await?;
+    let names: Vec<(&str, &str)> = roles
+        .iter()
+        .map(|(s, r, _)| (s.as_str(), r.as_str()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("tenant", "admin"),
+            ("tenant", "member"),
+            ("tenant", "owner"),
+            ("workspace", "admin"),
+            ("workspace", "member"),
+            ("workspace", "viewer")
+        ]
+    );
+    let owner_permissions = &roles[2].2;
+    assert!(owner_permissions.contains(&"tenant:delete".to_owned()));
+    assert!(
+        !roles[0].2.contains(&"tenant:delete".to_owned()),
+        "admins do not delete the tenant"
+    );
+    for (table, expected) in [
+        ("app.categories", 4),
+        ("app.email_templates", 3),
+        ("app.tenant_config_versions", 1),
+    ] {
+        let n: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM {table} WHERE tenant_id = $1"
+        ))
+        .bind(id)
+        .fetch_one(&mut su)
+        .await?;
+        assert_eq!(n, expected, "{table}");
+    }
+    let demo: i64 = sqlx::query_scalar("SELECT count(*) FROM app.tasks WHERE tenant_id = $1")
+        .bind(id)
+        .fetch_one(&mut su)
+        .await?;
+    assert_eq!(demo, 3, "demo data");
+    let owner_role: String = sqlx::query_scalar(
+        "SELECT m.role FROM app.tenant_memberships m JOIN app.users u ON u.id = m.user_id
+         WHERE m.tenant_id = $1 AND u.email = 'peter@initech.test'",
+    )
+    .bind(id)
+    .fetch_one(&mut su)
+    .await?;
+    assert_eq!(owner_role, "owner");
+    assert_eq!(actions(&app, id).await?, ["tenant.created"]);
+
+    // The welcome email leaves through the outbox.
+    let file = mail.join(format!("{id}-1.eml"));
+    let mut text = String::new();
+    for _ in 0..100 {
+        if let Ok(found) = std::fs::read_to_string(&file) {
+            text = found;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(text.contains("To: peter@initech.test"), "{text:?}");
+    assert!(text.contains("Subject: Welcome to Initech"), "{text:?}");
+    let sent: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM app.email_outbox WHERE tenant_id = $1 AND sent_at IS NOT NULL",
+    )
+    .bind(id)
+    .fetch_one(&mut su)
+    .await?;
+    assert_eq!(sent, 1);
+    let _ = std::fs::remove_dir_all(&mail);
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_tenant_input_is_a_clear_4xx_and_creates_nothing() -> TestResult {
+    let app = TestApp::spawn().await?;
+    let root = app.login(ROOT).await?;
+    let base = initech();
+    let with = |key: &str, value: Value| {
+        let mut body = base.clone();
+        body[key] = value;
+        body
+    };
+    let cases = [
+        (with("slug", json!("acme")), 409, "duplicate slug"),
+        (
+            with("slug", json!("Not URL Safe")),
+            422,
+            "slug not URL-safe",
+        ),
+        (with("slug", json!("-x-")), 422, "slug not a DNS label"),
+        (with("plan", json!("gold")), 422, "unknown plan"),
+        (with("owner_email", json!("nobody")), 422, "bad owner email"),
+        (with("name", json!("  ")), 422, "blank name"),
+        (with("extra", json!(1)), 422, "unknown field"),
+        (json!({"slug": "x"}), 422, "missing fields"),
+    ];
+    for (body, expected, why) in cases {
+        let (status, answer) = app.post("/api/admin/tenants", &root, body).await?;
+        assert_eq!(status, expected, "{why}: {answer}");
+        assert!(
+            answer["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{why}: {answer}"
+        );
+    }
+    let (_, answer) = app
+        .post("/api/admin/tenants", &root, with("plan", json!("gold")))
+        .await?;
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("free"),
+        "names the plans: {answer}"
+    );
+    assert_eq!(
+        scalar::<i64>(&app, "SELECT count(*) FROM tenancy.tenants").await?,
+        2
+    );
+    assert_eq!(
+        scalar::<i64>(&app, "SELECT count(*) FROM app.email_outbox").await?,
+        0
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn provisioning_is_one_transaction() -> TestResult {
+    // One tenant per user: an owner who already has a tenant fails the
+    // membership step, after the tenant row was written. Nothing may remain.
+    let app = TestApp::spawn_with(Options {
+        single_tenant_users: true,
+        ..Options::default()
+    })
+    .await?;
+    let root = app.login(ROOT).await?;
+    let mut body = initech();
+    body["owner_email"] = json!(ALICE);
+    let (status, answer) = app.post("/api/admin/tenants", &root, body).await?;
+    assert_eq!(status, 409, "{answer}");
+    assert_eq!(
+        scalar::<i64>(
+            &app,
+            "SELECT count(*) FROM tenancy.tenants WHERE slug = 'initech'"
+        )
+        .await?,
+        0
+    );
+    for table in [
+        "app.tenant_plans",
+        "app.tenant_roles",
+        "app.categories",
+        "app.email_outbox",
+        "app.tenant_config_versions",
+    ] {
+        assert_eq!(
+            scalar::<i64>(&app, &format!("SELECT count(*) FROM {table}")).await?,
+            0,
+            "{table}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn tenants_list_paginates_and_filters_by_status() -> TestResult {
+    let app = TestApp::spawn().await?;
+    let root = app.login(ROOT).await?;
+    for slug in ["t1", "t2", "t3"] {
+        let body = json!({"slug": slug, "name": slug, "owner_email": format!("owner@{slug}.test")});
+        let (status, answer) = app.post("/api/admin/tenants", &root, body).await?;
+        assert_eq!(status, 201, "{answer}");
+    }
+    let (status, _) = app
+        .call(
+            Method::POST,
+            &format!("/api/admin/tenants/{}/suspend", app.globex),
+            Some(&root),
+            &[],
+            None,
+        )
+        .await?;
+    assert_eq!(status, 200);
+    let (_, page) = app
+        .get("/api/admin/tenants?limit=2&offset=0", &root)
+        .await?;
+    assert_eq!(
+        (
+            page["total"].clone(),
+            page["tenants"].as_array().map(Vec::len)
+        ),
+        (json!(5), Some(2))
+    );
+    let (_, rest) = app
+        .get("/api/admin/tenants?limit=2&offset=4", &root)
+        .await?;
+    assert_eq!(rest["tenants"].as_array().map(Vec::len), Some(1));
+    let (_, suspended) = app
+        .get("/api/admin/tenants?status=suspended", &root)
+        .await?;
+    assert_eq!(suspended["total"], 1);
+    assert_eq!(suspended["tenants"][0]["slug"], "globex");
+    for query in ["?limit=0", "?status=gone", "?offset=-1", "?colour=red"] {
+        let (status, body) = app
+            .get(&format!("/api/admin/tenants{query}"), &root)
+            .await?;
+        assert_eq!(status, 422, "{query}: {body}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn suspend_reactivate_and_soft_delete_keep_the_data() -> TestResult {
+    let app = TestApp::spawn().await?;
+    let root = app.login(ROOT).await?;
+    let alice = app.login(ALICE).await?;
+    let path = format!("/api/admin/tenants/{}", app.acme);
+    let (status, _) = app
+        .post("/api/workspaces", &alice, json!({"name": "Kept"}))
+        .await?;
+    assert_eq!(status, 201);
+
+    let (status, body) = app
+        .call(
+            Method::POST,
+            &format!("{path}/suspend"),
+            Some(&root),
+            &[],
+            None,
+        )
+        .await?;
+    assert_eq!((status, body["status"].clone()), (200, json!("suspended")));
+    let (status, body) = app.get("/api/workspaces", &alice).await?;
+    assert_eq!(
+        (status, body["error"].clone()),
+        (403, json!("Tenant is not active"))
+    );
+    let (status, _) = app
+        .call(
+            Method::POST,
+            &format!("{path}/reactivate"),
+            Some(&root),
+            &[],
+            None,
+        )
+        .await?;
+    assert_eq!(status, 200);
+    let (status, _) = app.get("/api/workspaces", &alice).await?;
+    assert_eq!(status, 200, "back");
+
+    let (status, body) = delete(&app, &path, &root).await?;
+    assert_eq!((status, body["status"].clone()), (200, json!("inactive")));
+    let (status, body) = app.get("/api/workspaces", &alice).await?;
+    assert_eq!(
+        (status, body["error"].clone()),
+        (403, json!("Tenant is not active"))
+    );
+    // Soft: the super admin still sees the tenant and its data.
+    let (status, body) = app.get(&path, &root).await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "inactive");
+    assert_eq!(body["usage"]["members"], 5);
+    assert_eq!(body["usage"]["workspaces"], 2, "General and Kept");
+    assert_eq!(
+        scalar::<i64>(
+            &app,
+            &format!(
+                "SELECT count(*) FROM app.workspaces WHERE tenant_id = '{}'",
+                app.acme
+            )
+        )
+        .await?,
+        2
+    );
+    assert_eq!(
+        actions(&app, app.acme).await?[..3],
+        ["tenant.deleted", "tenant.reactivated", "tenant.suspended"]
+    );
+    let bypasses: i64 = scalar(
+        &app,
+        "SELECT count(*) FROM tenancy.audit_log WHERE action = 'bypass'",
+    )
+    .await?;
+    assert!(bypasses > 0, "the super admin's reads are audited bypasses");
+    let (status, _) = app
+        .get(&format!("/api/admin/tenants/{}", Uuid::new_v4()), &root)
+        .await?;
+    assert_eq!(status, 404);
+    Ok(())
+}
+
+#[tokio::test]
+async fn plan_and_limits_change_but_never_below_usage() -> TestResult {
+    let app = TestApp::spawn().await?;
+    let root = app.login(ROOT).await?;
+    let path = format!("/api/admin/tenants/{}", app.acme);
+    let (status, body) = put(
+        &app,
+        &path,
+        &root,
+        json!({"plan": "free", "name": "Acme Inc"}),
+    )
+    .await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (body["plan"].clone(), body["name"].clone()),
+        (json!("free"), json!("Acme Inc"))
+    );
+    assert_eq!(body["limits"]["max_members"], 5);
+    for (update, why) in [
+        (json!({"limits": {"max_members": 3}}), "below the 5 members"),
+        (json!({"plan": "gold"}), "unknown plan"),
+        (json!({"limits": {"max_workspaces": -1}}), "negative"),
+        (json!({"limits": {"seats": 9}}), "unknown limit"),
+        (json!({}), "nothing to update"),
+    ] {
+        let (status, answer) = put(&app, &path, &root, update).await?;
+        assert_eq!(status, 422, "{why}: {answer}");
+    }
+    let (_, answer) = put(&app, &path, &root, json!({"limits": {"max_members": 3}})).await?;
+    assert_eq!(
+        answer["error"],
+        "max_members 3 is below the tenant's current usage (5)"
+    );
+    let (_, now) = app.get(&path, &root).await?;
+    assert_eq!(now["limits"]["max_members"], 5, "unchanged");
+    assert_eq!(actions(&app, app.acme).await?[0], "tenant.updated");
+    Ok(())
+}
+
+#[tokio::test]
+async fn two_concurrent_requests_cannot_both_take_the_last_slot() -> TestResult {
+    let app = TestApp::spawn().await?;
+    let root = app.login(ROOT).await?;
+    let alice = app.login(ALICE).await?;
+    let path = format!("/api/admin/tenants/{}", app.acme);
+    let (status, body) = put(
+        &app,
+        &path,
+        &root,
+        json!({"plan": "pro", "limits": {"max_members": 6, "max_workspaces": 2}}),
+    )
+    .await?;
+    assert_eq!(status, 200, "{body}");
+    let invite = |email: &'static str| {
+        app.post(
+            "/api/tenant/members",
+            &alice,
+            json!({"email": email, "role": "member"}),
+        )
+    };
+    let (a, b) = tokio::join!(invite("one@acme.test"), invite("two@acme.test"));
+    let mut statuses = [a?.0, b?.0];
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [201, 409],
+        "one takes the sixth seat, the other is refused"
+    );
+    let (_, refused) = invite("three@acme.test").await?;
+    assert_eq!(refused["error"], "Limit reached: max_members (6)");
+    assert_eq!(refused["code"], "limit_reached");
+    assert_eq!(
+        scalar::<i64>(
+            &app,
+            &format!(
+                "SELECT count(*) FROM app.tenant_memberships WHERE tenant_id = '{}'",
+                app.acme
+            )
+        )
+        .await?,
+        6
+    );
+
+    let create = |name: &'static str| app.post("/api/workspaces", &alice, json!({"name": name}));
+    let (a, b) = tokio::join!(create("Second"), create("Third"));
+    let mut statuses = [a?.0, b?.0];
+    statuses.sort();
+    assert_eq!(statuses, [201, 409], "the second workspace slot goes once");
+    let (_, refused) = create("Fourth").await?;
+    assert_eq!(refused["error"], "Limit reached: max_workspaces (2)");
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_api_rate_and_storage_limits_of_a_tenant() -> TestResult {
+    let app = TestApp::spawn().await?;
+    let root = app.login(ROOT).await?;
+    let alice = app.login(ALICE).await?;
+    let gus = app.login(GUS).await?;
+    let path = format!("/api/admin/tenants/{}", app.acme);
+    let (status, _) = put(
+        &app,
+        &path,
+        &root,
+        json!({"plan": "enterprise", "limits": {"api_requests_per_minute": 5}}),
+    )
+    .await?;
+    assert_eq!(status, 200);
+    let mut statuses = Vec::new();
+    for _ in 0..7 {
+        statuses.push(app.get("/api/workspaces", &alice).await?.0);
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 429, 429]);
+    let limited = app
+        .client
+        .get(app.url("/api/workspaces"))
+        .bearer_auth(&alice)
+        .send()
+        .await?;
+    tenancy_tests::server::assert_retry_after(&limited);
+    let (status, _) = app.get("/api/workspaces", &gus).await?;
+    assert_eq!(status, 200, "another tenant has its own budget");
+
+    // Storage: a budget just above what acme uses now.
+    let used: i64 = scalar(&app, &format!("SELECT coalesce((SELECT storage_bytes FROM app.tenant_usage WHERE tenant_id = '{}'), 0)", app.acme)).await?;
+    let (status, body) = put(
+        &app,
+        &path,
+        &root,
+        json!({"plan": "enterprise", "limits": {"storage_bytes": used + 1500}}),
+    )
+    .await?;
+    assert_eq!(status, 200, "{body}");
+    let mut su = app.superuser().await?;
+    let owner: Uuid = sqlx::query_scalar(
+        "SELECT m.user_id FROM app.tenant_memberships m WHERE m.tenant_id = $1 AND m.role = 'owner'",
+    )
+    .bind(app.acme)
+    .fetch_one(&mut su)
+    .await?;
+    // Writes as the service's role through acme's context, like a request.
+    let keys = tenancy_server::auth::Keys::new(&app.config);
+    let mut conn = app.app_role().await?;
+    let mut outcomes = Vec::new();
+    for n in 0..5 {
+        let mut tx = sqlx::Connection::begin(&mut conn).await?;
+        tenancy_tests::use_token(&mut tx, &keys.context_token(app.acme, owner)?).await?;
+        let session: Uuid =
+            sqlx::query_scalar("INSERT INTO app.chat_sessions (user_id) VALUES ($1) RETURNING id")
+                .bind(owner)
+                .fetch_one(&mut *tx)
+                .await?;
+        let inserted = sqlx::query(
+            "INSERT INTO app.messages (session_id, user_id, content) VALUES ($1, $2, $3)",
+        )
+        .bind(session)
+        .bind(owner)
+        .bind(format!("{n} {}", "x".repeat(400)))
+        .execute(&mut *tx)
+        .await;
+        let (code, message) = match inserted {
+            Ok(_) => (String::new(), String::new()),
+            Err(e) => tenancy_tests::db_error::<()>(Err(e)),
+        };
+        tx.commit().await.ok();
+        outcomes.push((code, message));
+    }
+    assert!(outcomes[0].0.is_empty(), "within the budget: {outcomes:?}");
+    assert!(
+        outcomes.iter().any(|(code, message)| code == "53400"
+            && message.starts_with("Limit reached: storage_bytes")),
+        "refused past the budget: {outcomes:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn configuration_defaults_validation_versions_and_restore() -> TestResult {
+    let app = TestApp::spawn().await?;
+    let erin = app.login(ERIN).await?;
+    let bob = app.login(BOB).await?;
+    let (status, body) = app.get("/api/tenant/config", &erin).await?;
+    assert_eq!(status, 200);
+    assert_eq!(body["version"], 0);
+    assert_eq!(body["config"]["locale"], "en-US", "defaults apply");
+    assert_eq!(body["config"]["audit_retention_days"], 365);
+    let (status, _) = app.get("/api/tenant/config", &bob).await?;
+    assert_eq!(status, 403, "members do not read the configuration");
+    let (status, _) = put(&app, "/api/tenant/config", &bob, json!({"locale": "fr-FR"})).await?;
+    assert_eq!(status, 403);
+
+    let (status, v1) = put(
+        &app,
+        "/api/tenant/config",
+        &erin,
+        json!({"locale": "fr-FR"}),
+    )
+    .await?;
+    assert_eq!((status, v1["version"].clone()), (200, json!(1)), "{v1}");
+    let (_, v2) = put(
+        &app,
+        "/api/tenant/config",
+        &erin,
+        json!({"timezone": "Europe/Paris", "locale": "de-DE"}),
+    )
+    .await?;
+    assert_eq!(v2["version"], 2);
+    assert_eq!(v2["config"]["timezone"], "Europe/Paris");
+
+    let (status, bad) = put(
+        &app,
+        "/api/tenant/config",
+        &erin,
+        json!({"colour": "red", "audit_retention_days": "x", "locale": "french"}),
+    )
+    .await?;
+    assert_eq!(status, 422);
+    let error = bad["error"].as_str().unwrap_or_default();
+    for key in ["colour: unknown key", "audit_retention_days", "locale"] {
+        assert!(error.contains(key), "names {key}: {error}");
+    }
+    for body in [json!([1]), json!({})] {
+        let (status, _) = put(&app, "/api/tenant/config", &erin, body).await?;
+        assert_eq!(status, 422);
+    }
+    let (_, current) = app.get("/api/tenant/config", &erin).await?;
+    assert_eq!(current["version"], 2, "nothing changed by bad input");
+
+    let (_, history) = app.get("/api/tenant/config/versions", &erin).await?;
+    assert_eq!(history.as_array().map(Vec::len), Some(2));
+    assert_eq!(
+        history[0]["changes"]["locale"],
+        json!({"from": "fr-FR", "to": "de-DE"})
+    );
+    let (status, one) = app.get("/api/tenant/config/versions/1", &erin).await?;
+    assert_eq!(
+        (status, one["value"]["locale"].clone()),
+        (200, json!("fr-FR"))
+    );
+    let (status, _) = app.get("/api/tenant/config/versions/99", &erin).await?;
+    assert_eq!(status, 404);
+
+    let (status, restored) = app
+        .call(
+            Method::POST,
+            "/api/tenant/config/versions/1/restore",
+            Some(&erin),
+            &[],
+            None,
+        )
+        .await?;
+    assert_eq!(status, 200, "{restored}");
+    assert_eq!(
+        (
+            restored["version"].clone(),
+            restored["restored_from"].clone()
+        ),
+        (json!(3), json!(1))
+    );
+    let (_, current) = app.get("/api/tenant/config", &erin).await?;
+    assert_eq!(
+        (
+            current["config"]["locale"].clone(),
+            current["config"]["timezone"].clone()
+        ),
+        (json!("fr-FR"), json!("UTC"))
+    );
+    assert_eq!(
+        actions(&app, app.acme).await?[..3],
+        ["config.restored", "config.updated", "config.updated"]
+    );
+    // Globex's configuration is its own.
+    let (_, globex) = app
+        .get("/api/tenant/config", &app.login(GUS).await?)
+        .await?;
+    assert_eq!(
+        (
+            globex["version"].clone(),
+            globex["config"]["locale"].clone()
+        ),
+        (json!(0), json!("en-US"))
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn branding_is_validated_versioned_and_restorable() -> TestResult {
+    let app = TestApp::spawn().await?;
+    let erin = app.login(ERIN).await?;
+    let bob = app.login(BOB).await?;
+    let (status, body) = app.get("/api/tenant/branding", &bob).await?;
+    assert_eq!(status, 200, "every member sees the branding");
+    assert_eq!(
+        body,
+        json!({"display_name": "Acme Corp", "logo_url": null, "primary_color": null})
+    );
+    let (status, _) = put(
+        &app,
+        "/api/tenant/branding",
+        &bob,
+        json!({"primary_color": "#000000"}),
+    )
+    .await?;
+    assert_eq!(status, 403);
+
+    let (status, body) = put(
+        &app,
+        "/api/tenant/branding",
+        &erin,
+        json!({"primary_color": "#112233", "logo_url": "https://cdn.acme.test/logo.png"}),
+    )
+    .await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["branding"]["primary_color"], "#112233");
+    for bad in [
+        json!({"primary_color": "red"}),
+        json!({"logo_url": "javascript:alert(1)"}),
+        json!({"display_name": "  "}),
+        json!({"font": "Comic Sans"}),
+        json!({}),
+    ] {
+        let (status, answer) = put(&app, "/api/tenant/branding", &erin, bad.clone()).await?;
+        assert_eq!(status, 422, "{bad}: {answer}");
+    }
+    let (_, second) = put(
+        &app,
+        "/api/tenant/branding",
+        &erin,
+        json!({"display_name": "ACME", "primary_color": ""}),
+    )
+    .await?;
+    assert_eq!(
+        second["branding"],
+        json!({"display_name": "ACME", "logo_url": "https://cdn.acme.test/logo.png", "primary_color": null})
+    );
+    let first = second["version"].as_i64().unwrap_or_default() - 1;
+    let (status, _) = app
+        .call(
+            Method::POST,
+            &format!("/api/tenant/config/versions/{first}/restore"),
+            Some(&erin),
+            &[],
+            None,
+        )
+        .await?;
+    assert_eq!(status, 200);
+    let (_, now) = app.get("/api/tenant/branding", &bob).await?;
+    assert_eq!(
+        now,
+        json!({"display_name": "Acme Corp", "logo_url": "https://cdn.acme.test/logo.png", "primary_color": "#112233"})
+    );
+    let (_, globex) = app
+        .get("/api/tenant/branding", &app.login(GUS).await?)
+        .await?;
+    assert_eq!(globex["primary_color"], Value::Null, "globex untouched");
+    assert_eq!(
+        actions(&app, app.acme).await?[..3],
+        ["config.restored", "branding.updated", "branding.updated"]
+    );
+    assert!(
+        actions(&app, app.globex).await?.is_empty(),
+        "nothing of it in globex's trail"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_audit_trail_is_per_tenant_filterable_and_purged_past_retention() -> TestResult {
+    let app = TestApp::spawn().await?;
+    let erin = app.login(ERIN).await?;
+    let bob = app.login(BOB).await?;
+    let gus = app.login(GUS).await?;
+    let root = app.login(ROOT).await?;
+    put(
+        &app,
+        "/api/tenant/config",
+        &erin,
+        json!({"locale": "fr-FR"}),
+    )
+    .await?;
+    put(
+        &app,
+        "/api/tenant/config",
+        &erin,
+        json!({"locale": "it-IT"}),
+    )
+    .await?;
+    put(
+        &app,
+        "/api/tenant/config",
+        &app.login(GUS).await?,
+        json!({"locale": "es-ES"}),
+    )
+    .await?;
+    let (status, _) = app.get("/api/tenant/audit", &bob).await?;
+    assert_eq!(status, 403, "members do not read the trail");
+
+    let (status, page) = app.get("/api/tenant/audit", &erin).await?;
+    assert_eq!(status, 200, "{page}");
+    let events = page["events"].as_array().cloned().unwrap_or_default();
+    assert!(
+        events.iter().all(|e| e["tenant_id"] == json!(app.acme)),
+        "only acme's"
+    );
+    let found: Vec<&str> = events.iter().filter_map(|e| e["action"].as_str()).collect();
+    assert_eq!(
+        found[..3],
+        ["authz.denied", "config.updated", "config.updated"],
+        "bob's denial is in it too"
+    );
+    let (_, filtered) = app
+        .get("/api/tenant/audit?action=config.updated&limit=1", &erin)
+        .await?;
+    assert_eq!(filtered["events"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        filtered["events"][0]["details"]["changes"]["locale"]["to"],
+        "it-IT"
+    );
+    let before = filtered["next_before"].as_i64().unwrap_or_default();
+    let (_, next) = app
+        .get(
+            &format!("/api/tenant/audit?action=config.updated&before={before}"),
+            &erin,
+        )
+        .await?;
+    assert_eq!(
+        next["events"][0]["details"]["changes"]["locale"]["to"], "fr-FR",
+        "the cursor pages back"
+    );
+    // Naming another tenant in the filter shows nothing of it.
+    let (_, sneaky) = app
+        .get(
+            &format!("/api/tenant/audit?tenant_id={}", app.globex),
+            &erin,
+        )
+        .await?;
+    assert_eq!(sneaky["events"], json!([]));
+    let (_, theirs) = app.get("/api/tenant/audit", &gus).await?;
+    assert!(theirs["events"]
+        .as_array()
+        .is_some_and(|e| e.iter().all(|e| e["tenant_id"] == json!(app.globex))));
+    for query in ["?limit=0", "?since=yesterday", "?bogus=1"] {
+        let (status, _) = app.get(&format!("/api/tenant/audit{query}"), &erin).await?;
+        assert_eq!(status, 422, "{query}");
+    }
+    let (_, all) = app
+        .get("/api/admin/audit?action=config.updated", &root)
+        .await?;
+    assert_eq!(
+        all["events"].as_array().map(Vec::len),
+        Some(3),
+        "the super admin reads every tenant's"
+    );
+    let (_, acme_only) = app
+        .get(
+            &format!(
+                "/api/admin/audit?action=config.updated&tenant_id={}",
+                app.acme
+            ),
+            &root,
+        )
+        .await?;
+    assert_eq!(acme_only["events"].as_array().map(Vec::len), Some(2));
+
+    // Retention: acme keeps 1 day; two of its entries are older.
+    put(
+        &app,
+        "/api/tenant/config",
+        &erin,
+        json!({"audit_retention_days": 1}),
+    )
+    .await?;
+    let mut su = app.superuser().await?;
+    sqlx::query("UPDATE app.audit_events SET created_at = now() - interval '3 days' WHERE action = 'config.updated' AND details->'changes'->'locale' IS NOT NULL")
+        .execute(&mut su)
+        .await?;
+    let state = tenancy_server::AppState::connect(app.config.clone())
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    let deleted = tenancy_server::audit::purge(&state).await?;
+    assert_eq!(deleted, 2, "acme's two old entries; globex keeps 365 days");
+    let left: Vec<String> = sqlx::query_scalar(
+        "SELECT action FROM app.audit_events WHERE tenant_id = $1 ORDER BY id DESC",
+    )
+    .bind(app.acme)
+    .fetch_all(&mut su)
+    .await?;
+    assert_eq!(left[0], "audit.purged");
+    assert!(
+        left.contains(&"config.updated".to_owned()),
+        "the recent change stays: {left:?}"
+    );
+    let globex_old: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM app.audit_events WHERE tenant_id = $1 AND action = 'config.updated'",
+    )
+    .bind(app.globex)
+    .fetch_one(&mut su)
+    .await?;
+    assert_eq!(globex_old, 1);
+    Ok(())
+}
