@@ -16,7 +16,7 @@ as_root() {
 }
 
 need_pkgs=()
-for pkg in postgresql-${PG_MAJOR} postgresql-server-dev-${PG_MAJOR} libclang-dev clang sudo redis-server pkg-config libssl-dev; do
+for pkg in postgresql-${PG_MAJOR} postgresql-server-dev-${PG_MAJOR} libclang-dev clang sudo redis-server pkg-config libssl-dev python3; do
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
         need_pkgs+=("$pkg")
     fi

@@ -78,7 +78,17 @@ pub struct Config {
     /// Approximate length each tenant stream is trimmed to (0: never trim).
     #[arg(long, env = "TENANCY_STREAM_MAXLEN", default_value_t = 100_000)]
     pub stream_maxlen: usize,
-    /// Folder that receives outgoing mail as .eml files (default: mail goes to the log).
+    /// SMTP server for outgoing mail (smtp://, smtps:// or smtp://...?tls=required URL).
+    #[arg(long, env = "TENANCY_SMTP_URL", hide_env_values = true)]
+    pub smtp_url: Option<String>,
+    /// Sender of outgoing mail.
+    #[arg(
+        long,
+        env = "TENANCY_MAIL_FROM",
+        default_value = "tenancy <no-reply@localhost>"
+    )]
+    pub mail_from: String,
+    /// Folder that receives outgoing mail as .eml files when no SMTP server is set (default: the log).
     #[arg(long, env = "TENANCY_MAIL_DIR")]
     pub mail_dir: Option<std::path::PathBuf>,
     /// How often audit entries past each tenant's retention are purged, in seconds (0: never).

@@ -73,10 +73,8 @@ pub async fn serve(listener: tokio::net::TcpListener, state: AppState) -> std::i
         stopped.clone(),
     ));
     if state.config.relay {
-        let mailer = match &state.config.mail_dir {
-            Some(dir) => mail::Mailer::Dir(dir.clone()),
-            None => mail::Mailer::Log,
-        };
+        let mailer = mail::Mailer::from_config(&state.config)
+            .map_err(|e| std::io::Error::other(format!("mail: {e}")))?;
         background.spawn(mail::run(
             state.admin_db.clone(),
             mailer,

@@ -3,9 +3,10 @@
 //! provisioning writes its welcome email), so a mail server being down loses
 //! nothing: rows stay pending and are retried.
 //!
-//! Pluggable delivery: a folder (`TENANCY_MAIL_DIR`, one `.eml` file per
-//! message, for development and for handing to a mail system) or, by
-//! default, the log. Runs as the owner role, like the message relay: it is
+//! Pluggable delivery: SMTP (`TENANCY_SMTP_URL`, e.g.
+//! `smtps://user:password@mail.example.com` or `smtp://localhost:25`) for
+//! real deployments, a folder (`TENANCY_MAIL_DIR`, one `.eml` file per
+//! message) or, by default, the log. Runs as the owner role, like the message relay: it is
 //! the one reader of every tenant's pending mail.
 
 use std::path::PathBuf;
@@ -16,8 +17,10 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 /// Where mail goes.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum Mailer {
+    /// An SMTP server.
+    Smtp(Box<Smtp>),
     /// One RFC 5322 file per message in this folder.
     Dir(PathBuf),
     /// A log line per message (the default; nothing leaves the machine).
@@ -33,9 +36,61 @@ struct Mail {
     body: String,
 }
 
+/// An SMTP server and the address mail comes from.
+#[derive(Clone)]
+pub struct Smtp {
+    transport: lettre::AsyncSmtpTransport<lettre::Tokio1Executor>,
+    from: lettre::message::Mailbox,
+}
+
+/// Why a mail was not delivered (retried later).
+#[derive(Debug, thiserror::Error)]
+pub enum MailError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("smtp: {0}")]
+    Smtp(#[from] lettre::transport::smtp::Error),
+    #[error("message: {0}")]
+    Message(String),
+}
+
 impl Mailer {
-    async fn deliver(&self, mail: &Mail) -> std::io::Result<()> {
+    /// The sender the configuration asks for: SMTP, a folder, or the log.
+    pub fn from_config(config: &crate::config::Config) -> Result<Mailer, MailError> {
+        if let Some(url) = config.smtp_url.as_deref().filter(|u| !u.trim().is_empty()) {
+            let transport = lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::from_url(url)?
+                .timeout(Some(std::time::Duration::from_secs(10)))
+                .build();
+            let from = config
+                .mail_from
+                .parse()
+                .map_err(|e| MailError::Message(format!("TENANCY_MAIL_FROM: {e}")))?;
+            return Ok(Mailer::Smtp(Box::new(Smtp { transport, from })));
+        }
+        Ok(match &config.mail_dir {
+            Some(dir) => Mailer::Dir(dir.clone()),
+            None => Mailer::Log,
+        })
+    }
+
+    async fn deliver(&self, mail: &Mail) -> Result<(), MailError> {
         match self {
+            Mailer::Smtp(smtp) => {
+                use lettre::AsyncTransport;
+                let to = mail
+                    .recipient
+                    .parse()
+                    .map_err(|e| MailError::Message(format!("recipient: {e}")))?;
+                let message = lettre::Message::builder()
+                    .from(smtp.from.clone())
+                    .to(to)
+                    .subject(mail.subject.clone())
+                    .header(lettre::message::header::ContentType::TEXT_PLAIN)
+                    .body(mail.body.clone())
+                    .map_err(|e| MailError::Message(e.to_string()))?;
+                smtp.transport.send(message).await?;
+                Ok(())
+            }
             Mailer::Log => {
                 tracing::info!(tenant = %mail.tenant_id, to = %mail.recipient, subject = %mail.subject, "mail (log sink)");
                 Ok(())
@@ -55,7 +110,8 @@ impl Mailer {
                 // Write then rename, so a reader never sees half a message.
                 let partial = file.with_extension("eml.partial");
                 tokio::fs::write(&partial, text).await?;
-                tokio::fs::rename(&partial, &file).await
+                tokio::fs::rename(&partial, &file).await?;
+                Ok(())
             }
         }
     }

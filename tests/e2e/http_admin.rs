@@ -912,3 +912,99 @@ async fn the_audit_trail_is_per_tenant_filterable_and_purged_past_retention() ->
     assert_eq!(globex_old, 1);
     Ok(())
 }
+
+/// A real SMTP peer (Python's smtpd debugging server) on `port`; what it
+/// receives is printed to its stdout.
+async fn smtp_server(port: u16) -> TestResult<tokio::process::Child> {
+    let child = tokio::process::Command::new("python3")
+        .args([
+            "-u",
+            "-W",
+            "ignore",
+            "-m",
+            "smtpd",
+            "-n",
+            "-c",
+            "DebuggingServer",
+        ])
+        .arg(format!("127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return Ok(child);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err("the SMTP server did not start".into())
+}
+
+#[tokio::test]
+async fn welcome_mail_waits_for_a_down_smtp_server_and_is_delivered_once_it_is_up() -> TestResult {
+    let port = tenancy_tests::server::free_port()?;
+    let app = TestApp::spawn_with(Options {
+        smtp_url: Some(format!("smtp://127.0.0.1:{port}")),
+        ..Options::default()
+    })
+    .await?;
+    let root = app.login(ROOT).await?;
+    let (status, body) = app.post("/api/admin/tenants", &root, initech()).await?;
+    assert_eq!(
+        status, 201,
+        "the mail server being down does not fail provisioning: {body}"
+    );
+    let mut su = app.superuser().await?;
+    let mut failed: (i32, Option<String>) = (0, None);
+    for _ in 0..50 {
+        failed = sqlx::query_as(
+            "SELECT attempts, last_error FROM app.email_outbox WHERE sent_at IS NULL",
+        )
+        .fetch_one(&mut su)
+        .await?;
+        if failed.0 > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (attempts, error): (i32, Option<String>) = failed;
+    assert!(
+        attempts > 0 && error.is_some(),
+        "tried and kept: {attempts} {error:?}"
+    );
+
+    let mut smtp = smtp_server(port).await?;
+    let mut out = tokio::io::BufReader::new(smtp.stdout.take().ok_or("no stdout")?);
+    let mut seen = String::new();
+    let received = tokio::time::timeout(Duration::from_secs(15), async {
+        use tokio::io::AsyncBufReadExt;
+        let mut line = String::new();
+        while out.read_line(&mut line).await.unwrap_or(0) > 0 {
+            seen.push_str(&line);
+            line.clear();
+            if seen.contains("Subject: Welcome to Initech") && seen.contains("peter@initech.test") {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    assert!(received, "the SMTP server got the welcome mail: {seen}");
+    let mut sent: i64 = 0;
+    for _ in 0..50 {
+        sent =
+            sqlx::query_scalar("SELECT count(*) FROM app.email_outbox WHERE sent_at IS NOT NULL")
+                .fetch_one(&mut su)
+                .await?;
+        if sent == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(sent, 1);
+    Ok(())
+}

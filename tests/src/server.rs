@@ -39,6 +39,8 @@ pub struct Options {
     pub message_rate_per_minute: u32,
     /// Where outgoing mail is written.
     pub mail_dir: Option<std::path::PathBuf>,
+    /// An SMTP server for outgoing mail.
+    pub smtp_url: Option<String>,
 }
 
 impl Default for Options {
@@ -51,6 +53,7 @@ impl Default for Options {
             relay: true,
             message_rate_per_minute: 0,
             mail_dir: None,
+            smtp_url: None,
         }
     }
 }
@@ -136,6 +139,8 @@ impl TestApp {
             stream_maxlen: 10_000,
             ws_session_check_secs: 1,
             mail_dir: options.mail_dir.clone(),
+            smtp_url: options.smtp_url.clone(),
+            mail_from: "Tenancy Test <no-reply@tenancy.test>".to_owned(),
             audit_purge_secs: 0,
         };
         ops::migrate(&config)
