@@ -19,7 +19,7 @@ DROP TRIGGER messages_storage ON app.messages;
 DROP TRIGGER tasks_storage ON app.tasks;
 DROP TRIGGER tenant_memberships_limit ON app.tenant_memberships;
 DROP TRIGGER workspaces_limit ON app.workspaces;
-DROP FUNCTION app.track_storage(), app.enforce_count_limit();
+DROP FUNCTION app.track_storage(), app.enforce_count_limit(), app.content_bytes(jsonb);
 DROP TABLE app.tenant_usage;
 DROP VIEW app.tenant_limits;
 DROP TABLE app.tenant_plans, app.plans;

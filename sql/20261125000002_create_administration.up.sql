@@ -76,6 +76,13 @@ CREATE TRIGGER tenant_memberships_limit BEFORE INSERT ON app.tenant_memberships
 CREATE TRIGGER workspaces_limit BEFORE INSERT ON app.workspaces
     FOR EACH ROW EXECUTE FUNCTION app.enforce_count_limit('max_workspaces');
 
+CREATE FUNCTION app.content_bytes(r jsonb) RETURNS bigint
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(octet_length(r->>'content'), 0)
+         + coalesce(octet_length(r->>'title'), 0)
+         + coalesce(octet_length(r->>'description'), 0);
+$$;
+
 -- Keeps app.tenant_usage.storage_bytes and refuses growth past the limit.
 CREATE FUNCTION app.track_storage() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -85,13 +92,15 @@ DECLARE
     total   bigint;
     allowed bigint;
 BEGIN
+    -- Only what users write counts (content, title, description): a worker
+    -- stamping a message processed changes nothing.
     IF TG_OP IN ('INSERT', 'UPDATE') THEN
         tenant := NEW.tenant_id;
-        delta := octet_length(row_to_json(NEW)::text);
+        delta := app.content_bytes(to_jsonb(NEW));
     END IF;
     IF TG_OP IN ('UPDATE', 'DELETE') THEN
         tenant := OLD.tenant_id;
-        delta := delta - octet_length(row_to_json(OLD)::text);
+        delta := delta - app.content_bytes(to_jsonb(OLD));
     END IF;
     INSERT INTO app.tenant_usage AS u (tenant_id, storage_bytes) VALUES (tenant, greatest(delta, 0))
     ON CONFLICT (tenant_id) DO UPDATE SET storage_bytes = greatest(u.storage_bytes + delta, 0)
@@ -157,10 +166,12 @@ CREATE TABLE app.email_outbox (
     created_at timestamptz NOT NULL DEFAULT now(),
     sent_at    timestamptz,
     attempts   integer     NOT NULL DEFAULT 0,
+    -- After a failure the next try waits longer (backoff up to an hour).
+    next_attempt_at timestamptz NOT NULL DEFAULT now(),
     last_error text,
     PRIMARY KEY (tenant_id, id)
 );
-CREATE INDEX email_outbox_pending_idx ON app.email_outbox (id) WHERE sent_at IS NULL;
+CREATE INDEX email_outbox_pending_idx ON app.email_outbox (next_attempt_at) WHERE sent_at IS NULL;
 SELECT tenancy.protect('app.email_outbox');
 ALTER TABLE app.email_outbox NO FORCE ROW LEVEL SECURITY;
 

@@ -50,38 +50,49 @@ pub async fn purge(state: &AppState) -> AppResult<u64> {
         .unwrap_or(365);
     let mut total = 0;
     for tenant in tenants {
-        let mut tx = state.admin_db.begin().await?;
-        crate::provision::enter_tenant(&mut tx, &state.keys, tenant, Uuid::nil()).await?;
-        let days: Option<i64> = sqlx::query_scalar(
-            "SELECT (value->>'audit_retention_days')::bigint FROM app.tenant_config_versions
-             WHERE kind = 'config' ORDER BY version DESC LIMIT 1",
-        )
-        .fetch_optional(&mut *tx)
-        .await?
-        .flatten();
-        let days = days.unwrap_or(default_days);
-        let deleted = sqlx::query(
-            "DELETE FROM app.audit_events WHERE created_at < now() - make_interval(days => $1::int)",
-        )
-        .bind(days)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if deleted > 0 {
-            record(
-                &mut tx,
-                tenant,
-                Uuid::nil(),
-                "audit.purged",
-                None,
-                serde_json::json!({"deleted": deleted, "retention_days": days}),
-            )
-            .await?;
+        // One tenant's failure (suspended meanwhile, say) never stops the others.
+        match purge_tenant(state, tenant, default_days).await {
+            Ok(deleted) => total += deleted,
+            Err(e) => tracing::warn!(%tenant, error = %e, "audit purge failed for a tenant"),
         }
-        tx.commit().await?;
-        total += deleted;
     }
     Ok(total)
+}
+
+async fn purge_tenant(state: &AppState, tenant: Uuid, default_days: i64) -> AppResult<u64> {
+    let mut tx = state.admin_db.begin().await?;
+    crate::provision::enter_tenant(&mut tx, &state.keys, tenant, Uuid::nil()).await?;
+    // The stored value is checked again: only 1 to 3650 days is ever used.
+    let days: Option<i64> = sqlx::query_scalar(
+        "SELECT CASE WHEN value->>'audit_retention_days' ~ '^[0-9]{1,4}$'
+                     THEN least(greatest((value->>'audit_retention_days')::bigint, 1), 3650) END
+         FROM app.tenant_config_versions
+         WHERE kind = 'config' ORDER BY version DESC LIMIT 1",
+    )
+    .fetch_optional(&mut *tx)
+    .await?
+    .flatten();
+    let days = days.unwrap_or(default_days);
+    let deleted = sqlx::query(
+        "DELETE FROM app.audit_events WHERE created_at < now() - make_interval(days => $1::int)",
+    )
+    .bind(days)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if deleted > 0 {
+        record(
+            &mut tx,
+            tenant,
+            Uuid::nil(),
+            "audit.purged",
+            None,
+            serde_json::json!({"deleted": deleted, "retention_days": days}),
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(deleted)
 }
 
 /// Purges every `every` until `shutdown`.

@@ -76,7 +76,9 @@ pub struct Config {
     #[arg(long, env = "TENANCY_MESSAGE_RATE", default_value_t = 60)]
     pub message_rate_per_minute: u32,
     /// Approximate length each tenant stream is trimmed to (0: never trim).
-    #[arg(long, env = "TENANCY_STREAM_MAXLEN", default_value_t = 100_000)]
+    /// Trimming drops the oldest entries even if a consumer group has not
+    /// processed them yet: set it only above any backlog a worker may have.
+    #[arg(long, env = "TENANCY_STREAM_MAXLEN", default_value_t = 0)]
     pub stream_maxlen: usize,
     /// SMTP server for outgoing mail (smtp://, smtps:// or smtp://...?tls=required URL).
     #[arg(long, env = "TENANCY_SMTP_URL", hide_env_values = true)]

@@ -117,12 +117,15 @@ impl Mailer {
     }
 }
 
-/// Delivers up to one batch of pending mail; returns how many were sent.
+/// Delivers up to one batch of mail that is due; returns how many were
+/// sent. A failure is retried later, waiting 1, 2, 4 ... seconds, at most an
+/// hour, so failing mail never holds up the rest.
 pub async fn send_pending(db: &PgPool, mailer: &Mailer) -> Result<usize, sqlx::Error> {
     let mut tx = db.begin().await?;
     let batch: Vec<Mail> = sqlx::query_as(
         "SELECT tenant_id, id, recipient, subject, body FROM app.email_outbox
-         WHERE sent_at IS NULL ORDER BY id LIMIT 50 FOR UPDATE SKIP LOCKED",
+         WHERE sent_at IS NULL AND next_attempt_at <= now()
+         ORDER BY next_attempt_at, id LIMIT 50 FOR UPDATE SKIP LOCKED",
     )
     .fetch_all(&mut *tx)
     .await?;
@@ -131,7 +134,8 @@ pub async fn send_pending(db: &PgPool, mailer: &Mailer) -> Result<usize, sqlx::E
         let outcome = mailer.deliver(mail).await;
         sqlx::query(
             "UPDATE app.email_outbox SET attempts = attempts + 1,
-                 sent_at = CASE WHEN $3 THEN now() END, last_error = $4
+                 sent_at = CASE WHEN $3 THEN now() END, last_error = $4,
+                 next_attempt_at = now() + make_interval(secs => least(power(2, attempts), 3600))
              WHERE tenant_id = $1 AND id = $2",
         )
         .bind(mail.tenant_id)

@@ -101,11 +101,16 @@ pub async fn owner_and_workspace(conn: &mut PgConnection, owner: Uuid) -> AppRes
     .bind(owner)
     .execute(&mut *conn)
     .await?;
-    sqlx::query("UPDATE app.tenant_memberships SET default_workspace_id = $1 WHERE user_id = $2")
-        .bind(workspace)
-        .bind(owner)
-        .execute(&mut *conn)
-        .await?;
+    // This runs as the owner role, for which memberships are not forced:
+    // name the tenant, or the user's memberships in every tenant match.
+    sqlx::query(
+        "UPDATE app.tenant_memberships SET default_workspace_id = $1
+         WHERE user_id = $2 AND tenant_id = tenancy.current_tenant_id()",
+    )
+    .bind(workspace)
+    .bind(owner)
+    .execute(&mut *conn)
+    .await?;
     Ok(workspace)
 }
 

@@ -182,12 +182,20 @@ async fn creating_a_tenant_provisions_everything_and_sends_a_welcome_email() -> 
     }
     assert!(text.contains("To: peter@initech.test"), "{text:?}");
     assert!(text.contains("Subject: Welcome to Initech"), "{text:?}");
-    let sent: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM app.email_outbox WHERE tenant_id = $1 AND sent_at IS NOT NULL",
-    )
-    .bind(id)
-    .fetch_one(&mut su)
-    .await?;
+    // The file is written before the row is stamped sent and committed.
+    let mut sent: i64 = 0;
+    for _ in 0..50 {
+        sent = sqlx::query_scalar(
+            "SELECT count(*) FROM app.email_outbox WHERE tenant_id = $1 AND sent_at IS NOT NULL",
+        )
+        .bind(id)
+        .fetch_one(&mut su)
+        .await?;
+        if sent == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(sent, 1);
     let _ = std::fs::remove_dir_all(&mail);
     Ok(())
@@ -1006,5 +1014,161 @@ async fn welcome_mail_waits_for_a_down_smtp_server_and_is_delivered_once_it_is_u
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(sent, 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_existing_user_of_another_tenant_can_own_a_new_one() -> TestResult {
+    let app = TestApp::spawn().await?;
+    let root = app.login(ROOT).await?;
+    let mut su = app.superuser().await?;
+    let before: Option<Uuid> = sqlx::query_scalar(
+        "SELECT m.default_workspace_id FROM app.tenant_memberships m JOIN app.users u ON u.id = m.user_id
+         WHERE u.email = $1 AND m.tenant_id = $2",
+    )
+    .bind(ALICE)
+    .bind(app.acme)
+    .fetch_one(&mut su)
+    .await?;
+    let mut body = initech();
+    body["owner_email"] = json!(ALICE);
+    let (status, answer) = app.post("/api/admin/tenants", &root, body).await?;
+    assert_eq!(status, 201, "{answer}");
+    let after: Option<Uuid> = sqlx::query_scalar(
+        "SELECT m.default_workspace_id FROM app.tenant_memberships m JOIN app.users u ON u.id = m.user_id
+         WHERE u.email = $1 AND m.tenant_id = $2",
+    )
+    .bind(ALICE)
+    .bind(app.acme)
+    .fetch_one(&mut su)
+    .await?;
+    assert_eq!(after, before, "her membership in acme is untouched");
+    let tenants: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM app.tenant_memberships m JOIN app.users u ON u.id = m.user_id WHERE u.email = $1",
+    )
+    .bind(ALICE)
+    .fetch_one(&mut su)
+    .await?;
+    assert_eq!(tenants, 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_limit_update_changes_only_the_limits_given() -> TestResult {
+    let app = TestApp::spawn().await?;
+    let root = app.login(ROOT).await?;
+    let path = format!("/api/admin/tenants/{}", app.acme);
+    let (status, answer) = put(&app, &path, &root, json!({"limits": {"max_members": 10}})).await?;
+    assert_eq!(
+        (status, answer["error"].clone()),
+        (
+            422,
+            json!("this tenant has no plan: give a plan with its limits")
+        )
+    );
+    let (_, t) = put(
+        &app,
+        &path,
+        &root,
+        json!({"plan": "pro", "limits": {"max_members": 10, "max_workspaces": 4}}),
+    )
+    .await?;
+    assert_eq!(
+        (
+            t["limits"]["max_members"].clone(),
+            t["limits"]["max_workspaces"].clone()
+        ),
+        (json!(10), json!(4))
+    );
+    let (_, t) = put(&app, &path, &root, json!({"limits": {"max_members": 12}})).await?;
+    assert_eq!(
+        (
+            t["limits"]["max_members"].clone(),
+            t["limits"]["max_workspaces"].clone()
+        ),
+        (json!(12), json!(4)),
+        "max_workspaces kept"
+    );
+    let (_, t) = put(
+        &app,
+        &path,
+        &root,
+        json!({"limits": {"max_workspaces": null}}),
+    )
+    .await?;
+    assert_eq!(
+        (
+            t["limits"]["max_members"].clone(),
+            t["limits"]["max_workspaces"].clone()
+        ),
+        (json!(12), json!(25)),
+        "back to the plan's"
+    );
+    let (_, t) = put(&app, &path, &root, json!({"plan": "free"})).await?;
+    assert_eq!(
+        (
+            t["plan"].clone(),
+            t["limits"]["max_members"].clone(),
+            t["limits"]["max_workspaces"].clone()
+        ),
+        (json!("free"), json!(12), json!(3))
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_forged_retention_never_purges_more_than_the_default_allows() -> TestResult {
+    let app = TestApp::spawn().await?;
+    let erin = app.login(ERIN).await?;
+    put(
+        &app,
+        "/api/tenant/config",
+        &erin,
+        json!({"locale": "fr-FR"}),
+    )
+    .await?;
+    let mut su = app.superuser().await?;
+    sqlx::query(
+        "UPDATE app.audit_events SET created_at = now() - interval '3 days' WHERE tenant_id = $1",
+    )
+    .bind(app.acme)
+    .execute(&mut su)
+    .await?;
+    // Raw SQL as the service's role, in acme's context: a forged version.
+    let keys = tenancy_server::auth::Keys::new(&app.config);
+    let mut conn = app.app_role().await?;
+    let mut tx = sqlx::Connection::begin(&mut conn).await?;
+    tenancy_tests::use_token(&mut tx, &keys.context_token(app.acme, Uuid::new_v4())?).await?;
+    sqlx::query(
+        "INSERT INTO app.tenant_config_versions (version, kind, value, changes)
+         VALUES (999, 'config', '{\"audit_retention_days\": -36500}', '{}')",
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let state = tenancy_server::AppState::connect(app.config.clone())
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    assert_eq!(
+        tenancy_server::audit::purge(&state).await?,
+        0,
+        "3 days is within the default 365"
+    );
+    let kept: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM app.audit_events WHERE tenant_id = $1")
+            .bind(app.acme)
+            .fetch_one(&mut su)
+            .await?;
+    assert_eq!(kept, 1);
+    let (status, body) = app
+        .call(
+            Method::POST,
+            "/api/tenant/config/versions/999/restore",
+            Some(&erin),
+            &[],
+            None,
+        )
+        .await?;
+    assert_eq!(status, 422, "a forged version is not restored: {body}");
     Ok(())
 }

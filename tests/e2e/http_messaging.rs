@@ -605,7 +605,7 @@ async fn entries_a_dead_worker_left_pending_are_claimed_by_another() -> TestResu
     }
     published(&app, 3).await?;
     let mut options = worker_options(vec![app.acme], "survivor");
-    options.claim_idle = Duration::from_millis(300);
+    options.claim_idle = Duration::from_millis(1500);
     let group = options.group.clone();
 
     // The dead worker: read everything in the group, then died before acknowledging.
@@ -628,7 +628,7 @@ async fn entries_a_dead_worker_left_pending_are_claimed_by_another() -> TestResu
         first, 0,
         "not yet idle long enough: still the dead worker's"
     );
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(1600)).await;
     let mut processed = 0;
     for _ in 0..3 {
         processed += survivor.run_once().await?;
@@ -858,5 +858,55 @@ async fn revoking_the_session_closes_the_websocket() -> TestResult {
     })
     .await?;
     assert_eq!(close, Some(4001), "closed with 'session ended'");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_suspended_tenant_waits_pending_without_holding_up_the_others() -> TestResult {
+    let app = TestApp::spawn().await?;
+    let alice = app.login(ALICE).await?;
+    let gus = app.login(GUS).await?;
+    let a = new_session(&app, &alice).await?;
+    let g = new_session(&app, &gus).await?;
+    for n in 0..3 {
+        send(&app, &alice, a, &format!("acme {n}")).await?;
+        send(&app, &gus, g, &format!("globex {n}")).await?;
+    }
+    published(&app, 6).await?;
+    let mut su = app.superuser().await?;
+    sqlx::query("SELECT tenancy.set_tenant_status($1, 'suspended')")
+        .bind(app.acme)
+        .execute(&mut su)
+        .await?;
+    let mut options = worker_options(vec![app.acme, app.globex], "w1");
+    options.claim_idle = Duration::from_millis(200);
+    let group = options.group.clone();
+    let mut worker = worker(&app, options, &shared_redis_url(&app)).await?;
+    let mut processed = 0;
+    for _ in 0..3 {
+        processed += worker.run_once().await?;
+    }
+    assert_eq!(processed, 3, "globex's three, though acme's fail first");
+    let mut conn = redis(&shared_redis_url(&app)).await?;
+    let pending = tenancy_server::messaging::worker::pending(&mut conn, app.acme, &group).await?;
+    assert_eq!(pending, 3, "acme's wait, unacknowledged");
+
+    sqlx::query("SELECT tenancy.set_tenant_status($1, 'active')")
+        .bind(app.acme)
+        .execute(&mut su)
+        .await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut later = 0;
+    for _ in 0..3 {
+        later += worker.run_once().await?;
+    }
+    assert_eq!(
+        later, 3,
+        "claimed again and processed once the tenant is back"
+    );
+    assert_eq!(
+        tenancy_server::messaging::worker::pending(&mut conn, app.acme, &group).await?,
+        0
+    );
     Ok(())
 }

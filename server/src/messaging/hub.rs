@@ -109,23 +109,29 @@ impl Hub {
         tenant: Uuid,
         claims: &AccessClaims,
     ) -> AppResult<Registration> {
-        let followed = self.lock().cursors.contains_key(&tenant);
-        let start = if followed {
-            None
-        } else {
+        let (tx, rx) = mpsc::channel(SOCKET_BUFFER);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut start = None;
+        let mut inner = loop {
+            {
+                let inner = self.lock();
+                // Followed already, or we know where its stream ends: register
+                // now. (The tenant's last socket may have left since we
+                // looked, taking the cursor along: then look again.)
+                if start.is_some() || inner.cursors.contains_key(&tenant) {
+                    break inner;
+                }
+            }
             let last: StreamRangeReply = streams
                 .xrevrange_count(stream_key(tenant), "+", "-", 1)
                 .await?;
-            Some(
+            start = Some(
                 last.ids
                     .first()
                     .map(|e| e.id.clone())
                     .unwrap_or_else(|| "0-0".to_owned()),
-            )
+            );
         };
-        let (tx, rx) = mpsc::channel(SOCKET_BUFFER);
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut inner = self.lock();
         if let Some(start) = start {
             inner.cursors.entry(tenant).or_insert(start);
         }

@@ -68,6 +68,26 @@ pub enum WorkerError {
     Context(String),
 }
 
+impl WorkerError {
+    /// Whether trying again later may succeed: lost connections, a server
+    /// restarting, a suspended tenant, serialization conflicts.
+    pub fn retryable(&self) -> bool {
+        match self {
+            WorkerError::Redis(_) => true,
+            WorkerError::Context(_) => false,
+            WorkerError::Database(sqlx::Error::Database(db)) => {
+                let code = db.code().unwrap_or_default();
+                code.starts_with("08")
+                    || code.starts_with("57")
+                    || code.starts_with("40")
+                    || code == "55000"
+                    || code == "53300"
+            }
+            WorkerError::Database(_) => true,
+        }
+    }
+}
+
 pub struct Worker {
     options: WorkerOptions,
     redis: redis::aio::MultiplexedConnection,
@@ -206,14 +226,25 @@ impl Worker {
         Ok(processed)
     }
 
-    /// Processes one entry of `tenant`'s stream and acknowledges it.
+    /// Processes one entry of `tenant`'s stream and acknowledges it. An
+    /// error that may pass (the database unreachable, the tenant suspended)
+    /// leaves the entry pending, to be claimed again later; any other error
+    /// acknowledges it with an error in the log, so that one bad entry never
+    /// holds up the others.
     async fn handle(&mut self, tenant: Uuid, entry: StreamId) -> Result<usize, WorkerError> {
         let key = stream_key(tenant);
         let done = match StreamMessage::from_entry(tenant, &entry.map) {
-            Ok(message) => {
-                self.process(&message).await?;
-                1
-            }
+            Ok(message) => match self.process(&message).await {
+                Ok(()) => 1,
+                Err(e) if e.retryable() => {
+                    tracing::warn!(stream = %key, entry = %entry.id, error = %e, "processing failed; left pending for a retry");
+                    return Ok(0);
+                }
+                Err(e) => {
+                    tracing::error!(stream = %key, entry = %entry.id, message_id = %message.message_id, error = %e, "processing failed for good; dropping the entry");
+                    0
+                }
+            },
             Err(e) => {
                 tracing::error!(stream = %key, entry = %entry.id, error = %e, "dropping a bad stream entry");
                 0

@@ -239,13 +239,27 @@ async fn read(
     Ok(Json(tenant))
 }
 
+/// A limit in an update: absent keeps the override, `null` clears it (the
+/// plan's value applies), a number sets it.
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct Limits {
-    max_members: Option<i32>,
-    max_workspaces: Option<i32>,
-    storage_bytes: Option<i64>,
-    api_requests_per_minute: Option<i32>,
+    #[serde(default, deserialize_with = "present")]
+    max_members: Option<Option<i32>>,
+    #[serde(default, deserialize_with = "present")]
+    max_workspaces: Option<Option<i32>>,
+    #[serde(default, deserialize_with = "present")]
+    storage_bytes: Option<Option<i64>>,
+    #[serde(default, deserialize_with = "present")]
+    api_requests_per_minute: Option<Option<i32>>,
 }
 
 #[derive(Deserialize)]
@@ -254,7 +268,8 @@ struct UpdateTenant {
     name: Option<String>,
     display_name: Option<String>,
     plan: Option<String>,
-    /// Per-tenant overrides of the plan's limits (null: the plan's value).
+    /// Per-tenant overrides of the plan's limits; only those given change
+    /// (null: back to the plan's value).
     limits: Option<Limits>,
 }
 
@@ -311,12 +326,15 @@ async fn update(
     if body.plan.is_some() || body.limits.is_some() {
         let limits = body.limits.unwrap_or_default();
         for (field, value) in [
-            ("max_members", limits.max_members.map(i64::from)),
-            ("max_workspaces", limits.max_workspaces.map(i64::from)),
-            ("storage_bytes", limits.storage_bytes),
+            ("max_members", limits.max_members.flatten().map(i64::from)),
+            (
+                "max_workspaces",
+                limits.max_workspaces.flatten().map(i64::from),
+            ),
+            ("storage_bytes", limits.storage_bytes.flatten()),
             (
                 "api_requests_per_minute",
-                limits.api_requests_per_minute.map(i64::from),
+                limits.api_requests_per_minute.flatten().map(i64::from),
             ),
         ] {
             if value.is_some_and(|v| v < 0 || (field == "api_requests_per_minute" && v == 0)) {
@@ -325,19 +343,32 @@ async fn update(
                 )));
             }
         }
+        if body.plan.is_none() && before["plan"].is_null() {
+            return Err(AppError::Validation(
+                "this tenant has no plan: give a plan with its limits".to_owned(),
+            ));
+        }
+        // Each override changes only when given ($n true), to its value or NULL.
         sqlx::query(
             "INSERT INTO app.tenant_plans AS p (tenant_id, plan, max_members, max_workspaces, storage_bytes, api_requests_per_minute)
-             VALUES ($1, coalesce($2, 'free'), $3, $4, $5, $6)
+             VALUES ($1, coalesce($2, 'free'), $4, $6, $8, $10)
              ON CONFLICT (tenant_id) DO UPDATE SET plan = coalesce($2, p.plan),
-                 max_members = $3, max_workspaces = $4, storage_bytes = $5,
-                 api_requests_per_minute = $6, updated_at = now()",
+                 max_members = CASE WHEN $3 THEN $4 ELSE p.max_members END,
+                 max_workspaces = CASE WHEN $5 THEN $6 ELSE p.max_workspaces END,
+                 storage_bytes = CASE WHEN $7 THEN $8 ELSE p.storage_bytes END,
+                 api_requests_per_minute = CASE WHEN $9 THEN $10 ELSE p.api_requests_per_minute END,
+                 updated_at = now()",
         )
         .bind(id)
         .bind(&body.plan)
-        .bind(limits.max_members)
-        .bind(limits.max_workspaces)
-        .bind(limits.storage_bytes)
-        .bind(limits.api_requests_per_minute)
+        .bind(limits.max_members.is_some())
+        .bind(limits.max_members.flatten())
+        .bind(limits.max_workspaces.is_some())
+        .bind(limits.max_workspaces.flatten())
+        .bind(limits.storage_bytes.is_some())
+        .bind(limits.storage_bytes.flatten())
+        .bind(limits.api_requests_per_minute.is_some())
+        .bind(limits.api_requests_per_minute.flatten())
         .execute(&mut *tx)
         .await?;
     }

@@ -270,7 +270,12 @@ async fn restore(
         (before, after)
     } else {
         let (_, before) = current_config(&mut db).await?;
-        (before, tenant_config::effective(&value))
+        let after = tenant_config::effective(&value);
+        // History is checked again before it is trusted.
+        tenant_config::validate(&after).map_err(|e| {
+            AppError::Validation(format!("version {number} cannot be restored: {e}"))
+        })?;
+        (before, after)
     };
     let changes = tenant_config::changes(&before, &after);
     let version = new_version(&mut db, &tenant, &kind, &after, changes, Some(number)).await?;
