@@ -138,12 +138,7 @@ async fn enter_tenant(
     tenant: Uuid,
     user: Uuid,
 ) -> AppResult<()> {
-    let keys = auth::Keys::new(config);
-    sqlx::query("SELECT set_config('tenancy.token', $1, true)")
-        .bind(keys.context_token(tenant, user)?)
-        .execute(conn)
-        .await?;
-    Ok(())
+    crate::provision::enter_tenant(conn, &auth::Keys::new(config), tenant, user).await
 }
 
 /// Creates (or promotes) a super admin: platform actions only, no tenant.
