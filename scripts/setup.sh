@@ -42,6 +42,16 @@ if ! pg_lsclusters -h 2>/dev/null | grep -q "^${PG_MAJOR} "; then
     log "creating cluster ${PG_MAJOR}/main"
     as_root pg_createcluster ${PG_MAJOR} main
 fi
+# The cluster runs with RUST_BACKTRACE=1: the tests prove that even then no
+# Rust backtrace reaches a client (tests/e2e/attack_tenancy_admin.rs).
+PG_ENV_FILE=/etc/postgresql/${PG_MAJOR}/main/environment
+if [ -f "${PG_ENV_FILE}" ] && ! grep -q '^RUST_BACKTRACE' "${PG_ENV_FILE}"; then
+    log "setting RUST_BACKTRACE=1 for cluster ${PG_MAJOR}/main"
+    echo "RUST_BACKTRACE = '1'" | as_root tee -a "${PG_ENV_FILE}" >/dev/null
+    if pg_isready -q -h 127.0.0.1 -p 5432; then
+        as_root pg_ctlcluster --skip-systemctl-redirect ${PG_MAJOR} main restart
+    fi
+fi
 if ! pg_isready -q -h 127.0.0.1 -p 5432; then
     log "starting PostgreSQL ${PG_MAJOR}"
     as_root pg_ctlcluster --skip-systemctl-redirect ${PG_MAJOR} main start

@@ -387,6 +387,100 @@ BEGIN
 END
 $$;
 
+-- Whether a table carries tenancy's isolation policy, and on which column.
+CREATE FUNCTION tenancy.protected_column(tbl regclass) RETURNS name
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT split_part(encode(t.tgargs, 'escape'), '\000', 1)::name
+    FROM pg_policy p
+    JOIN pg_trigger t ON t.tgrelid = p.polrelid AND t.tgname = '0_tenancy_fill_tenant_id'
+    WHERE p.polrelid = tbl AND p.polname = 'tenancy_isolation';
+$$;
+
+-- The schema rules isolation depends on, for one protected table:
+-- * every unique constraint and unique index includes the tenant column
+--   (otherwise a unique violation tells one tenant that another tenant holds
+--   a value: the check does not apply row-level security);
+-- * every foreign key between protected tables pairs the tenant columns
+--   (otherwise the RI check, which ignores row-level security, lets a row
+--   of tenant A point at a row of tenant B: seed REQ-MT-B010).
+-- Violations raise 42P17 with the statement that fixes them. Indexes that
+-- do not lead with the tenant column are allowed, with a WARNING: their
+-- Index Cond runs before the policy, so EXPLAIN ANALYZE's row counts and
+-- planner estimates over them describe every tenant's rows.
+CREATE FUNCTION tenancy.check_protected_schema(tbl regclass) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    col    name := tenancy.protected_column(tbl);
+    colnum smallint;
+    r      record;
+BEGIN
+    IF col IS NULL THEN
+        RETURN;
+    END IF;
+    SELECT a.attnum INTO colnum FROM pg_attribute a WHERE a.attrelid = tbl AND a.attname = col;
+
+    FOR r IN
+        SELECT i.indexrelid::regclass AS idx, k.conname
+        FROM pg_index i LEFT JOIN pg_constraint k ON k.conindid = i.indexrelid AND k.conrelid = i.indrelid
+        WHERE i.indrelid = tbl AND i.indisunique
+          AND NOT colnum = ANY ((i.indkey::int2[])[0:i.indnkeyatts - 1])
+    LOOP
+        RAISE EXCEPTION 'unique % on % does not include the tenant column "%"',
+                coalesce('constraint ' || quote_ident(r.conname), 'index ' || r.idx), tbl, col
+            USING ERRCODE = '42P17',
+                  DETAIL = 'A unique check ignores row-level security: a duplicate in another tenant '
+                           'would be reported to this tenant, revealing that the value exists.',
+                  HINT = format('Put %I first in the key, for example: %s', col, CASE
+                      WHEN r.conname IS NOT NULL THEN format(
+                          'ALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I UNIQUE (%I, %s)',
+                          tbl, r.conname, r.conname, col,
+                          (SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY o.n)
+                           FROM pg_index i, unnest(i.indkey::int2[]) WITH ORDINALITY o(num, n)
+                           JOIN pg_attribute a ON a.attrelid = tbl AND a.attnum = o.num
+                           WHERE i.indexrelid = r.idx))
+                      ELSE format('DROP INDEX %s; then CREATE UNIQUE INDEX ... ON %s (%I, ...)', r.idx, tbl, col)
+                  END);
+    END LOOP;
+
+    FOR r IN
+        SELECT k.conname, k.conrelid::regclass AS src, k.confrelid::regclass AS dst,
+               k.conkey, k.confkey,
+               (SELECT a.attnum FROM pg_attribute a
+                WHERE a.attrelid = k.conrelid AND a.attname = tenancy.protected_column(k.conrelid)) AS src_col,
+               (SELECT a.attnum FROM pg_attribute a
+                WHERE a.attrelid = k.confrelid AND a.attname = tenancy.protected_column(k.confrelid)) AS dst_col
+        FROM pg_constraint k
+        WHERE k.contype = 'f' AND (k.conrelid = tbl OR k.confrelid = tbl)
+          AND k.conparentid = 0
+          AND tenancy.protected_column(k.conrelid) IS NOT NULL
+          AND tenancy.protected_column(k.confrelid) IS NOT NULL
+    LOOP
+        IF NOT EXISTS (SELECT 1 FROM generate_subscripts(r.conkey, 1) g(i)
+                       WHERE r.conkey[g.i] = r.src_col AND r.confkey[g.i] = r.dst_col) THEN
+            RAISE EXCEPTION 'foreign key % from % to % does not include the tenant column',
+                    quote_ident(r.conname), r.src, r.dst
+                USING ERRCODE = '42P17',
+                      DETAIL = 'A foreign key check ignores row-level security: a row of one tenant '
+                               'could reference a row of another.',
+                      HINT = format('Reference the tenant column too, for example: ALTER TABLE %s DROP CONSTRAINT %I, '
+                                    'ADD FOREIGN KEY (tenant_id, ...) REFERENCES %s (tenant_id, ...)',
+                                    r.src, r.conname, r.dst);
+        END IF;
+    END LOOP;
+
+    FOR r IN
+        SELECT i.indexrelid::regclass AS idx
+        FROM pg_index i
+        WHERE i.indrelid = tbl AND i.indkey[0] <> colnum AND NOT i.indisunique
+    LOOP
+        RAISE WARNING 'index % on % does not lead with the tenant column "%"', r.idx, tbl, col
+            USING DETAIL = 'Its conditions run before the tenant policy: EXPLAIN ANALYZE row counts '
+                           'and planner estimates through it describe every tenant''s rows.',
+                  HINT = format('Lead with %I. EXPLAIN is refused to roles without tenancy.allow_explain.', col);
+    END LOOP;
+END
+$$;
+
 CREATE FUNCTION tenancy.protect(tbl regclass, tenant_column name DEFAULT 'tenant_id') RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -394,14 +488,21 @@ DECLARE
     att        record;
     existing   text;
     using_expr text;
+    child      regclass;
 BEGIN
     IF tbl IS NULL THEN
         RAISE EXCEPTION 'a table is required' USING ERRCODE = '22023';
     END IF;
-    SELECT c.relkind, c.relname, n.nspname INTO rel
+    SELECT c.relkind, c.relname, n.nspname, c.relispartition INTO rel
     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = tbl;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'relation with oid % does not exist', tbl::oid USING ERRCODE = '42P01';
+    END IF;
+    IF rel.relkind = 'f' THEN
+        -- A foreign table partition keeps its rows elsewhere: RLS here cannot guard them.
+        RAISE EXCEPTION '% is a foreign table and cannot be protected', tbl
+            USING ERRCODE = '42809',
+                  HINT = 'Protect the table on the server that holds the rows, or detach it.';
     END IF;
     IF rel.relkind NOT IN ('r', 'p') THEN
         RAISE EXCEPTION '% is not a table', tbl USING ERRCODE = '42809';
@@ -413,7 +514,7 @@ BEGIN
         RAISE EXCEPTION 'must be owner of table %', tbl USING ERRCODE = '42501';
     END IF;
 
-    SELECT a.attnum, a.atttypid, a.attnotnull INTO att
+    SELECT a.attnum, a.atttypid, a.attnotnull, a.atthasdef INTO att
     FROM pg_attribute a
     WHERE a.attrelid = tbl AND a.attname = tenant_column AND a.attnum > 0 AND NOT a.attisdropped;
     IF NOT FOUND THEN
@@ -434,6 +535,12 @@ BEGIN
     IF NOT att.attnotnull THEN
         EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET NOT NULL', tbl, tenant_column);
     END IF;
+    -- The column default fills the tenant before a partitioned table routes
+    -- the row (BEFORE triggers run only in the chosen partition).
+    IF NOT att.atthasdef THEN
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET DEFAULT tenancy.current_tenant_id()',
+                       tbl, tenant_column);
+    END IF;
 
     IF NOT EXISTS (
         SELECT 1 FROM pg_constraint k
@@ -449,7 +556,9 @@ BEGIN
                        left(rel.relname || '_' || tenant_column || '_idx', 63), tbl, tenant_column);
     END IF;
 
-    IF existing IS NULL THEN
+    -- Checked again here: the event trigger may have protected this table
+    -- already, in reaction to the DDL above (a child of a protected parent).
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = tbl AND t.tgname = '0_tenancy_fill_tenant_id') THEN
         EXECUTE format('CREATE TRIGGER "0_tenancy_fill_tenant_id" BEFORE INSERT OR UPDATE OF %I ON %s
                         FOR EACH ROW EXECUTE FUNCTION tenancy.fill_tenant_id(%L)',
                        tenant_column, tbl, tenant_column);
@@ -475,22 +584,99 @@ BEGIN
         EXECUTE format('CREATE POLICY tenancy_bypass ON %s AS PERMISSIVE FOR ALL TO tenancy_admin
                         USING ((SELECT tenancy.bypass_active())) WITH CHECK ((SELECT tenancy.bypass_active()))', tbl);
     END IF;
+
+    -- Row-level security is per table: a partition or an inheritance child
+    -- read directly would show every tenant's rows. Each is protected too
+    -- (and new ones as they are created or attached: tenancy.on_ddl).
+    FOR child IN SELECT i.inhrelid::regclass FROM pg_inherits i WHERE i.inhparent = tbl ORDER BY i.inhrelid LOOP
+        PERFORM tenancy.protect(child, tenant_column);
+    END LOOP;
+
+    PERFORM tenancy.check_protected_schema(tbl);
 END
 $$;
 
 CREATE FUNCTION tenancy.unprotect(tbl regclass) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    child regclass;
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = tbl AND p.polname = 'tenancy_isolation') THEN
         RAISE EXCEPTION 'table % is not protected by tenancy', tbl USING ERRCODE = '42704';
     END IF;
+    -- A partition's trigger is the parent's clone: it goes with the parent's.
+    FOR child IN SELECT i.inhrelid::regclass FROM pg_inherits i WHERE i.inhparent = tbl LOOP
+        IF tenancy.protected_column(child) IS NOT NULL THEN
+            PERFORM tenancy.unprotect(child);
+        END IF;
+    END LOOP;
     EXECUTE format('DROP POLICY tenancy_isolation ON %s', tbl);
     EXECUTE format('DROP POLICY IF EXISTS tenancy_bypass ON %s', tbl);
-    EXECUTE format('DROP TRIGGER IF EXISTS "0_tenancy_fill_tenant_id" ON %s', tbl);
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger t
+                   WHERE t.tgrelid = tbl AND t.tgname = '0_tenancy_fill_tenant_id' AND t.tgparentid <> 0) THEN
+        EXECUTE format('DROP TRIGGER IF EXISTS "0_tenancy_fill_tenant_id" ON %s', tbl);
+    END IF;
     EXECUTE format('ALTER TABLE %s NO FORCE ROW LEVEL SECURITY', tbl);
     EXECUTE format('ALTER TABLE %s DISABLE ROW LEVEL SECURITY', tbl);
 END
 $$;
+
+-- After DDL: a table created as (or attached as) a partition or child of a
+-- protected table is protected like its parent, and a protected table that
+-- gained a unique constraint or foreign key is checked again. Runs as the
+-- role that issued the DDL, which owns what it created.
+CREATE FUNCTION tenancy.on_ddl() RETURNS event_trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cmd    record;
+    r      record;
+    tables oid[] := '{}';
+BEGIN
+    FOR cmd IN SELECT * FROM pg_event_trigger_ddl_commands() LOOP
+        IF cmd.classid = 'pg_class'::regclass AND cmd.objsubid = 0 THEN
+            tables := tables || cmd.objid;
+        END IF;
+    END LOOP;
+    IF cardinality(tables) = 0 THEN
+        RETURN;
+    END IF;
+    -- Indexes: check the table they belong to.
+    tables := tables || ARRAY(SELECT i.indrelid FROM pg_index i WHERE i.indexrelid = ANY (tables));
+    -- Every unprotected table below a protected parent among those touched
+    -- (CREATE TABLE ... PARTITION OF / INHERITS names the child; ATTACH
+    -- PARTITION and INHERIT the parent).
+    FOR r IN
+        WITH RECURSIVE tree(parent, child) AS (
+            SELECT i.inhparent, i.inhrelid FROM pg_inherits i
+            WHERE i.inhrelid = ANY (tables) OR i.inhparent = ANY (tables)
+            UNION
+            SELECT i.inhparent, i.inhrelid FROM pg_inherits i JOIN tree t ON i.inhparent = t.child
+        )
+        SELECT DISTINCT t.child::regclass AS child, tenancy.protected_column(t.parent) AS col
+        FROM tree t
+        WHERE tenancy.protected_column(t.parent) IS NOT NULL
+          AND tenancy.protected_column(t.child) IS NULL
+    LOOP
+        PERFORM tenancy.protect(r.child, r.col);
+    END LOOP;
+    FOR r IN SELECT DISTINCT c.oid::regclass AS tbl FROM pg_class c
+             WHERE c.oid = ANY (tables) AND c.relkind IN ('r', 'p')
+               AND tenancy.protected_column(c.oid) IS NOT NULL LOOP
+        PERFORM tenancy.check_protected_schema(r.tbl);
+    END LOOP;
+END
+$$;
+
+-- Planning any statement over a protected table calls this support
+-- function (the policies call current_tenant_id()), which loads the
+-- library, so its executor checks hold from the first statement of a
+-- session: no context, no read, whatever the plan; no EXPLAIN of hidden rows.
+ALTER FUNCTION tenancy.current_tenant_id() SUPPORT tenancy.context_support;
+REVOKE EXECUTE ON FUNCTION tenancy.context_support(internal) FROM PUBLIC;
+
+CREATE EVENT TRIGGER tenancy_on_ddl ON ddl_command_end
+    WHEN TAG IN ('CREATE TABLE', 'ALTER TABLE', 'CREATE INDEX')
+    EXECUTE FUNCTION tenancy.on_ddl();
 
 CREATE VIEW tenancy.protected_tables AS
 SELECT c.oid::regclass                                       AS table_name,
@@ -502,7 +688,8 @@ SELECT c.oid::regclass                                       AS table_name,
        EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a
                  ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
                WHERE i.indrelid = c.oid
-                 AND a.attname = split_part(encode(t.tgargs, 'escape'), '\000', 1)) AS tenant_index
+                 AND a.attname = split_part(encode(t.tgargs, 'escape'), '\000', 1)) AS tenant_index,
+       (SELECT i.inhparent::regclass FROM pg_inherits i WHERE i.inhrelid = c.oid LIMIT 1) AS parent_table
 FROM pg_policy p
 JOIN pg_class c ON c.oid = p.polrelid
 JOIN pg_namespace n ON n.oid = c.relnamespace

@@ -35,7 +35,9 @@ pub static TOKEN: GucSetting<Option<std::ffi::CString>> =
 pub static BYPASS_REASON: GucSetting<Option<std::ffi::CString>> =
     GucSetting::<Option<std::ffi::CString>>::new(None);
 
-/// Verified tokens kept per backend; the map is emptied when it reaches this size.
+/// Verified tokens kept per backend; the map is emptied when it reaches this
+/// size. Entries are keyed by the token's SHA-256 and tokens are at most
+/// 8 KiB, so the cache stays within a few MiB; failures are never kept.
 const TOKEN_CACHE_CAPACITY: usize = 1024;
 
 /// The catalog as this backend last read it.
@@ -49,7 +51,7 @@ struct Catalog {
 struct State {
     generation: u64,
     catalog: Option<Rc<Catalog>>,
-    tokens: HashMap<String, Result<Rc<TenantContext>, TokenError>>,
+    tokens: HashMap<[u8; 32], Rc<TenantContext>>,
     /// The token of the previous call: a policy calls us once per statement
     /// with the same token, so this avoids even the map lookup.
     last: Option<(String, Rc<TenantContext>)>,
@@ -278,26 +280,31 @@ fn catalog() -> Result<Rc<Catalog>, TenancyError> {
 }
 
 fn verified(token: &str) -> Result<Rc<TenantContext>, TenancyError> {
+    if token.len() > tenancy_token::MAX_TOKEN_BYTES {
+        return Err(TokenError::TooLong.into());
+    }
+    let digest = tenancy_token::digest(token);
     let cached = fresh_state(|s| match &s.last {
-        Some((last, context)) if last == token => Some(Ok(context.clone())),
-        _ => s.tokens.get(token).cloned(),
+        Some((last, context)) if last == token => Some(context.clone()),
+        _ => s.tokens.get(&digest).cloned(),
     });
-    let (result, kept) = match cached {
-        Some(result) => (result, true),
+    let (context, kept) = match cached {
+        Some(context) => (context, true),
         None => {
             let seen = generation_before_read();
             let catalog = catalog()?;
-            let result = tenancy_token::verify(token, &catalog.keys, &catalog.rules).map(Rc::new);
+            // Failures are not kept: a token refused as not yet valid
+            // becomes valid, and refused tokens must not fill memory.
+            let context = Rc::new(tenancy_token::verify(token, &catalog.keys, &catalog.rules)?);
             let kept = store(seen, |s| {
                 if s.tokens.len() >= TOKEN_CACHE_CAPACITY {
                     s.tokens.clear();
                 }
-                s.tokens.insert(token.to_owned(), result.clone());
+                s.tokens.insert(digest, context.clone());
             });
-            (result, kept)
+            (context, kept)
         }
     };
-    let context = result?;
     // A cached token can expire while the backend lives.
     let leeway = catalog()?.rules.leeway_secs;
     if context.expired_at(tenancy_token::now(), leeway) {
@@ -312,6 +319,28 @@ fn verified(token: &str) -> Result<Rc<TenantContext>, TenancyError> {
         }
     });
     Ok(context)
+}
+
+/// Sets tenancy.token for the rest of the transaction, as SET LOCAL does;
+/// it is verified where it is used, like a token set any other way.
+pub fn set_token(token: &str) -> Result<(), TenancyError> {
+    let value = std::ffi::CString::new(token)
+        .map_err(|_| TenancyError::InvalidArgument("a token must not contain NUL".to_owned()))?;
+    // SAFETY: sets our own USERSET GUC with LOCAL action, as SET LOCAL would;
+    // the check hook runs and raises on a refused value.
+    unsafe {
+        pg_sys::set_config_option(
+            c"tenancy.token".as_ptr(),
+            value.as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_LOCAL,
+            true,
+            0,
+            false,
+        );
+    }
+    Ok(())
 }
 
 fn tenant_status(tenant: Uuid) -> Result<Option<String>, TenancyError> {
@@ -442,6 +471,19 @@ pub fn bypass(reason: &str) -> Result<(), TenancyError> {
     // The context, if any, is recorded; its absence is the normal case.
     let tenant = tenant_id().ok().flatten();
     write_audit("bypass", tenant, Some(reason), serde_json::json!({}))?;
+    // The audit row goes with the transaction; this line does not. A bypass
+    // that is rolled back still leaves its record in the server log.
+    // SAFETY: reads of backend-local identity.
+    let (session, acting) = unsafe { (pg_sys::GetSessionUserId(), pg_sys::GetUserId()) };
+    pgrx::log!(
+        "tenancy: bypass by session role \"{}\" acting as \"{}\" (pid {}), tenant {}, reason: {}",
+        role_name(session),
+        role_name(acting),
+        // SAFETY: a plain read of this backend's pid.
+        unsafe { pg_sys::MyProcPid },
+        tenant.map_or_else(|| "none".to_owned(), |t| t.to_string()),
+        reason.escape_debug()
+    );
     let value = std::ffi::CString::new(reason)
         .map_err(|_| TenancyError::InvalidArgument("reason must not contain NUL".to_owned()))?;
     // SAFETY: sets our own SUSET GUC with LOCAL action, as SET LOCAL would for a superuser.

@@ -35,6 +35,11 @@ pub enum TenancyError {
     /// 42501: tenancy.bypass() called by a role outside tenancy_admin.
     #[error("permission denied: tenancy.bypass() requires membership in tenancy_admin")]
     BypassDenied,
+    /// 42501: EXPLAIN of a plan over rows that row-level security hides.
+    #[error(
+        "EXPLAIN is not allowed on \"{0}\": row-level security hides rows of it from this role"
+    )]
+    ExplainDenied(String),
     /// 22023: a bad argument to one of the functions.
     #[error("{0}")]
     InvalidArgument(String),
@@ -55,7 +60,8 @@ impl TenancyError {
         match self {
             TenancyError::ContextRequired
             | TenancyError::UserContextRequired
-            | TenancyError::BypassDenied => ERRCODE_INSUFFICIENT_PRIVILEGE,
+            | TenancyError::BypassDenied
+            | TenancyError::ExplainDenied(_) => ERRCODE_INSUFFICIENT_PRIVILEGE,
             TenancyError::Token(_)
             | TenancyError::ConflictingContext(_)
             | TenancyError::BadUserClaim(_)
@@ -71,6 +77,10 @@ impl TenancyError {
         match self {
             TenancyError::ContextRequired => Some(
                 "SET LOCAL tenancy.token to a signed token (or, for a granted role, tenancy.tenant_id) in this transaction."
+                    .to_owned(),
+            ),
+            TenancyError::ExplainDenied(_) => Some(
+                "Index conditions run before the policies, so plans and row counts would describe other tenants' rows. A superuser can allow it for a trusted role: ALTER ROLE ... SET tenancy.allow_explain = on."
                     .to_owned(),
             ),
             TenancyError::UserContextRequired => {

@@ -10,6 +10,7 @@ use pgrx::{pg_sys, GucContext, GucFlags, GucRegistry};
 
 mod context;
 mod error;
+mod guard;
 
 use error::{OrRaise, TenancyError};
 
@@ -20,30 +21,10 @@ extension_sql_file!("../sql/api.sql", name = "api", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
-    GucRegistry::define_string_guc(
-        c"tenancy.tenant_id",
-        c"Trusted tenant context (a tenant uuid) for this transaction.",
-        c"Superuser-only; grant one service role SET ON PARAMETER (tenancy.grant_context_setter). Set it with SET LOCAL.",
-        &context::TENANT_ID,
-        GucContext::Suset,
-        GucFlags::default(),
-    );
-    GucRegistry::define_string_guc(
-        c"tenancy.user_id",
-        c"Trusted user context (a user uuid) for this transaction.",
-        c"Superuser-only, like tenancy.tenant_id.",
-        &context::USER_ID,
-        GucContext::Suset,
-        GucFlags::default(),
-    );
-    GucRegistry::define_string_guc(
-        c"tenancy.token",
-        c"Signed tenant context: a JWT verified by the extension.",
-        c"Anyone may set it; only a token signed by a key in tenancy.keys gives a context. Set it with SET LOCAL.",
-        &context::TOKEN,
-        GucContext::Userset,
-        GucFlags::NO_SHOW_ALL,
-    );
+    // A Rust backtrace names our internals; PostgreSQL errors are what
+    // clients get. std reads this once, at the first capture.
+    std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    guard::init();
     GucRegistry::define_string_guc(
         c"tenancy.bypass_reason",
         c"Set by tenancy.bypass() for the rest of the transaction.",
@@ -85,6 +66,24 @@ fn current_user_id() -> pgrx::Uuid {
 #[pg_extern(stable, parallel_safe)]
 fn claim(name: &str) -> Option<String> {
     context::claim(name).or_raise()
+}
+
+/// Sets the signed context for the rest of the transaction. Pass the token
+/// as a bind parameter (`SELECT tenancy.set_token($1)`): statement text is
+/// visible to other sessions of the same role, parameters are not. NULL or
+/// '' clears the context.
+#[pg_extern(volatile, parallel_unsafe)]
+fn set_token(token: Option<&str>) {
+    context::set_token(token.unwrap_or("")).or_raise()
+}
+
+/// Planner support function of current_tenant_id(), which every tenancy
+/// policy calls: it simplifies nothing; calling it at plan time loads this
+/// library (and its executor checks) before the first statement that reads
+/// a protected table executes.
+#[pg_extern(immutable, parallel_safe)]
+fn context_support(_request: pgrx::Internal) -> pgrx::Internal {
+    pgrx::Internal::from(Some(pg_sys::Datum::from(0usize)))
 }
 
 /// Whether the tenant context comes from a verified token, the trusted GUC,

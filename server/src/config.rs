@@ -23,6 +23,11 @@ pub struct Config {
         default_value = "postgres://tenancy_owner:tenancy_owner@127.0.0.1:5432/tenancy"
     )]
     pub database_owner_url: String,
+    /// Database URL of the role that reads credentials (password hashes,
+    /// every user's memberships) for logins; default: the owner role. The
+    /// application role cannot read them.
+    #[arg(long, env = "DATABASE_AUTH_URL")]
+    pub database_auth_url: Option<String>,
     /// Redis URL (sessions and revocations).
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
@@ -139,6 +144,14 @@ impl Config {
     }
 
     /// The Redis of the message streams.
+    /// The credential-reading role's URL (the owner's unless set).
+    pub fn auth_database_url(&self) -> &str {
+        self.database_auth_url
+            .as_deref()
+            .filter(|u| !u.trim().is_empty())
+            .unwrap_or(&self.database_owner_url)
+    }
+
     pub fn stream_redis_url(&self) -> &str {
         self.stream_redis_url
             .as_deref()

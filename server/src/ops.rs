@@ -47,6 +47,12 @@ pub async fn migrate(config: &Config) -> AppResult<()> {
         format!("GRANT USAGE ON SCHEMA app TO {quoted}"),
         format!("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA app TO {quoted}"),
         format!("REVOKE INSERT, UPDATE, DELETE ON app.users, app.settings FROM {quoted}"),
+        // Credentials are the credential role's (DATABASE_AUTH_URL): the
+        // application role reads users without their password hashes.
+        format!("REVOKE SELECT ON app.users FROM {quoted}"),
+        format!(
+            "GRANT SELECT (id, email, display_name, is_super_admin, created_at) ON app.users TO {quoted}"
+        ),
         format!("REVOKE UPDATE, DELETE ON app.audit_events FROM {quoted}"),
         format!("REVOKE INSERT, UPDATE, DELETE ON app.message_outbox FROM {quoted}"),
         // Plans, limits, usage, roles and mail are written by the owner role

@@ -74,7 +74,7 @@ pub async fn enter_tenant(
     tenant: Uuid,
     user: Uuid,
 ) -> AppResult<()> {
-    sqlx::query("SELECT set_config('tenancy.token', $1, true)")
+    sqlx::query("SELECT tenancy.set_token($1)")
         .bind(keys.context_token(tenant, user)?)
         .execute(conn)
         .await?;

@@ -50,6 +50,10 @@ pub struct AppState {
     /// administration only: creating tenants, changing their status, plans.
     /// Connected on first use.
     pub admin_db: PgPool,
+    /// Pool of the credential-reading role (`DATABASE_AUTH_URL`, default the
+    /// owner): login lookups and account creation only. Kept apart from
+    /// `db` so the role that serves tenant data never sees a password hash.
+    pub auth_db: PgPool,
 }
 
 /// A Redis connection manager with short timeouts and few retries: with
@@ -88,7 +92,13 @@ impl AppState {
             .acquire_timeout(Duration::from_secs(5))
             .connect_lazy(&config.database_owner_url)
             .map_err(|e| AppError::Unavailable(format!("database (owner): {e}")))?;
+        let auth_db = PgPoolOptions::new()
+            .max_connections(config.login_concurrency.max(1) as u32 + 2)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy(config.auth_database_url())
+            .map_err(|e| AppError::Unavailable(format!("database (auth): {e}")))?;
         Ok(Self {
+            auth_db,
             config: Arc::new(config),
             db,
             redis,

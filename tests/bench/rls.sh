@@ -79,7 +79,7 @@ SCRIPTS=$(mktemp -d)
 cat > "$SCRIPTS/a.sql" <<'SQL'
 \set n random(1, :tenants)
 BEGIN;
-SELECT set_config('tenancy.token', token, true) IS NOT NULL AS ok FROM bench_tenants WHERE n = :n \gset
+SELECT tenancy.set_token(token) IS NULL AS ok FROM bench_tenants WHERE n = :n \gset
 SELECT id, payload FROM items ORDER BY id LIMIT 50;
 COMMIT;
 SQL
@@ -100,7 +100,7 @@ run() {
 
 # Each run must actually return rows: check once, as the benchmark role.
 rows=$(PGPASSWORD=bench psql -h "${HOSTPORT%:*}" -p "${HOSTPORT#*:}" -U tenancy_bench_app -d "$DB" -qAt \
-    -c "BEGIN" -c "SELECT set_config('tenancy.token', token, true) FROM bench_tenants WHERE n = 7" \
+    -c "BEGIN" -c "SELECT tenancy.set_token(token) FROM bench_tenants WHERE n = 7" \
     -c "SELECT count(*) FROM (SELECT id FROM items ORDER BY id LIMIT 50) s" -c "COMMIT" | tail -n 1)
 [ "$rows" = "50" ] || { echo "sanity check failed: RLS query returned '$rows' rows" >&2; exit 1; }
 

@@ -14,7 +14,7 @@ async fn current(
     expr: &str,
 ) -> Result<Option<String>, sqlx::Error> {
     let mut tx = conn.begin().await?;
-    sqlx::query("SELECT set_config('tenancy.token', $1, true)")
+    sqlx::query("SELECT tenancy.set_token($1)")
         .bind(token)
         .execute(&mut *tx)
         .await?;
@@ -313,21 +313,24 @@ async fn the_trusted_context_works_for_the_granted_role_only() -> TestResult {
 }
 
 #[tokio::test]
-async fn use_token_is_what_set_local_does() -> TestResult {
-    // The README shows SET LOCAL; the helper uses set_config(..., true). Same effect.
+async fn set_token_is_what_set_config_with_a_parameter_does() -> TestResult {
+    // The README shows tenancy.set_token($1); set_config(..., $1, true) has
+    // the same effect once the library is loaded. Neither puts the token in
+    // statement text.
     let db = TestDb::new().await?;
     let mut app = db.connect(Role::App).await?;
     let signed = token(db.acme, Uuid::new_v4());
     let mut tx = app.begin().await?;
-    sqlx::raw_sql(&format!("SET LOCAL tenancy.token = '{signed}'"))
-        .execute(&mut *tx)
-        .await?;
+    use_token(&mut tx, &signed).await?;
     let a: Uuid = sqlx::query_scalar("SELECT tenancy.current_tenant_id()")
         .fetch_one(&mut *tx)
         .await?;
     tx.rollback().await?;
     let mut tx = app.begin().await?;
-    use_token(&mut tx, &signed).await?;
+    sqlx::query("SELECT set_config('tenancy.token', $1, true)")
+        .bind(&signed)
+        .execute(&mut *tx)
+        .await?;
     let b: Uuid = sqlx::query_scalar("SELECT tenancy.current_tenant_id()")
         .fetch_one(&mut *tx)
         .await?;

@@ -12,7 +12,7 @@ use uuid::Uuid;
 /// by `setup`; returns the rows or the error.
 async fn read_projects(app: &mut PgConnection, token: &str) -> Result<Vec<String>, sqlx::Error> {
     let mut tx = app.begin().await?;
-    sqlx::query("SELECT set_config('tenancy.token', $1, true)")
+    sqlx::query("SELECT tenancy.set_token($1)")
         .bind(token)
         .execute(&mut *tx)
         .await?;

@@ -8,6 +8,8 @@
     clippy::type_complexity
 )]
 
+mod attack_app_role;
+mod attack_tenancy_admin;
 mod bypass;
 mod catalog;
 mod context;

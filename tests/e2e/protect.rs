@@ -172,9 +172,12 @@ async fn protect_twice_changes_nothing_and_the_view_shows_it() -> TestResult {
 async fn protect_creates_the_tenant_index_when_none_leads_with_the_column() -> TestResult {
     let db = TestDb::new().await?;
     let mut owner = db.connect(Role::Owner).await?;
-    sqlx::raw_sql("CREATE TABLE events (id bigint PRIMARY KEY, tenant_id uuid NOT NULL)")
-        .execute(&mut owner)
-        .await?;
+    // The key includes the tenant column (protect() requires that) but does not lead with it.
+    sqlx::raw_sql(
+        "CREATE TABLE events (id bigint, tenant_id uuid NOT NULL, PRIMARY KEY (id, tenant_id))",
+    )
+    .execute(&mut owner)
+    .await?;
     sqlx::query("SELECT tenancy.protect('events')")
         .execute(&mut owner)
         .await?;

@@ -192,11 +192,22 @@ pub fn token_with(claims: serde_json::Value) -> String {
 
 /// Sets the signed context for the current transaction (like SET LOCAL).
 pub async fn use_token(conn: &mut PgConnection, token: &str) -> TestResult {
-    sqlx::query("SELECT set_config('tenancy.token', $1, true)")
+    sqlx::query("SELECT tenancy.set_token($1)")
         .bind(token)
         .execute(conn)
         .await?;
     Ok(())
+}
+
+/// The PostgreSQL server log, for tests of what reaches it: the file named
+/// by `TENANCY_PG_LOG`, else the Debian cluster's log that scripts/setup.sh
+/// starts. A test that needs it fails, saying so, when it cannot be read.
+pub fn server_log() -> TestResult<Vec<u8>> {
+    let path = std::env::var("TENANCY_PG_LOG")
+        .unwrap_or_else(|_| "/var/log/postgresql/postgresql-15-main.log".to_owned());
+    std::fs::read(&path).map_err(|e| {
+        format!("this test reads the PostgreSQL server log and cannot: {path}: {e} (set TENANCY_PG_LOG)").into()
+    })
 }
 
 /// The SQLSTATE and message of a database error; panics on anything else.

@@ -116,6 +116,7 @@ impl TestApp {
             listen: "127.0.0.1:0".parse()?,
             database_url: role_url(APP, &db_name),
             database_owner_url: role_url(OWNER, &db_name),
+            database_auth_url: None,
             redis_url: options.redis_url.clone().unwrap_or_else(|| {
                 std::env::var("TENANCY_REDIS_URL")
                     .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
@@ -191,6 +192,21 @@ impl TestApp {
     }
 
     /// A connection as the service's application role.
+    /// A database context token for `tenant` and `user`, signed with the
+    /// service's own context key (what a compromised service could mint).
+    pub fn context_token(&self, tenant: Uuid, user: Uuid) -> String {
+        let claims = serde_json::json!({
+            "tenant_id": tenant, "sub": user, "exp": tenancy_token::now() + 300,
+        });
+        tenancy_token::sign(
+            &claims,
+            &self.config.context_kid,
+            "HS256",
+            &self.config.context_secret,
+        )
+        .unwrap_or_default()
+    }
+
     pub async fn app_role(&self) -> TestResult<PgConnection> {
         Ok(PgConnection::connect(&self.config.database_url).await?)
     }

@@ -10,7 +10,12 @@
 //! `alg: none`, or a token without an expiry.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::str::FromStr;
+
+use base64::Engine as _;
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use sha2::{Digest, Sha256};
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, EncodingKey, Header, Validation};
@@ -20,6 +25,14 @@ use uuid::Uuid;
 
 /// Shortest HMAC secret accepted, in bytes (RFC 7518 3.2: at least the hash size).
 pub const MIN_HMAC_SECRET_BYTES: usize = 32;
+
+/// Longest token accepted, in bytes. A context token carries a handful of
+/// claims; anything longer is refused before it is parsed or cached.
+pub const MAX_TOKEN_BYTES: usize = 8192;
+
+/// Latest `exp`, `nbf` or `iat` accepted: 9999-12-31T23:59:59Z. A NumericDate
+/// beyond it is not a date any issuer means (2^64-1 would never expire).
+pub const MAX_NUMERIC_DATE: u64 = 253_402_300_799;
 
 /// Everything that can be wrong with a key or a token. The `Display` text is
 /// what a database client sees after "invalid tenant token: ".
@@ -31,6 +44,12 @@ pub enum TokenError {
     BadKey { alg: String, reason: String },
     #[error("token is malformed")]
     Malformed,
+    #[error("token is longer than {MAX_TOKEN_BYTES} bytes")]
+    TooLong,
+    #[error("token repeats the {0} \"{1}\"")]
+    DuplicateMember(&'static str, String),
+    #[error("claim \"{0}\" must be {1}")]
+    ClaimType(String, &'static str),
     #[error("token header has no kid and more than one key is configured")]
     MissingKid,
     #[error("no active key with kid \"{0}\"")]
@@ -195,8 +214,155 @@ impl TenantContext {
     }
 }
 
+/// A JSON value parsed strictly: an object that names a member twice is an
+/// error at any depth (RFC 7519 section 4: a JWT with duplicate claim names
+/// must be rejected, or only the last one used; we reject).
+struct Strict(Value);
+
+struct StrictVisitor;
+
+impl<'de> Visitor<'de> for StrictVisitor {
+    type Value = Strict;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Strict, E> {
+        Ok(Strict(Value::Bool(v)))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Strict, E> {
+        Ok(Strict(Value::from(v)))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Strict, E> {
+        Ok(Strict(Value::from(v)))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Strict, E> {
+        Ok(Strict(Value::from(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Strict, E> {
+        Ok(Strict(Value::String(v.to_owned())))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Strict, E> {
+        Ok(Strict(Value::String(v)))
+    }
+    fn visit_unit<E>(self) -> Result<Strict, E> {
+        Ok(Strict(Value::Null))
+    }
+    fn visit_none<E>(self) -> Result<Strict, E> {
+        Ok(Strict(Value::Null))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Strict, A::Error> {
+        let mut out = Vec::new();
+        while let Some(Strict(v)) = seq.next_element()? {
+            out.push(v);
+        }
+        Ok(Strict(Value::Array(out)))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Strict, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let Strict(value) = map.next_value()?;
+            if out.contains_key(&key) {
+                return Err(de::Error::custom(format_args!("duplicate:{key}")));
+            }
+            out.insert(key, value);
+        }
+        Ok(Strict(Value::Object(out)))
+    }
+}
+
+impl<'de> Deserialize<'de> for Strict {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor)
+    }
+}
+
+/// Decodes one base64url part of a compact JWT into a JSON object, strictly.
+fn strict_part(part: &str, what: &'static str) -> Result<Map<String, Value>, TokenError> {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part)
+        .map_err(|_| TokenError::Malformed)?;
+    match serde_json::from_slice::<Strict>(&bytes) {
+        Ok(Strict(Value::Object(map))) => Ok(map),
+        Ok(_) => Err(TokenError::Malformed),
+        Err(e) => match e.to_string().strip_prefix("duplicate:") {
+            Some(rest) => Err(TokenError::DuplicateMember(
+                what,
+                rest.split(" at line").next().unwrap_or(rest).to_owned(),
+            )),
+            None => Err(TokenError::Malformed),
+        },
+    }
+}
+
+/// A NumericDate claim (RFC 7519 2): a non-negative integer no later than
+/// [`MAX_NUMERIC_DATE`]. Fractions are refused too: no issuer of context
+/// tokens needs them, and they make "equal" ambiguous.
+fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<u64>, TokenError> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(v) => match v.as_u64() {
+            Some(n) if n <= MAX_NUMERIC_DATE => Ok(Some(n)),
+            _ => Err(TokenError::ClaimType(
+                name.to_owned(),
+                "an integer NumericDate no later than year 9999",
+            )),
+        },
+    }
+}
+
+/// The strict reading of RFC 7519 that the signature check alone does not
+/// give: no member named twice in header or payload, registered claims of
+/// their registered types.
+fn check_registered_claims(token: &str) -> Result<(), TokenError> {
+    let mut parts = token.split('.');
+    let (Some(header), Some(payload), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(TokenError::Malformed);
+    };
+    strict_part(header, "header parameter")?;
+    let claims = strict_part(payload, "claim")?;
+    for name in ["exp", "nbf", "iat"] {
+        numeric_date(&claims, name)?;
+    }
+    for name in ["iss", "sub", "jti"] {
+        if claims.get(name).is_some_and(|v| !v.is_string()) {
+            return Err(TokenError::ClaimType(name.to_owned(), "a string"));
+        }
+    }
+    match claims.get("aud") {
+        None | Some(Value::String(_)) => {}
+        Some(Value::Array(items)) if items.iter().all(Value::is_string) => {}
+        Some(_) => {
+            return Err(TokenError::ClaimType(
+                "aud".to_owned(),
+                "a string or an array of strings",
+            ))
+        }
+    }
+    Ok(())
+}
+
+/// A fixed-size digest of a token, so that caches keyed by tokens hold 32
+/// bytes per entry whatever the caller sends.
+pub fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
 /// Verifies `token` against `keys` and `rules` and extracts the context.
+///
+/// Strict (RFC 7519 read narrowly): at most [`MAX_TOKEN_BYTES`]; header and
+/// claims are JSON objects naming no member twice; `exp` (required), `nbf`
+/// and `iat` are integers no later than year 9999; `iss`, `sub`, `jti` are
+/// strings; `aud` a string or an array of strings.
 pub fn verify(token: &str, keys: &Keyring, rules: &Rules) -> Result<TenantContext, TokenError> {
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(TokenError::TooLong);
+    }
+    // Before anything else: cheap, and refuses what the lenient parsers
+    // would otherwise resolve silently (duplicates, out-of-range dates).
+    check_registered_claims(token)?;
     // decode_header refuses `alg: none` (no such Algorithm), which is what we want.
     let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
     let key = keys.select(header.kid.as_deref())?;
@@ -220,7 +386,6 @@ pub fn verify(token: &str, keys: &Keyring, rules: &Rules) -> Result<TenantContex
         required.push("iss");
     }
     validation.set_required_spec_claims(&required);
-
     let data =
         jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation).map_err(|e| {
             match e.kind() {
@@ -490,5 +655,104 @@ mod tests {
             verify(&token, &keys, &Rules::default()).unwrap_err(),
             TokenError::MissingKid
         );
+    }
+
+    fn raw_token(header: &str, payload: &str) -> String {
+        use base64::Engine as _;
+        use hmac::Mac as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let signing_input = format!("{}.{}", b64.encode(header), b64.encode(payload));
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+        mac.update(signing_input.as_bytes());
+        format!(
+            "{signing_input}.{}",
+            b64.encode(mac.finalize().into_bytes())
+        )
+    }
+
+    fn strict_refusal(payload: String) -> TokenError {
+        let token = raw_token(r#"{"alg":"HS256","kid":"k1"}"#, &payload);
+        verify(&token, &ring("k1", "HS256", SECRET), &Rules::default()).unwrap_err()
+    }
+
+    #[test]
+    fn an_exp_that_never_comes_is_refused() {
+        let t = Uuid::new_v4();
+        let err = strict_refusal(format!(
+            r#"{{"tenant_id":"{t}","exp":18446744073709551615}}"#
+        ));
+        assert!(
+            matches!(err, TokenError::ClaimType(ref c, _) if c == "exp"),
+            "{err}"
+        );
+        let err = strict_refusal(format!(r#"{{"tenant_id":"{t}","exp":1e30}}"#));
+        assert!(
+            matches!(err, TokenError::ClaimType(ref c, _) if c == "exp"),
+            "{err}"
+        );
+        let err = strict_refusal(format!(r#"{{"tenant_id":"{t}","exp":"{}"}}"#, now() + 60));
+        assert!(
+            matches!(err, TokenError::ClaimType(ref c, _) if c == "exp"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_issuer_that_is_not_a_string_is_refused() {
+        let t = Uuid::new_v4();
+        let exp = now() + 60;
+        let err = strict_refusal(format!(
+            r#"{{"tenant_id":"{t}","exp":{exp},"iss":["https://a","https://b"]}}"#
+        ));
+        assert_eq!(err, TokenError::ClaimType("iss".into(), "a string"));
+        let err = strict_refusal(format!(r#"{{"tenant_id":"{t}","exp":{exp},"aud":[1]}}"#));
+        assert!(
+            matches!(err, TokenError::ClaimType(ref c, _) if c == "aud"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_claim_named_twice_is_refused_not_resolved_to_the_last() {
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let exp = now() + 60;
+        let err = strict_refusal(format!(
+            r#"{{"tenant_id":"{a}","exp":{exp},"tenant_id":"{b}"}}"#
+        ));
+        assert_eq!(
+            err,
+            TokenError::DuplicateMember("claim", "tenant_id".into())
+        );
+        let nested = strict_refusal(format!(
+            r#"{{"tenant_id":"{a}","exp":{exp},"x":{{"k":1,"k":2}}}}"#
+        ));
+        assert_eq!(nested, TokenError::DuplicateMember("claim", "k".into()));
+        let token = raw_token(
+            r#"{"alg":"HS256","kid":"k1","kid":"k2"}"#,
+            &format!(r#"{{"tenant_id":"{a}","exp":{exp}}}"#),
+        );
+        let err = verify(&token, &ring("k1", "HS256", SECRET), &Rules::default()).unwrap_err();
+        assert_eq!(
+            err,
+            TokenError::DuplicateMember("header parameter", "kid".into())
+        );
+        // The same claims without the repetition verify.
+        let ok = raw_token(
+            r#"{"alg":"HS256","kid":"k1"}"#,
+            &format!(r#"{{"tenant_id":"{a}","exp":{exp}}}"#),
+        );
+        assert_eq!(
+            verify(&ok, &ring("k1", "HS256", SECRET), &Rules::default())
+                .unwrap()
+                .tenant_id,
+            a
+        );
+    }
+
+    #[test]
+    fn an_oversized_token_is_refused_before_parsing() {
+        let big = "a".repeat(MAX_TOKEN_BYTES + 1);
+        let err = verify(&big, &ring("k1", "HS256", SECRET), &Rules::default()).unwrap_err();
+        assert_eq!(err, TokenError::TooLong);
     }
 }

@@ -263,7 +263,7 @@ impl Worker {
             .context_token(message.tenant_id, message.user_id)
             .map_err(|e| WorkerError::Context(e.to_string()))?;
         let mut tx = self.db.begin().await?;
-        sqlx::query("SELECT set_config('tenancy.token', $1, true)")
+        sqlx::query("SELECT tenancy.set_token($1)")
             .bind(&context)
             .execute(&mut *tx)
             .await?;

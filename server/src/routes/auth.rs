@@ -55,7 +55,7 @@ struct LoginRow {
 async fn lookup(state: &AppState, email: &str) -> AppResult<Option<LoginRow>> {
     let row = sqlx::query("SELECT * FROM app.login_lookup($1)")
         .bind(email)
-        .fetch_optional(&state.db)
+        .fetch_optional(&state.auth_db)
         .await?;
     let Some(row) = row else { return Ok(None) };
     let tenants: Value = row.try_get("tenants")?;
@@ -71,7 +71,7 @@ async fn lookup(state: &AppState, email: &str) -> AppResult<Option<LoginRow>> {
 async fn memberships(state: &AppState, user: Uuid) -> AppResult<Vec<Membership>> {
     let rows = sqlx::query("SELECT tenant_id, slug, name, role, status, default_workspace_id FROM app.user_tenants($1) ORDER BY slug")
         .bind(user)
-        .fetch_all(&state.db)
+        .fetch_all(&state.auth_db)
         .await?;
     rows.iter()
         .map(|r| {

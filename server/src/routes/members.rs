@@ -141,9 +141,11 @@ async fn add_tenant(
     let role = tenant_role(&body.role)?;
     let mut db = db.lock().await?;
     authorize_role_change(&state, &tenant, &mut db, &[role]).await?;
+    // Accounts are created by the credential role, after the caller has
+    // been authorized: the application role cannot create or look up users.
     let user: Uuid = sqlx::query_scalar("SELECT app.ensure_user($1)")
         .bind(email)
-        .fetch_one(db.conn()?)
+        .fetch_one(&state.auth_db)
         .await?;
     let inserted = sqlx::query(
         "INSERT INTO app.tenant_memberships (user_id, role) VALUES ($1, $2) ON CONFLICT DO NOTHING",

@@ -42,7 +42,7 @@ pub(crate) async fn authorize(
     // the same tenant context.
     db.discard().await?;
     let mut tx = state.db.begin().await?;
-    sqlx::query("SELECT set_config('tenancy.token', $1, true)")
+    sqlx::query("SELECT tenancy.set_token($1)")
         .bind(state.keys.context_token(tenant.id, tenant.user_id)?)
         .execute(&mut *tx)
         .await?;
