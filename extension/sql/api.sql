@@ -337,6 +337,22 @@ EXCEPTION
 END
 $$;
 
+-- The same, with the key material read from a file on the database server
+-- (as the caller: reading server files needs pg_read_server_files), so an
+-- HS secret never appears in any statement or parameter log. A trailing
+-- newline is dropped from HS secrets; PEM keys are taken as they are.
+CREATE FUNCTION tenancy.add_key_from_file(kid text, algorithm text, path text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    material text := pg_read_file(path);
+BEGIN
+    IF algorithm LIKE 'HS%' THEN
+        material := rtrim(material, E'\r\n');
+    END IF;
+    PERFORM tenancy.add_key(kid, algorithm, material);
+END
+$$;
+
 CREATE FUNCTION tenancy.retire_key(kid text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -731,6 +747,7 @@ REVOKE EXECUTE ON FUNCTION
     tenancy.set_setting(text, text),
     tenancy.reset_setting(text),
     tenancy.add_key(text, text, text),
+    tenancy.add_key_from_file(text, text, text),
     tenancy.retire_key(text),
     tenancy.grant_context_setter(regrole),
     tenancy.grant_table_owner(regrole),
@@ -746,6 +763,7 @@ GRANT EXECUTE ON FUNCTION
     tenancy.set_setting(text, text),
     tenancy.reset_setting(text),
     tenancy.add_key(text, text, text),
+    tenancy.add_key_from_file(text, text, text),
     tenancy.retire_key(text),
     tenancy.write_audit(text, uuid, text, jsonb),
     tenancy.invalidate_cache(oid)

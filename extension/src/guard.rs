@@ -415,16 +415,14 @@ unsafe fn hidden_relation(
             continue;
         }
         let relid = (*rte).relid;
-        let reader = match (*rte).checkAsUser {
-            pg_sys::Oid::INVALID => pg_sys::GetUserId(),
-            user => user,
-        };
-        // The owner (and its members) are exempt: they may disable the
-        // policies anyway, and PostgreSQL's own checks run as the owner
-        // (a foreign key's initial validation reads through FORCE RLS).
+        // Code running as the owner (and its members) is exempt: the owner
+        // may disable the policies anyway, and PostgreSQL's own checks run
+        // as the owner (a foreign key's initial validation reads through
+        // FORCE RLS). A view the owner owns, read by another role, is not:
+        // the current user is the reader.
         if pg_sys::check_enable_rls(relid, (*rte).checkAsUser, true)
             == pg_sys::CheckEnableRlsResult::RLS_ENABLED as c_int
-            && !pg_sys::pg_class_ownercheck(relid, reader)
+            && !pg_sys::pg_class_ownercheck(relid, pg_sys::GetUserId())
             && also(relid)
         {
             return Some(relid);

@@ -292,14 +292,20 @@ async fn answers_whether_a_value_exists_without_a_context() -> TestResult {
     let db = TestDb::new().await?;
     db.seed(db.globex, "globex-secret").await?;
     let mut owner = db.connect(Role::Owner).await?;
-    sqlx::raw_sql("CREATE INDEX projects_name_idx ON projects (name)")
-        .execute(&mut owner)
-        .await?;
+    sqlx::raw_sql(
+        "CREATE INDEX projects_name_idx ON projects (name);
+         CREATE VIEW projects_by_owner AS SELECT * FROM projects;
+         GRANT SELECT ON projects_by_owner TO tenancy_t_app;",
+    )
+    .execute(&mut owner)
+    .await?;
     let mut app = db.connect(Role::App).await?;
     for name in ["globex-secret", "no-such-project"] {
         for sql in [
             "SELECT count(*) FROM projects WHERE name = $1",
             "SELECT count(*) FROM projects WHERE name > $1",
+            // Through a view the owner owns (the policy runs as the owner).
+            "SELECT count(*) FROM projects_by_owner WHERE name > $1",
         ] {
             let mut tx = app.begin().await?;
             tx.execute("SET LOCAL enable_seqscan = off").await?;
@@ -572,6 +578,119 @@ mod service_schema {
             created.map_err(|_| "acme's insert waited on the attacker's lock")??;
         assert_eq!(status, 201, "{body}");
         held.rollback().await?;
+        Ok(())
+    }
+}
+
+/// What the schema lets the application role do across tenants: protect()
+/// and later DDL refuse it, saying how to fix it.
+mod schema_rules {
+    use super::*;
+
+    async fn refusal(owner: &mut PgConnection, sql: &str) -> (String, String, String) {
+        match sqlx::raw_sql(sql).execute(&mut *owner).await {
+            Err(sqlx::Error::Database(e)) => {
+                let hint = e
+                    .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                    .and_then(|pg| pg.hint().map(str::to_owned))
+                    .unwrap_or_default();
+                (
+                    e.code().map(|c| c.into_owned()).unwrap_or_default(),
+                    e.message().to_owned(),
+                    hint,
+                )
+            }
+            other => ("no error".to_owned(), format!("{other:?}"), String::new()),
+        }
+    }
+
+    #[tokio::test]
+    async fn learns_of_another_tenants_value_from_a_unique_violation() -> TestResult {
+        let db = TestDb::new().await?;
+        let mut owner = db.connect(Role::Owner).await?;
+        sqlx::raw_sql(
+            "CREATE TABLE accounts (tenant_id uuid NOT NULL, id bigint GENERATED ALWAYS AS IDENTITY,
+                                    email text NOT NULL, PRIMARY KEY (tenant_id, id),
+                                    CONSTRAINT accounts_email_key UNIQUE (email))",
+        )
+        .execute(&mut owner)
+        .await?;
+        let (code, message, hint) = refusal(&mut owner, "SELECT tenancy.protect('accounts')").await;
+        assert_eq!(code, "42P17", "{message}");
+        assert!(
+            message.contains("accounts_email_key") && message.contains("tenant column"),
+            "{message}"
+        );
+        assert!(
+            hint.contains("ADD CONSTRAINT accounts_email_key UNIQUE (tenant_id, email)"),
+            "{hint}"
+        );
+        // The fix from the hint makes protect() pass.
+        sqlx::raw_sql(
+            "ALTER TABLE accounts DROP CONSTRAINT accounts_email_key,
+                 ADD CONSTRAINT accounts_email_key UNIQUE (tenant_id, email);
+             SELECT tenancy.protect('accounts');",
+        )
+        .execute(&mut owner)
+        .await?;
+        // And a later unique index without the tenant column is refused too.
+        let (code, message, _) = refusal(
+            &mut owner,
+            "CREATE UNIQUE INDEX accounts_email_global ON accounts (lower(email))",
+        )
+        .await;
+        assert_eq!(code, "42P17", "{message}");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn points_a_row_at_another_tenants_row_through_a_foreign_key() -> TestResult {
+        // Both tables keyed by tenant; the foreign key names a tenant, but
+        // not the row's own: the RI check (which ignores RLS) would let an
+        // acme row point at a globex list.
+        let db = TestDb::new().await?;
+        let mut owner = db.connect(Role::Owner).await?;
+        sqlx::raw_sql(
+            "CREATE TABLE lists (tenant_id uuid NOT NULL, id bigint NOT NULL, PRIMARY KEY (tenant_id, id));
+             SELECT tenancy.protect('lists');
+             CREATE TABLE entries (tenant_id uuid NOT NULL, list_tenant uuid NOT NULL, list_id bigint NOT NULL,
+                                   PRIMARY KEY (tenant_id, list_id),
+                                   CONSTRAINT entries_list_fkey
+                                   FOREIGN KEY (list_tenant, list_id) REFERENCES lists (tenant_id, id));",
+        )
+        .execute(&mut owner)
+        .await?;
+        let (code, message, hint) = refusal(&mut owner, "SELECT tenancy.protect('entries')").await;
+        assert_eq!(code, "42P17", "{message}");
+        assert!(
+            message.contains("foreign key entries_list_fkey") && message.contains("tenant column"),
+            "{message}"
+        );
+        assert!(
+            hint.contains("REFERENCES public.lists (tenant_id, ...)"),
+            "{hint}"
+        );
+        // Added after protection, the same foreign key is refused by the DDL check.
+        sqlx::raw_sql(
+            "ALTER TABLE entries DROP CONSTRAINT entries_list_fkey;
+             SELECT tenancy.protect('entries');",
+        )
+        .execute(&mut owner)
+        .await?;
+        let (code, message, _) = refusal(
+            &mut owner,
+            "ALTER TABLE entries ADD CONSTRAINT entries_list_fkey
+                 FOREIGN KEY (list_tenant, list_id) REFERENCES lists (tenant_id, id)",
+        )
+        .await;
+        assert_eq!(code, "42P17", "{message}");
+        // Paired with the row's own tenant, it is accepted.
+        sqlx::raw_sql(
+            "ALTER TABLE entries ADD CONSTRAINT entries_list_fkey
+                 FOREIGN KEY (tenant_id, list_id) REFERENCES lists (tenant_id, id)",
+        )
+        .execute(&mut owner)
+        .await?;
         Ok(())
     }
 }

@@ -74,3 +74,51 @@ async fn reads_rust_internals_from_error_details() -> TestResult {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn registers_a_key_without_its_material_in_any_statement() -> TestResult {
+    let db = TestDb::new().await?;
+    let secret = format!("file-secret-{}", Uuid::new_v4().simple());
+    let path = format!("/tmp/tenancy-test-{}.key", Uuid::new_v4().simple());
+    let mut su = db.superuser().await?;
+    // The server writes the file (it reads it too; the test may run elsewhere).
+    sqlx::raw_sql(&format!(
+        "COPY (SELECT '{secret}') TO '{path}';
+         GRANT pg_read_server_files TO tenancy_t_admin;
+         GRANT EXECUTE ON FUNCTION pg_read_file(text) TO tenancy_t_admin;"
+    ))
+    .execute(&mut su)
+    .await?;
+    let mut admin = db.connect(Role::Admin).await?;
+    sqlx::query("SELECT tenancy.add_key_from_file('from-file', 'HS256', $1)")
+        .bind(&path)
+        .execute(&mut admin)
+        .await?;
+    sqlx::raw_sql("REVOKE pg_read_server_files FROM tenancy_t_admin")
+        .execute(&mut su)
+        .await?;
+    // The key verifies tokens signed with the file's secret.
+    let signed = tenancy_token::sign(
+        &serde_json::json!({"tenant_id": db.acme, "sub": Uuid::new_v4(), "exp": tenancy_token::now() + 60}),
+        "from-file",
+        "HS256",
+        &secret,
+    )?;
+    let mut app = db.connect(Role::App).await?;
+    let mut tx = app.begin().await?;
+    tenancy_tests::use_token(&mut tx, &signed).await?;
+    let tenant: Uuid = sqlx::query_scalar("SELECT tenancy.current_tenant_id()")
+        .fetch_one(&mut *tx)
+        .await?;
+    assert_eq!(tenant, db.acme);
+    // Without the right to read server files, no key is read.
+    let (code, _) = db_error(
+        sqlx::query("SELECT tenancy.add_key_from_file('again', 'HS256', $1)")
+            .bind(&path)
+            .execute(&mut admin)
+            .await,
+    );
+    assert_eq!(code, "42501");
+    let _ = std::fs::remove_file(&path);
+    Ok(())
+}
