@@ -677,20 +677,28 @@ mod schema_rules {
         )
         .execute(&mut owner)
         .await?;
+        // (Validating a foreign key reads both tables, through FORCE RLS:
+        // the owner needs a context for that, as for any read.)
+        let mut tx = owner.begin().await?;
+        use_token(&mut tx, &token(db.acme, Uuid::new_v4())).await?;
         let (code, message, _) = refusal(
-            &mut owner,
+            &mut tx,
             "ALTER TABLE entries ADD CONSTRAINT entries_list_fkey
                  FOREIGN KEY (list_tenant, list_id) REFERENCES lists (tenant_id, id)",
         )
         .await;
         assert_eq!(code, "42P17", "{message}");
+        tx.rollback().await?;
         // Paired with the row's own tenant, it is accepted.
+        let mut tx = owner.begin().await?;
+        use_token(&mut tx, &token(db.acme, Uuid::new_v4())).await?;
         sqlx::raw_sql(
             "ALTER TABLE entries ADD CONSTRAINT entries_list_fkey
                  FOREIGN KEY (tenant_id, list_id) REFERENCES lists (tenant_id, id)",
         )
-        .execute(&mut owner)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 }
