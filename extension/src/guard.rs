@@ -39,6 +39,8 @@ thread_local! {
     static PREV_EMIT_LOG: Cell<pg_sys::emit_log_hook_type> = const { Cell::new(None) };
     static PREV_UTILITY: Cell<pg_sys::ProcessUtility_hook_type> = const { Cell::new(None) };
     static PREV_EXECUTOR_START: Cell<pg_sys::ExecutorStart_hook_type> = const { Cell::new(None) };
+    /// The context GUCs' definitions, found once: token, tenant_id, user_id.
+    static GUCS: Cell<[*mut pg_sys::config_generic; 3]> = const { Cell::new([std::ptr::null_mut(); 3]) };
 }
 
 /// Defines the context GUCs and installs the hooks; called once from `_PG_init`.
@@ -252,12 +254,15 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut c
     if event != XACT_EVENT_PRE_COMMIT && event != XACT_EVENT_PRE_PREPARE {
         return;
     }
-    for (name, setting) in [
+    for (slot, (name, setting)) in [
         (c"tenancy.token", &context::TOKEN),
         (c"tenancy.tenant_id", &context::TENANT_ID),
         (c"tenancy.user_id", &context::USER_ID),
-    ] {
-        if !(*setting.as_ptr()).is_null() {
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        if !(*setting.as_ptr()).is_null() && !ends_with_transaction(slot, name) {
             pg_sys::set_config_option(
                 name.as_ptr(),
                 std::ptr::null(),
@@ -270,6 +275,47 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut c
             );
         }
     }
+}
+
+/// Whether the GUC's value goes away at commit by itself: set only with
+/// LOCAL in this transaction over no session value (the usual case, which
+/// then costs no extra work at commit).
+unsafe fn ends_with_transaction(slot: usize, name: &CStr) -> bool {
+    let guc = match GUCS.with(|g| g.get()[slot]) {
+        found if !found.is_null() => found,
+        _ => {
+            let found = find_guc(name);
+            GUCS.with(|g| {
+                let mut all = g.get();
+                all[slot] = found;
+                g.set(all);
+            });
+            found
+        }
+    };
+    if guc.is_null() {
+        return false;
+    }
+    let stack = (*guc).stack;
+    !stack.is_null()
+        && (*stack).prev.is_null()
+        && (*stack).state == pg_sys::GucStackState::GUC_LOCAL
+        && (*stack).prior.val.stringval.is_null()
+}
+
+/// The GUC's definition (allocated once per backend and never moved).
+unsafe fn find_guc(name: &CStr) -> *mut pg_sys::config_generic {
+    let variables = pg_sys::get_guc_variables();
+    if variables.is_null() {
+        return std::ptr::null_mut();
+    }
+    for i in 0..pg_sys::GetNumConfigOptions().max(0) as usize {
+        let guc = *variables.add(i);
+        if !guc.is_null() && !(*guc).name.is_null() && CStr::from_ptr((*guc).name) == name {
+            return guc;
+        }
+    }
+    std::ptr::null_mut()
 }
 
 /// Whether the statement being executed names a secret: a token or key
