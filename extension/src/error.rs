@@ -76,7 +76,7 @@ impl TenancyError {
     fn hint(&self) -> Option<String> {
         match self {
             TenancyError::ContextRequired => Some(
-                "SET LOCAL tenancy.token to a signed token (or, for a granted role, tenancy.tenant_id) in this transaction."
+                "Set a signed token with SELECT tenancy.set_token($1) (or, for a granted role, SET LOCAL tenancy.tenant_id) in this transaction."
                     .to_owned(),
             ),
             TenancyError::ExplainDenied(_) => Some(
