@@ -458,6 +458,19 @@ BEGIN
                   END);
     END LOOP;
 
+    -- An exclusion constraint checks across tenants like a unique one.
+    FOR r IN
+        SELECT k.conname FROM pg_constraint k
+        WHERE k.conrelid = tbl AND k.contype = 'x' AND NOT colnum = ANY (k.conkey)
+    LOOP
+        RAISE EXCEPTION 'exclusion constraint % on % does not include the tenant column "%"',
+                quote_ident(r.conname), tbl, col
+            USING ERRCODE = '42P17',
+                  DETAIL = 'An exclusion check ignores row-level security: a conflict in another tenant '
+                           'would be reported to this tenant.',
+                  HINT = format('Add %I WITH = to the constraint.', col);
+    END LOOP;
+
     FOR r IN
         SELECT k.conname, k.conrelid::regclass AS src, k.confrelid::regclass AS dst,
                k.conkey, k.confkey,

@@ -159,6 +159,9 @@ unsafe extern "C-unwind" fn check_trusted(
     _extra: *mut *mut c_void,
     source: pg_sys::GucSource::Type,
 ) -> bool {
+    if newval.is_null() {
+        return true;
+    }
     match check_context(newval, source) {
         Some(verdict) => verdict,
         None if !(*newval).is_null() && CStr::from_ptr(*newval).to_bytes().len() > 256 => refuse(
@@ -251,7 +254,10 @@ fn citus_internal() -> bool {
 #[pg_guard]
 unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut c_void) {
     use pg_sys::XactEvent::*;
-    if event != XACT_EVENT_PRE_COMMIT && event != XACT_EVENT_PRE_PREPARE {
+    // A parallel worker's GUCs are the leader's, restored for its plan.
+    if (event != XACT_EVENT_PRE_COMMIT && event != XACT_EVENT_PRE_PREPARE)
+        || pg_sys::ParallelWorkerNumber >= 0
+    {
         return;
     }
     for (slot, (name, setting)) in [
@@ -324,10 +330,18 @@ fn statement_names_secret() -> bool {
     let Some(text) = statement_text() else {
         return false;
     };
-    let lower = String::from_utf8_lossy(text).to_ascii_lowercase();
-    ["tenancy.token", "set_token", "add_key", "tenancy.keys"]
-        .iter()
-        .any(|needle| lower.contains(needle))
+    // No allocation: this runs while an error is being reported.
+    [
+        &b"tenancy.token"[..],
+        b"set_token",
+        b"add_key",
+        b"tenancy.keys",
+    ]
+    .iter()
+    .any(|needle| {
+        text.windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle))
+    })
 }
 
 #[pg_guard]

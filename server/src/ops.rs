@@ -43,6 +43,7 @@ pub async fn migrate(config: &Config) -> AppResult<()> {
         .bind(&role)
         .fetch_one(&pool)
         .await?;
+    let mut grants = pool.begin().await?;
     for statement in [
         format!("GRANT USAGE ON SCHEMA app TO {quoted}"),
         format!("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA app TO {quoted}"),
@@ -63,8 +64,11 @@ pub async fn migrate(config: &Config) -> AppResult<()> {
         ),
         format!("REVOKE UPDATE, DELETE ON app.tenant_config_versions FROM {quoted}"),
     ] {
-        sqlx::query(&statement).execute(&pool).await?;
+        // One transaction: no moment in which the broad grant holds
+        // without the revocations that narrow it.
+        sqlx::query(&statement).execute(&mut *grants).await?;
     }
+    grants.commit().await?;
 
     let registered: Option<(String,)> =
         sqlx::query_as("SELECT kid FROM tenancy.key_list WHERE kid = $1")

@@ -633,6 +633,13 @@ mod schema_rules {
         )
         .execute(&mut owner)
         .await?;
+        // An exclusion constraint checks across tenants like a unique one.
+        let (code, message, _) = refusal(
+            &mut owner,
+            "ALTER TABLE accounts ADD CONSTRAINT accounts_email_excl EXCLUDE USING btree (email WITH =)",
+        )
+        .await;
+        assert_eq!(code, "42P17", "{message}");
         // And a later unique index without the tenant column is refused too.
         let (code, message, _) = refusal(
             &mut owner,

@@ -362,3 +362,23 @@ async fn a_cached_token_still_expires() -> TestResult {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_parallel_plan_keeps_the_context() -> TestResult {
+    // Parallel workers get the leader's context: the end-of-transaction
+    // clearing and the executor-start check must not lose it there.
+    let db = TestDb::new().await?;
+    db.seed(db.acme, "rocket").await?;
+    db.seed(db.globex, "laser").await?;
+    let mut app = db.connect(Role::App).await?;
+    let mut tx = app.begin().await?;
+    use_token(&mut tx, &token(db.acme, Uuid::new_v4())).await?;
+    sqlx::query("SET LOCAL force_parallel_mode = on")
+        .execute(&mut *tx)
+        .await?;
+    let names: Vec<String> = sqlx::query_scalar("SELECT name FROM projects")
+        .fetch_all(&mut *tx)
+        .await?;
+    assert_eq!(names, vec!["rocket".to_owned()]);
+    Ok(())
+}
