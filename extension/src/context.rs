@@ -285,30 +285,32 @@ fn verified(token: &str) -> Result<Rc<TenantContext>, TenancyError> {
     }
     // The previous call's token first: a policy asks once per statement
     // with the same token, and this path must not even hash it.
-    let cached = fresh_state(|s| match &s.last {
+    let last = fresh_state(|s| match &s.last {
         Some((last, context)) if last == token => Some(context.clone()),
         _ => None,
     });
-    let digest = match cached {
-        Some(_) => [0; 32],
-        None => tenancy_token::digest(token),
-    };
-    let cached = cached.or_else(|| fresh_state(|s| s.tokens.get(&digest).cloned()));
-    let (context, kept) = match cached {
+    let (context, kept) = match last {
         Some(context) => (context, true),
         None => {
-            let seen = generation_before_read();
-            let catalog = catalog()?;
-            // Failures are not kept: a token refused as not yet valid
-            // becomes valid, and refused tokens must not fill memory.
-            let context = Rc::new(tenancy_token::verify(token, &catalog.keys, &catalog.rules)?);
-            let kept = store(seen, |s| {
-                if s.tokens.len() >= TOKEN_CACHE_CAPACITY {
-                    s.tokens.clear();
+            let digest = tenancy_token::digest(token);
+            match fresh_state(|s| s.tokens.get(&digest).cloned()) {
+                Some(context) => (context, true),
+                None => {
+                    let seen = generation_before_read();
+                    let catalog = catalog()?;
+                    // Failures are not kept: a token refused as not yet valid
+                    // becomes valid, and refused tokens must not fill memory.
+                    let context =
+                        Rc::new(tenancy_token::verify(token, &catalog.keys, &catalog.rules)?);
+                    let kept = store(seen, |s| {
+                        if s.tokens.len() >= TOKEN_CACHE_CAPACITY {
+                            s.tokens.clear();
+                        }
+                        s.tokens.insert(digest, context.clone());
+                    });
+                    (context, kept)
                 }
-                s.tokens.insert(digest, context.clone());
-            });
-            (context, kept)
+            }
         }
     };
     // A cached token can expire while the backend lives.
