@@ -7,7 +7,8 @@
 //! `smtps://user:password@mail.example.com` or `smtp://localhost:25`) for
 //! real deployments, a folder (`TENANCY_MAIL_DIR`, one `.eml` file per
 //! message) or, by default, the log. Runs as the owner role, like the message relay: it is
-//! the one reader of every tenant's pending mail.
+//! the one reader of every tenant's pending mail, through `app.mail_due` and
+//! `app.mail_attempted` (the owner is otherwise confined to a tenant context).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -122,28 +123,20 @@ impl Mailer {
 /// hour, so failing mail never holds up the rest.
 pub async fn send_pending(db: &PgPool, mailer: &Mailer) -> Result<usize, sqlx::Error> {
     let mut tx = db.begin().await?;
-    let batch: Vec<Mail> = sqlx::query_as(
-        "SELECT tenant_id, id, recipient, subject, body FROM app.email_outbox
-         WHERE sent_at IS NULL AND next_attempt_at <= now()
-         ORDER BY next_attempt_at, id LIMIT 50 FOR UPDATE SKIP LOCKED",
-    )
-    .fetch_all(&mut *tx)
-    .await?;
+    let batch: Vec<Mail> =
+        sqlx::query_as("SELECT tenant_id, id, recipient, subject, body FROM app.mail_due(50)")
+            .fetch_all(&mut *tx)
+            .await?;
     let mut sent = 0;
     for mail in &batch {
         let outcome = mailer.deliver(mail).await;
-        sqlx::query(
-            "UPDATE app.email_outbox SET attempts = attempts + 1,
-                 sent_at = CASE WHEN $3 THEN now() END, last_error = $4,
-                 next_attempt_at = now() + make_interval(secs => least(power(2, attempts), 3600))
-             WHERE tenant_id = $1 AND id = $2",
-        )
-        .bind(mail.tenant_id)
-        .bind(mail.id)
-        .bind(outcome.is_ok())
-        .bind(outcome.as_ref().err().map(|e| e.to_string()))
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query("SELECT app.mail_attempted($1, $2, $3, $4)")
+            .bind(mail.tenant_id)
+            .bind(mail.id)
+            .bind(outcome.is_ok())
+            .bind(outcome.as_ref().err().map(|e| e.to_string()))
+            .execute(&mut *tx)
+            .await?;
         match outcome {
             Ok(()) => sent += 1,
             Err(e) => {

@@ -56,6 +56,11 @@ pub async fn migrate(config: &Config) -> AppResult<()> {
         ),
         format!("REVOKE UPDATE, DELETE ON app.audit_events FROM {quoted}"),
         format!("REVOKE INSERT, UPDATE, DELETE ON app.message_outbox FROM {quoted}"),
+        // Memberships: added against the credential role's grants, and
+        // never moved to another user or tenant.
+        format!("REVOKE ALL ON app.membership_grants FROM {quoted}"),
+        format!("REVOKE UPDATE ON app.tenant_memberships FROM {quoted}"),
+        format!("GRANT UPDATE (role, default_workspace_id) ON app.tenant_memberships TO {quoted}"),
         // Plans, limits, usage, roles and mail are written by the owner role
         // (administration, provisioning, triggers); history is append-only.
         format!(

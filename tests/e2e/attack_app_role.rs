@@ -497,7 +497,7 @@ async fn explains_its_way_to_other_tenants_values() -> TestResult {
 /// The service's own schema, as its application role.
 mod service_schema {
     use super::*;
-    use tenancy_tests::server::{TestApp, ALICE};
+    use tenancy_tests::server::{TestApp, ALICE, BOB, GUS};
 
     #[tokio::test]
     async fn reads_password_hashes() -> TestResult {
@@ -532,6 +532,72 @@ mod service_schema {
             .fetch_all(&mut *tx)
             .await?;
         assert!(emails.contains(&ALICE.to_owned()));
+        Ok(())
+    }
+
+    async fn user_id(app: &TestApp, email: &str) -> TestResult<Uuid> {
+        Ok(
+            sqlx::query_scalar("SELECT id FROM app.users WHERE email = $1")
+                .bind(email)
+                .fetch_one(&mut app.superuser().await?)
+                .await?,
+        )
+    }
+
+    #[tokio::test]
+    async fn joins_another_tenants_owner_to_read_their_account() -> TestResult {
+        let app = TestApp::spawn().await?;
+        let alice = user_id(&app, ALICE).await?;
+        let gus = user_id(&app, GUS).await?;
+        let mut attacker = app.app_role().await?;
+        let mut tx = attacker.begin().await?;
+        use_token(&mut tx, &app.context_token(app.acme, alice)).await?;
+        let (code, message) = db_error(
+            sqlx::query("INSERT INTO app.tenant_memberships (user_id, role) VALUES ($1, 'member')")
+                .bind(gus)
+                .execute(&mut *tx)
+                .await,
+        );
+        assert_eq!(code, "42501", "{message}");
+        tx.rollback().await?;
+
+        // Nor by moving one of its own memberships onto that user.
+        let mut tx = attacker.begin().await?;
+        use_token(&mut tx, &app.context_token(app.acme, alice)).await?;
+        let (code, message) = db_error(
+            sqlx::query("UPDATE app.tenant_memberships SET user_id = $1 WHERE user_id = $2")
+                .bind(gus)
+                .bind(user_id(&app, BOB).await?)
+                .execute(&mut *tx)
+                .await,
+        );
+        assert_eq!(code, "42501", "{message}");
+        tx.rollback().await?;
+
+        // Nor by issuing itself the grant the checked path consumes.
+        let (code, message) = db_error(
+            sqlx::query("SELECT app.grant_membership($1, $2)")
+                .bind(app.acme)
+                .bind(GUS)
+                .execute(&mut attacker)
+                .await,
+        );
+        assert_eq!(code, "42501", "{message}");
+        let (code, message) = db_error(
+            sqlx::query("INSERT INTO app.membership_grants (tenant_id, user_id) VALUES ($1, $2)")
+                .bind(app.acme)
+                .bind(gus)
+                .execute(&mut attacker)
+                .await,
+        );
+        assert_eq!(code, "42501", "{message}");
+
+        let mut tx = attacker.begin().await?;
+        use_token(&mut tx, &app.context_token(app.acme, alice)).await?;
+        let visible: Vec<String> = sqlx::query_scalar("SELECT email FROM app.users")
+            .fetch_all(&mut *tx)
+            .await?;
+        assert!(!visible.contains(&GUS.to_owned()), "{visible:?}");
         Ok(())
     }
 
@@ -706,6 +772,112 @@ mod schema_rules {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// Service code that runs as the owner role (the outbox relay, the mail
+/// sender, provisioning, the login lookups): a statement that forgets its
+/// WHERE on tenant_id stays inside the context like the application role's.
+mod owner_role_code {
+    use super::*;
+    use tenancy_tests::server::{TestApp, ALICE, GUS};
+
+    async fn owner(app: &TestApp) -> TestResult<PgConnection> {
+        Ok(PgConnection::connect(&app.config.database_owner_url).await?)
+    }
+
+    #[tokio::test]
+    async fn updates_every_tenants_memberships_without_a_where() -> TestResult {
+        let app = TestApp::spawn().await?;
+        let gus: Uuid = sqlx::query_scalar("SELECT id FROM app.users WHERE email = $1")
+            .bind(GUS)
+            .fetch_one(&mut app.superuser().await?)
+            .await?;
+        let mut owner = owner(&app).await?;
+        let mut tx = owner.begin().await?;
+        use_token(&mut tx, &app.context_token(app.globex, gus)).await?;
+        let touched = sqlx::query("UPDATE app.tenant_memberships SET role = role")
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let tenants: Vec<Uuid> =
+            sqlx::query_scalar("SELECT DISTINCT tenant_id FROM app.tenant_memberships")
+                .fetch_all(&mut *tx)
+                .await?;
+        tx.rollback().await?;
+        assert_eq!(tenants, vec![app.globex]);
+        let globex_members: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM app.tenant_memberships WHERE tenant_id = $1")
+                .bind(app.globex)
+                .fetch_one(&mut app.superuser().await?)
+                .await?;
+        assert_eq!(touched as i64, globex_members);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn reads_every_tenants_outboxes_in_one_tenants_context() -> TestResult {
+        let app = TestApp::spawn_with(tenancy_tests::server::Options {
+            relay: false,
+            ..Default::default()
+        })
+        .await?;
+        let alice_token = app.login(ALICE).await?;
+        let (status, session) = app
+            .post(
+                "/api/chat/sessions",
+                &alice_token,
+                json!({"title": "outbox"}),
+            )
+            .await?;
+        assert_eq!(status, 201, "{session}");
+        let (status, body) = app
+            .post(
+                "/api/messages",
+                &alice_token,
+                json!({"session_id": session["id"], "content": "acme only"}),
+            )
+            .await?;
+        assert_eq!(status, 201, "{body}");
+        let gus: Uuid = sqlx::query_scalar("SELECT id FROM app.users WHERE email = $1")
+            .bind(GUS)
+            .fetch_one(&mut app.superuser().await?)
+            .await?;
+        let mut su = app.superuser().await?;
+        let mut setup = su.begin().await?;
+        sqlx::query("SELECT set_config('tenancy.tenant_id', $1, true)")
+            .bind(app.acme.to_string())
+            .execute(&mut *setup)
+            .await?;
+        sqlx::query(
+            "INSERT INTO app.email_outbox (recipient, template, subject, body)
+             VALUES ('someone@acme.test', 'welcome', 'acme only', 'acme only')",
+        )
+        .execute(&mut *setup)
+        .await?;
+        setup.commit().await?;
+        let mut owner = owner(&app).await?;
+        for table in ["app.message_outbox", "app.email_outbox"] {
+            let total: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+                .fetch_one(&mut app.superuser().await?)
+                .await?;
+            let mut tx = owner.begin().await?;
+            use_token(&mut tx, &app.context_token(app.globex, gus)).await?;
+            let seen: Vec<Uuid> = sqlx::query_scalar(&format!("SELECT tenant_id FROM {table}"))
+                .fetch_all(&mut *tx)
+                .await?;
+            tx.rollback().await?;
+            assert!(seen.iter().all(|t| *t == app.globex), "{table}: {seen:?}");
+            assert!(total > 0, "{table} holds acme's row");
+            // Without a context the owner reads nothing at all.
+            let (code, message) = db_error(
+                sqlx::query_scalar::<_, i64>(&format!("SELECT count(*) FROM {table}"))
+                    .fetch_one(&mut owner)
+                    .await,
+            );
+            assert_eq!(code, "42501", "{table}: {message}");
+        }
         Ok(())
     }
 }

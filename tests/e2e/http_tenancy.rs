@@ -525,7 +525,7 @@ async fn single_tenant_deployments_refuse_a_second_tenant_per_user() -> TestResu
     .await;
     let message = format!("{outcome:?}");
     assert!(
-        outcome.is_err() && message.contains("already belongs to another tenant"),
+        outcome.is_err() && message.contains("This account cannot be added to this tenant"),
         "{message}"
     );
     let (status, body) = app.get("/api/workspaces", &app.login(BOB).await?).await?;
@@ -536,7 +536,7 @@ async fn single_tenant_deployments_refuse_a_second_tenant_per_user() -> TestResu
 #[tokio::test]
 async fn migrations_roll_back_and_forward() -> TestResult {
     let app = TestApp::spawn().await?;
-    tenancy_server::ops::migrate_down(&app.config, 6)
+    tenancy_server::ops::migrate_down(&app.config, 7)
         .await
         .map_err(|e| format!("{e:?}"))?;
     let mut su = app.superuser().await?;

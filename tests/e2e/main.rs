@@ -10,6 +10,7 @@
 
 mod attack_app_role;
 mod attack_tenancy_admin;
+mod attack_tenant_admin;
 mod bypass;
 mod catalog;
 mod context;

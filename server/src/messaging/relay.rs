@@ -1,8 +1,10 @@
 //! The outbox relay: publishes `app.message_outbox` rows to the tenant
 //! streams, in outbox order, and stamps each row with its stream entry id.
 //!
-//! Runs as the owner role (the outbox is the one table it reads across
-//! tenants). Any number of relays may run: a transaction-scoped advisory
+//! Runs as the owner role, through the three SQL functions that may read the
+//! outbox across tenants (`app.relay_pending`, `app.relay_published`,
+//! `app.relay_purge`); anything else the owner runs on the outbox is confined
+//! to a tenant context. Any number of relays may run: a transaction-scoped advisory
 //! lock lets one publish at a time, which keeps each session's messages in
 //! order. While Redis is unavailable nothing is marked published, so nothing
 //! is lost; the relay retries with backoff. A crash between publishing and
@@ -92,7 +94,7 @@ impl Relay {
         }
         let rows: Vec<OutboxRow> = sqlx::query_as(
             "SELECT id, tenant_id, message_id, session_id, user_id, content, message_created_at
-             FROM app.message_outbox WHERE published_at IS NULL ORDER BY id LIMIT $1",
+             FROM app.relay_pending($1)",
         )
         .bind(BATCH)
         .fetch_all(&mut *tx)
@@ -124,30 +126,23 @@ impl Relay {
         let entry_ids: Vec<String> = pipe.query_async(&mut redis).await?;
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
         let tenants: Vec<Uuid> = rows.iter().map(|r| r.tenant_id).collect();
-        sqlx::query(
-            "UPDATE app.message_outbox o SET published_at = now(), stream_id = p.stream_id
-             FROM unnest($1::bigint[], $2::uuid[], $3::text[]) AS p(id, tenant_id, stream_id)
-             WHERE o.tenant_id = p.tenant_id AND o.id = p.id",
-        )
-        .bind(&ids)
-        .bind(&tenants)
-        .bind(&entry_ids)
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query("SELECT app.relay_published($1, $2, $3)")
+            .bind(&ids)
+            .bind(&tenants)
+            .bind(&entry_ids)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(rows.len())
     }
 
     /// Deletes rows published long ago.
     async fn purge(&self) -> Result<u64, RelayError> {
-        let done = sqlx::query(
-            "DELETE FROM app.message_outbox
-             WHERE published_at IS NOT NULL AND published_at < now() - $1::interval",
-        )
-        .bind(KEEP_PUBLISHED)
-        .execute(&self.db)
-        .await?;
-        Ok(done.rows_affected())
+        let done: i64 = sqlx::query_scalar("SELECT app.relay_purge($1::interval)")
+            .bind(KEEP_PUBLISHED)
+            .fetch_one(&self.db)
+            .await?;
+        Ok(u64::try_from(done).unwrap_or(0))
     }
 
     /// Publishes until `shutdown` turns true: at once on each commit that

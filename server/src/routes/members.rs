@@ -141,9 +141,11 @@ async fn add_tenant(
     let role = tenant_role(&body.role)?;
     let mut db = db.lock().await?;
     authorize_role_change(&state, &tenant, &mut db, &[role]).await?;
-    // Accounts are created by the credential role, after the caller has
-    // been authorized: the application role cannot create or look up users.
-    let user: Uuid = sqlx::query_scalar("SELECT app.ensure_user($1)")
+    // The credential role creates the account if needed and grants this
+    // one membership, after the caller has been authorized: the application
+    // role can neither look up users nor add one it picked itself.
+    let user: Uuid = sqlx::query_scalar("SELECT app.grant_membership($1, $2)")
+        .bind(tenant.id)
         .bind(email)
         .fetch_one(&state.auth_db)
         .await?;
