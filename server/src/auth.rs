@@ -243,9 +243,33 @@ pub async fn authenticate(
 ) -> AppResult<Response> {
     let claims = state.keys.verify(bearer(&request)?)?;
     let mut redis = state.redis.clone();
-    let current: Option<String> = redis.get(session_key(claims.sid)).await?;
+    // One round trip: the session, and the caller's own request budget
+    // (counted before any database work, whatever the tenant).
+    let budget = state.config.limits.user_requests_per_minute;
+    let budget_key = format!("throttle:user:{}", claims.sub);
+    let mut pipe = redis::pipe();
+    pipe.get(session_key(claims.sid));
+    if budget > 0 {
+        pipe.incr(&budget_key, 1)
+            .cmd("EXPIRE")
+            .arg(&budget_key)
+            .arg(60)
+            .arg("NX")
+            .ignore()
+            .ttl(&budget_key);
+    }
+    let (current, used, ttl): (Option<String>, Option<i64>, Option<i64>) = if budget > 0 {
+        let (current, used, ttl): (Option<String>, i64, i64) = pipe.query_async(&mut redis).await?;
+        (current, Some(used), Some(ttl))
+    } else {
+        let (current,): (Option<String>,) = pipe.query_async(&mut redis).await?;
+        (current, None, None)
+    };
     if current.as_deref() != Some(claims.jti.to_string().as_str()) {
         return Err(AppError::Unauthorized("Token has been revoked"));
+    }
+    if used.is_some_and(|n| n > i64::from(budget)) {
+        return Err(AppError::RateLimited(ttl.unwrap_or(60).clamp(1, 60) as u64));
     }
     request.extensions_mut().insert(AuthUser(claims));
     Ok(next.run(request).await)
@@ -303,8 +327,12 @@ pub async fn verify_password(
         .await
         .map_err(AppError::internal)?;
     tokio::task::spawn_blocking(move || {
-        let known = hash.is_some();
-        let hash = hash.unwrap_or_else(|| DUMMY_HASH.clone());
+        // An account without a usable hash (invited, not yet set) is
+        // checked against the dummy too: it answers in the same time as any
+        // other, and never succeeds.
+        let usable = hash.filter(|h| PasswordHash::new(h).is_ok());
+        let known = usable.is_some();
+        let hash = usable.unwrap_or_else(|| DUMMY_HASH.clone());
         let ok = match PasswordHash::new(&hash) {
             Ok(parsed) => argon2()?
                 .verify_password(password.as_bytes(), &parsed)

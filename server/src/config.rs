@@ -104,6 +104,92 @@ pub struct Config {
     /// How often open WebSockets re-check that their session is still valid, in seconds.
     #[arg(long, env = "TENANCY_WS_SESSION_CHECK_SECS", default_value_t = 5)]
     pub ws_session_check_secs: u64,
+    /// What one client, user or tenant may take of this instance.
+    #[command(flatten)]
+    pub limits: Limits,
+}
+
+/// Budgets and timeouts that keep one client, user or tenant from degrading
+/// the others (README: "Resource limits"). 0 turns a budget off.
+#[derive(Clone, Debug, clap::Args)]
+pub struct Limits {
+    /// Seconds a client has to send a request's headers.
+    #[arg(long, env = "TENANCY_HEADER_TIMEOUT_SECS", default_value_t = Limits::DEFAULT.header_timeout_secs)]
+    pub header_timeout_secs: u64,
+    /// Seconds a client has to send a request's body (read before any database work).
+    #[arg(long, env = "TENANCY_BODY_TIMEOUT_SECS", default_value_t = Limits::DEFAULT.body_timeout_secs)]
+    pub body_timeout_secs: u64,
+    /// Seconds a request may take in all; then 503.
+    #[arg(long, env = "TENANCY_REQUEST_TIMEOUT_SECS", default_value_t = Limits::DEFAULT.request_timeout_secs)]
+    pub request_timeout_secs: u64,
+    /// Open client connections per instance; more are closed at once.
+    #[arg(long, env = "TENANCY_MAX_CONNECTIONS", default_value_t = Limits::DEFAULT.max_connections)]
+    pub max_connections: usize,
+    /// Requests in progress per instance; more get 503 at once.
+    #[arg(long, env = "TENANCY_MAX_IN_FLIGHT", default_value_t = Limits::DEFAULT.max_in_flight)]
+    pub max_in_flight: usize,
+    /// Transactions one tenant may hold at once (its share of TENANCY_DB_POOL);
+    /// a plan's `concurrent_requests` overrides it. 0: a quarter of the pool.
+    #[arg(long, env = "TENANCY_TENANT_DB_SHARE", default_value_t = Limits::DEFAULT.tenant_db_share)]
+    pub tenant_db_share: u32,
+    /// Milliseconds a request waits for its tenant's share; then 503 with Retry-After.
+    #[arg(long, env = "TENANCY_TENANT_QUEUE_MS", default_value_t = Limits::DEFAULT.tenant_queue_ms)]
+    pub tenant_queue_ms: u64,
+    /// statement_timeout of the application pool's connections, in milliseconds.
+    #[arg(long, env = "TENANCY_STATEMENT_TIMEOUT_MS", default_value_t = Limits::DEFAULT.statement_timeout_ms)]
+    pub statement_timeout_ms: u64,
+    /// idle_in_transaction_session_timeout of the application pool's connections, in milliseconds.
+    #[arg(long, env = "TENANCY_IDLE_IN_TRANSACTION_MS", default_value_t = Limits::DEFAULT.idle_in_transaction_ms)]
+    pub idle_in_transaction_ms: u64,
+    /// Requests per minute of one authenticated user, counted before any database work.
+    #[arg(long, env = "TENANCY_USER_REQUESTS_PER_MINUTE", default_value_t = Limits::DEFAULT.user_requests_per_minute)]
+    pub user_requests_per_minute: u32,
+    /// Login attempts per minute from one client address.
+    #[arg(long, env = "TENANCY_LOGINS_PER_ADDRESS", default_value_t = Limits::DEFAULT.logins_per_address)]
+    pub logins_per_address: u32,
+    /// Failed logins of one account from one client address within 15
+    /// minutes, after which that address waits out the window.
+    #[arg(long, env = "TENANCY_LOGIN_FAILURES", default_value_t = Limits::DEFAULT.login_failures)]
+    pub login_failures: u32,
+    /// Open WebSockets per user, per instance.
+    #[arg(long, env = "TENANCY_WS_PER_USER", default_value_t = Limits::DEFAULT.ws_per_user)]
+    pub ws_per_user: usize,
+    /// Open WebSockets per tenant, per instance.
+    #[arg(long, env = "TENANCY_WS_PER_TENANT", default_value_t = Limits::DEFAULT.ws_per_tenant)]
+    pub ws_per_tenant: usize,
+}
+
+impl Limits {
+    pub const DEFAULT: Limits = Limits {
+        header_timeout_secs: 10,
+        body_timeout_secs: 10,
+        request_timeout_secs: 30,
+        max_connections: 1024,
+        max_in_flight: 512,
+        tenant_db_share: 0,
+        tenant_queue_ms: 2000,
+        statement_timeout_ms: 5000,
+        idle_in_transaction_ms: 10_000,
+        user_requests_per_minute: 1200,
+        logins_per_address: 30,
+        login_failures: 10,
+        ws_per_user: 8,
+        ws_per_tenant: 1000,
+    };
+
+    /// Budgets off, timeouts kept: for tests that share one Redis.
+    pub const UNTHROTTLED: Limits = Limits {
+        user_requests_per_minute: 0,
+        logins_per_address: 0,
+        login_failures: 0,
+        ..Limits::DEFAULT
+    };
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits::DEFAULT
+    }
 }
 
 impl std::fmt::Debug for Config {

@@ -48,6 +48,13 @@ pub enum AppError {
     /// 422: well-formed but invalid input.
     #[error("{0}")]
     Validation(String),
+    /// 408: the client did not send its request in time.
+    #[error("Request not received in time")]
+    RequestTimeout,
+    /// 503 with Retry-After: this instance or the tenant's share of it is
+    /// busy (message says which); nothing was done.
+    #[error("{0}; retry shortly")]
+    Busy(&'static str),
     /// 503: a dependency (Redis, PostgreSQL) is unavailable.
     #[error("Service temporarily unavailable")]
     Unavailable(String),
@@ -69,7 +76,8 @@ impl AppError {
             AppError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             AppError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            AppError::Unavailable(_) | AppError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -88,6 +96,8 @@ impl AppError {
             AppError::Validation(_) => "validation_failed",
             AppError::PayloadTooLarge => "payload_too_large",
             AppError::RateLimited(_) => "rate_limited",
+            AppError::RequestTimeout => "request_timeout",
+            AppError::Busy(_) => "busy",
             AppError::Unavailable(_) => "unavailable",
             AppError::Internal(_) => "internal",
         }
@@ -109,10 +119,15 @@ impl IntoResponse for AppError {
         }
         let body = Json(json!({"error": self.to_string(), "code": self.code()}));
         let mut response = (self.status(), body).into_response();
-        if let AppError::RateLimited(seconds) = &self {
+        let retry_after = match &self {
+            AppError::RateLimited(seconds) => Some(*seconds),
+            AppError::Busy(_) => Some(1),
+            _ => None,
+        };
+        if let Some(seconds) = retry_after {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
-                axum::http::HeaderValue::from(*seconds),
+                axum::http::HeaderValue::from(seconds),
             );
         }
         response

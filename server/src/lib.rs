@@ -11,6 +11,7 @@ pub mod authz;
 pub mod config;
 pub mod error;
 pub mod extract;
+pub mod limits;
 pub mod mail;
 pub mod messaging;
 pub mod ops;
@@ -51,6 +52,7 @@ pub fn app(state: AppState) -> Router {
         .merge(authenticated)
         .fallback(|| async { error::AppError::NotFound("Route") })
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(from_fn_with_state(state.clone(), limits::guard))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
@@ -99,12 +101,86 @@ pub async fn serve(listener: tokio::net::TcpListener, state: AppState) -> std::i
             }
         }
     }
-    let served = axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await;
+    let limits = state.config.limits.clone();
+    accept(listener, app(state), &limits, shutdown_signal()).await;
     let _ = stop.send(true);
     background.join_all().await;
-    served
+    Ok(())
+}
+
+/// Serves connections until `shutdown`, then lets open requests finish (at
+/// most the request timeout). At most `max_connections` are open at once
+/// (more are closed as they arrive); a client gets `header_timeout_secs` to
+/// send each request's headers. Each request carries the peer address
+/// (`ConnectInfo`), which the login budgets are keyed by.
+async fn accept(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: &config::Limits,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::service::TowerToHyperService;
+    use std::time::Duration;
+    use tower::ServiceExt;
+
+    let connections =
+        std::sync::Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(limits.header_timeout_secs.max(1)));
+    builder.http2().timer(TokioTimer::new());
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause, go on.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "connection refused: at the connection cap");
+            continue;
+        };
+        let service = app.clone().map_request(
+            move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                request
+                    .extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                request
+            },
+        );
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let connection = builder.serve_connection_with_upgrades(
+                TokioIo::new(stream),
+                TowerToHyperService::new(service),
+            );
+            if let Err(e) = watcher.watch(connection).await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    let drain = Duration::from_secs(limits.request_timeout_secs.max(1));
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after the drain period; closing them");
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 use tokio::sync::Semaphore;
 
@@ -11,6 +11,7 @@ use crate::auth::Keys;
 use crate::authz::{Authz, AuthzError};
 use crate::config::Config;
 use crate::error::{AppError, AppResult};
+use crate::limits::Shares;
 use crate::messaging::hub::Hub;
 
 /// Why the service refuses to start.
@@ -54,6 +55,10 @@ pub struct AppState {
     /// owner): login lookups and account creation only. Kept apart from
     /// `db` so the role that serves tenant data never sees a password hash.
     pub auth_db: PgPool,
+    /// Requests in progress on this instance (`TENANCY_MAX_IN_FLIGHT`).
+    pub in_flight: Arc<Semaphore>,
+    /// Each tenant's share of `db`.
+    pub shares: Arc<Shares>,
 }
 
 /// A Redis connection manager with short timeouts and few retries: with
@@ -73,10 +78,24 @@ impl AppState {
     /// Loads the policies (refusing invalid ones) and connects to PostgreSQL and Redis.
     pub async fn connect(config: Config) -> Result<Self, StartupError> {
         let authz = Arc::new(Authz::load(&config.policy_dir)?);
+        // Every connection of the application role carries its timeouts,
+        // whatever the role's own settings (README: "Resource limits").
+        let limits = &config.limits;
+        let app_options = config
+            .database_url
+            .parse::<PgConnectOptions>()
+            .map_err(|e| AppError::Unavailable(format!("database: {e}")))?
+            .options([
+                ("statement_timeout", limits.statement_timeout_ms.to_string()),
+                (
+                    "idle_in_transaction_session_timeout",
+                    limits.idle_in_transaction_ms.to_string(),
+                ),
+            ]);
         let db = PgPoolOptions::new()
             .max_connections(config.db_pool_size)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect(&config.database_url)
+            .acquire_timeout(Duration::from_secs(3))
+            .connect_with(app_options)
             .await
             .map_err(|e| AppError::Unavailable(format!("database: {e}")))?;
         let redis = redis_manager(&config.redis_url).await?;
@@ -97,7 +116,18 @@ impl AppState {
             .acquire_timeout(Duration::from_secs(5))
             .connect_lazy(config.auth_database_url())
             .map_err(|e| AppError::Unavailable(format!("database (auth): {e}")))?;
+        let in_flight = Arc::new(Semaphore::new(config.limits.max_in_flight.max(1)));
+        let shares = Arc::new(Shares::new(
+            config.limits.tenant_db_share,
+            config.db_pool_size,
+        ));
+        let hub = Arc::new(Hub::with_caps(
+            config.limits.ws_per_user,
+            config.limits.ws_per_tenant,
+        ));
         Ok(Self {
+            in_flight,
+            shares,
             auth_db,
             config: Arc::new(config),
             db,
@@ -106,7 +136,7 @@ impl AppState {
             login_slots,
             authz,
             streams,
-            hub: Arc::new(Hub::default()),
+            hub,
             admin_db,
         })
     }

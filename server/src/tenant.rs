@@ -226,7 +226,15 @@ pub async fn tenant_scope(
         .ok_or(AppError::Unauthorized("Missing bearer token"))?;
     let (tenant_id, source) = resolve(&state, request.headers(), &user).await?;
     let user_id = user.0.sub;
-
+    // The tenant's share of the pool, held until its transaction ends: one
+    // tenant's load waits in its own line, not in everyone's.
+    let _share = state
+        .shares
+        .acquire(
+            tenant_id,
+            std::time::Duration::from_millis(state.config.limits.tenant_queue_ms),
+        )
+        .await?;
     let mut tx = state.db.begin().await?;
     let context = state.keys.context_token(tenant_id, user_id)?;
     // One round trip: set the signed context, then read the caller's
@@ -248,18 +256,32 @@ pub async fn tenant_scope(
         && source != Source::Claim
         && user.0.tenant_id.is_some_and(|t| t != tenant_id);
     let Some(role) = role.filter(|_| !tenant_claim_mismatch) else {
-        // Audited in the tenant's own trail, then refused.
-        sqlx::query("INSERT INTO app.audit_events (actor_id, action, target, details) VALUES ($1, $2, $3, $4)")
-            .bind(user_id)
-            .bind("tenant.access_denied")
-            .bind(request.uri().path())
-            .bind(serde_json::json!({
-                "method": request.method().as_str(),
-                "reason": if tenant_claim_mismatch { "token is for another tenant" } else { "not a member" },
-            }))
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
+        // Audited in the tenant's own trail, sampled: a caller repeating a
+        // denial writes the 1st, 10th, 100th... with its count, so an
+        // outsider cannot fill another tenant's trail.
+        let reason = if tenant_claim_mismatch {
+            "token is for another tenant"
+        } else {
+            "not a member"
+        };
+        let sample_key = format!(
+            "denied:{{{tenant_id}}}:{user_id}:{}",
+            u8::from(tenant_claim_mismatch)
+        );
+        if let Some(count) = crate::limits::sample(&state, &sample_key).await? {
+            sqlx::query("INSERT INTO app.audit_events (actor_id, action, target, details) VALUES ($1, $2, $3, $4)")
+                .bind(user_id)
+                .bind("tenant.access_denied")
+                .bind(crate::limits::capped(request.uri().path(), 200))
+                .bind(serde_json::json!({
+                    "method": request.method().as_str(),
+                    "reason": reason,
+                    "count": count,
+                }))
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+        }
         tracing::warn!(%user_id, %tenant_id, path = %request.uri().path(), "tenant access denied");
         return Err(if tenant_claim_mismatch {
             AppError::Forbidden("Token is not valid for this tenant")
@@ -267,6 +289,9 @@ pub async fn tenant_scope(
             AppError::Forbidden("You are not a member of this tenant")
         });
     };
+    state
+        .shares
+        .resize(tenant_id, row.try_get("concurrent_requests")?);
     let api_limit: Option<i32> = row.try_get("api_requests_per_minute")?;
     if let Some(limit) = api_limit {
         rate_limit(&state, &format!("ratelimit:api:{{{tenant_id}}}"), limit).await?;

@@ -9,6 +9,7 @@
 )]
 
 mod attack_app_role;
+mod attack_resources;
 mod attack_tenancy_admin;
 mod attack_tenant_admin;
 mod bypass;

@@ -41,6 +41,9 @@ pub struct Options {
     pub mail_dir: Option<std::path::PathBuf>,
     /// An SMTP server for outgoing mail.
     pub smtp_url: Option<String>,
+    /// Budgets and timeouts (default: no per-user or login budgets, which
+    /// every test's clients on 127.0.0.1 would share through one Redis).
+    pub limits: tenancy_server::config::Limits,
 }
 
 impl Default for Options {
@@ -54,6 +57,7 @@ impl Default for Options {
             message_rate_per_minute: 0,
             mail_dir: None,
             smtp_url: None,
+            limits: tenancy_server::config::Limits::UNTHROTTLED,
         }
     }
 }
@@ -139,6 +143,7 @@ impl TestApp {
             message_rate_per_minute: options.message_rate_per_minute,
             stream_maxlen: 10_000,
             ws_session_check_secs: 1,
+            limits: options.limits.clone(),
             mail_dir: options.mail_dir.clone(),
             smtp_url: options.smtp_url.clone(),
             mail_from: "Tenancy Test <no-reply@tenancy.test>".to_owned(),

@@ -70,6 +70,8 @@ impl Inner {
 pub struct Hub {
     inner: Mutex<Inner>,
     next_id: AtomicU64,
+    /// Open sockets allowed per user and per tenant (0: no cap).
+    limits: (usize, usize),
 }
 
 /// A socket's place in the hub; leaving is dropping it.
@@ -93,6 +95,15 @@ impl Hub {
 
     fn remove(&self, id: u64) {
         self.lock().take(id);
+    }
+
+    /// A hub that allows `per_user` sockets per user and `per_tenant` per
+    /// tenant (0: no cap); one more is refused with 429.
+    pub fn with_caps(per_user: usize, per_tenant: usize) -> Self {
+        Self {
+            limits: (per_user, per_tenant),
+            ..Self::default()
+        }
     }
 
     /// Open sockets (for readiness and tests).
@@ -132,6 +143,15 @@ impl Hub {
                     .unwrap_or_else(|| "0-0".to_owned()),
             );
         };
+        let limits = &self.limits;
+        let (mut of_user, mut of_tenant) = (0, 0);
+        for socket in inner.sockets.values().filter(|s| s.tenant == tenant) {
+            of_tenant += 1;
+            of_user += usize::from(socket.user == claims.sub);
+        }
+        if (limits.0 > 0 && of_user >= limits.0) || (limits.1 > 0 && of_tenant >= limits.1) {
+            return Err(crate::error::AppError::RateLimited(5));
+        }
         if let Some(start) = start {
             inner.cursors.entry(tenant).or_insert(start);
         }

@@ -59,10 +59,16 @@ async fn platform(state: &AppState, user: &AuthUser, action: &'static str) -> Ap
         return Ok(id);
     }
     tracing::warn!(user_id = %id, action, "platform action denied");
-    sqlx::query("SELECT tenancy.write_audit('platform.denied', NULL, NULL, $1)")
-        .bind(json!({"user_id": id, "email": user.0.email, "action": action, "policies": decision.policies}))
-        .execute(&state.admin_db)
-        .await?;
+    // Sampled like tenant denials: the 1st, 10th, 100th... with a count.
+    if let Some(count) = crate::limits::sample(state, &format!("platform:{id}:{action}")).await? {
+        sqlx::query("SELECT tenancy.write_audit('platform.denied', NULL, NULL, $1)")
+            .bind(
+                json!({"user_id": id, "email": user.0.email, "action": action,
+                         "policies": decision.policies, "count": count}),
+            )
+            .execute(&state.admin_db)
+            .await?;
+    }
     Err(AppError::Denied)
 }
 

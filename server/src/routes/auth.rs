@@ -13,6 +13,7 @@ use uuid::Uuid;
 use crate::auth::{self, AuthUser, TenantRef, TokenSubject};
 use crate::error::{AppError, AppResult};
 use crate::extract::AppJson;
+use crate::limits::{ClientAddress, LoginBudget};
 use crate::state::AppState;
 
 /// Routes that need no token.
@@ -130,6 +131,7 @@ fn token_response(token: String, claims: &auth::AccessClaims, ttl: u64) -> Json<
 #[tracing::instrument(skip_all)]
 async fn login(
     State(state): State<AppState>,
+    ClientAddress(address): ClientAddress,
     AppJson(body): AppJson<LoginRequest>,
 ) -> AppResult<Json<Value>> {
     let email = body.email.trim();
@@ -143,15 +145,17 @@ async fn login(
             "password must be 1 to 1024 characters".to_owned(),
         ));
     }
+    // Budgets first, before the account is looked up or a hash computed.
+    let budget = LoginBudget::check(&state, &address, email).await?;
     let found = lookup(&state, email).await?;
     let hash = found.as_ref().map(|f| f.password_hash.clone());
     // Unknown email and wrong password: same answer, same work.
-    if !auth::verify_password(&state, body.password, hash).await? {
-        return Err(AppError::Unauthorized("Invalid email or password"));
-    }
-    let Some(found) = found else {
+    let verified = auth::verify_password(&state, body.password, hash).await?;
+    let Some(found) = found.filter(|_| verified) else {
+        budget.failed(&state).await?;
         return Err(AppError::Unauthorized("Invalid email or password"));
     };
+    budget.succeeded(&state).await?;
     let subject = subject(
         found.user_id,
         found.email,

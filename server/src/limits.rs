@@ -1,0 +1,282 @@
+//! Resource isolation: what one client, user or tenant may take of an
+//! instance, so that none of them can degrade the others.
+//!
+//! - [`guard`] (outermost layer): a cap on requests in progress per
+//!   instance, the whole body read (size- and time-limited) before any
+//!   authentication or database work, and a deadline for the whole request.
+//! - [`Shares`]: each tenant's share of the application pool; a request over
+//!   its tenant's share waits briefly, then gets 503 with Retry-After.
+//! - [`count`]: budgets in Redis (shared by every instance), counted before
+//!   any database work: per user, per client address and per account on
+//!   login.
+//! - [`sample`]: repeated denials become one audit row per power of ten.
+//!
+//! The connection cap and the header timeout live in [`crate::serve`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use uuid::Uuid;
+
+use crate::error::{AppError, AppResult};
+use crate::state::AppState;
+
+/// Caps requests in progress, reads the body before anything else runs, and
+/// bounds the whole request.
+pub async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Ok(_slot) = state.in_flight.clone().try_acquire_owned() else {
+        return AppError::Busy("This instance is at capacity").into_response();
+    };
+    let limits = &state.config.limits;
+    let (parts, body) = request.into_parts();
+    let read = Limited::new(body, state.config.max_body_bytes).collect();
+    let bytes = match tokio::time::timeout(secs(limits.body_timeout_secs), read).await {
+        Err(_) => return AppError::RequestTimeout.into_response(),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            return AppError::PayloadTooLarge.into_response()
+        }
+        Ok(Err(_)) => {
+            return AppError::BadRequest("The request body could not be read".to_owned())
+                .into_response()
+        }
+        Ok(Ok(collected)) => collected.to_bytes(),
+    };
+    let request = Request::from_parts(parts, Body::from(bytes));
+    match tokio::time::timeout(secs(limits.request_timeout_secs), next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!("request exceeded its deadline");
+            AppError::Busy("The request took too long").into_response()
+        }
+    }
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n.max(1))
+}
+
+/// Each tenant's share of the application pool: how many of its requests
+/// may hold a transaction at once.
+pub struct Shares {
+    default: u32,
+    tenants: Mutex<HashMap<Uuid, Share>>,
+}
+
+struct Share {
+    slots: Arc<Semaphore>,
+    size: u32,
+}
+
+/// Tenants remembered before idle ones are forgotten.
+const REMEMBERED: usize = 10_000;
+
+impl Shares {
+    /// `share` per tenant (0: a quarter of `pool`, at least 1).
+    pub fn new(share: u32, pool: u32) -> Self {
+        let default = if share == 0 { pool / 4 } else { share };
+        Self {
+            default: default.max(1),
+            tenants: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Share>> {
+        self.tenants.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One of `tenant`'s slots, waiting at most `wait`.
+    pub async fn acquire(&self, tenant: Uuid, wait: Duration) -> AppResult<OwnedSemaphorePermit> {
+        let slots = {
+            let mut tenants = self.lock();
+            if tenants.len() >= REMEMBERED {
+                tenants.retain(|_, s| s.slots.available_permits() < s.size as usize);
+            }
+            tenants
+                .entry(tenant)
+                .or_insert_with(|| Share {
+                    slots: Arc::new(Semaphore::new(self.default as usize)),
+                    size: self.default,
+                })
+                .slots
+                .clone()
+        };
+        match tokio::time::timeout(wait, slots.acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => {
+                tracing::warn!(%tenant, "tenant at its share of the database");
+                Err(AppError::Busy(
+                    "Too many requests of this tenant in progress",
+                ))
+            }
+        }
+    }
+
+    /// Applies the share the tenant's plan sets (`None`: the default).
+    pub fn resize(&self, tenant: Uuid, plan: Option<i32>) {
+        let want = plan
+            .and_then(|p| u32::try_from(p).ok())
+            .unwrap_or(self.default)
+            .max(1);
+        let mut tenants = self.lock();
+        let Some(share) = tenants.get_mut(&tenant) else {
+            return;
+        };
+        if want > share.size {
+            share.slots.add_permits((want - share.size) as usize);
+            share.size = want;
+        } else if want < share.size {
+            // Only free slots can be taken away; the rest go on the next resize.
+            let taken = share.slots.forget_permits((share.size - want) as usize);
+            share.size -= taken as u32;
+        }
+    }
+}
+
+/// Counts one event against a budget of `limit` per `window` seconds kept
+/// in Redis (shared by every instance): 429 with Retry-After once spent.
+/// A `limit` of 0 is no budget.
+pub async fn count(state: &AppState, key: &str, limit: u32, window: u64) -> AppResult<()> {
+    if limit == 0 {
+        return Ok(());
+    }
+    let (used, ttl) = incr(state, key, window).await?;
+    if used > i64::from(limit) {
+        return Err(AppError::RateLimited(ttl.clamp(1, window as i64) as u64));
+    }
+    Ok(())
+}
+
+/// Increments `key`, expiring `window` seconds after its first increment;
+/// returns the count and the seconds left.
+async fn incr(state: &AppState, key: &str, window: u64) -> AppResult<(i64, i64)> {
+    let mut redis = state.redis.clone();
+    Ok(redis::pipe()
+        .incr(key, 1)
+        .cmd("EXPIRE")
+        .arg(key)
+        .arg(window)
+        .arg("NX")
+        .ignore()
+        .ttl(key)
+        .query_async(&mut redis)
+        .await?)
+}
+
+/// Login budgets, checked before the account is looked up: attempts per
+/// client address per minute, and failures of this account from this
+/// address per 15 minutes. Keyed by address as well as account, so that
+/// nobody can spend another person's budget from elsewhere.
+pub struct LoginBudget {
+    failures_key: String,
+}
+
+const LOGIN_FAILURE_WINDOW: u64 = 15 * 60;
+
+impl LoginBudget {
+    pub async fn check(state: &AppState, address: &str, email: &str) -> AppResult<LoginBudget> {
+        let limits = &state.config.limits;
+        count(
+            state,
+            &format!("throttle:login:addr:{address}"),
+            limits.logins_per_address,
+            60,
+        )
+        .await?;
+        // The account by a digest: the key names no address in Redis.
+        let account: String = tenancy_token::digest(&email.to_lowercase())[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let failures_key = format!("throttle:login:fail:{account}:{address}");
+        if limits.login_failures > 0 {
+            let mut redis = state.redis.clone();
+            let (failures, ttl): (Option<i64>, i64) = redis::pipe()
+                .get(&failures_key)
+                .ttl(&failures_key)
+                .query_async(&mut redis)
+                .await?;
+            if failures.unwrap_or(0) >= i64::from(limits.login_failures) {
+                return Err(AppError::RateLimited(
+                    ttl.clamp(1, LOGIN_FAILURE_WINDOW as i64) as u64,
+                ));
+            }
+        }
+        Ok(LoginBudget { failures_key })
+    }
+
+    pub async fn failed(self, state: &AppState) -> AppResult<()> {
+        if state.config.limits.login_failures > 0 {
+            incr(state, &self.failures_key, LOGIN_FAILURE_WINDOW).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn succeeded(self, state: &AppState) -> AppResult<()> {
+        if state.config.limits.login_failures > 0 {
+            let mut redis = state.redis.clone();
+            redis::cmd("DEL")
+                .arg(&self.failures_key)
+                .query_async::<()>(&mut redis)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// How long a run of identical denials is counted as one.
+const SAMPLE_WINDOW: u64 = 3600;
+
+/// Counts one occurrence of `key` (a caller, target and reason) within the
+/// hour; `Some(n)` when the n-th occurrence should be written down: the
+/// 1st, 10th, 100th and so on. A flood of denials costs the target's audit
+/// trail a handful of rows, each saying how many it stands for.
+pub async fn sample(state: &AppState, key: &str) -> AppResult<Option<i64>> {
+    let (n, _) = incr(state, &format!("sample:{key}"), SAMPLE_WINDOW).await?;
+    let mut power = 1;
+    while power < n {
+        power *= 10;
+    }
+    Ok((power == n).then_some(n))
+}
+
+/// `text` cut to at most `max` bytes on a character boundary.
+pub fn capped(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// The client's address as the service's listener saw it ("unknown" when
+/// the application runs under another server). Proxies in front of the
+/// service make every client one address: give them their own budgets, or
+/// keep logins on a listener of their own.
+pub struct ClientAddress(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientAddress {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(ClientAddress(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|info| info.0.ip().to_string())
+                .unwrap_or_else(|| "unknown".to_owned()),
+        ))
+    }
+}

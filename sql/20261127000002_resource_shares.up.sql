@@ -1,0 +1,35 @@
+-- A tenant's share of the service's database pool: how many of its
+-- requests may hold a transaction at once. NULL: the service's default
+-- (TENANCY_TENANT_DB_SHARE). Set per plan, overridable per tenant.
+
+ALTER TABLE app.plans ADD COLUMN concurrent_requests integer CHECK (concurrent_requests > 0);
+ALTER TABLE app.tenant_plans ADD COLUMN concurrent_requests integer CHECK (concurrent_requests > 0);
+
+CREATE OR REPLACE VIEW app.tenant_limits WITH (security_invoker = true) AS
+SELECT tp.tenant_id, tp.plan,
+       coalesce(tp.max_members, p.max_members)                         AS max_members,
+       coalesce(tp.max_workspaces, p.max_workspaces)                   AS max_workspaces,
+       coalesce(tp.storage_bytes, p.storage_bytes)                     AS storage_bytes,
+       coalesce(tp.api_requests_per_minute, p.api_requests_per_minute) AS api_requests_per_minute,
+       coalesce(tp.concurrent_requests, p.concurrent_requests)         AS concurrent_requests
+FROM app.tenant_plans tp JOIN app.plans p ON p.name = tp.plan;
+
+-- begin_request also returns the tenant's share (NULL: the default).
+DROP FUNCTION app.begin_request(text, uuid);
+CREATE FUNCTION app.begin_request(context_token text, member uuid)
+RETURNS TABLE (role text, default_workspace_id uuid, slug text, name text,
+               display_name text, configuration jsonb, workspace_roles jsonb,
+               api_requests_per_minute integer, concurrent_requests integer)
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM tenancy.set_token(context_token);
+    RETURN QUERY
+    SELECT m.role, m.default_workspace_id, t.slug, t.name, t.display_name, t.configuration,
+           coalesce((SELECT jsonb_object_agg(w.workspace_id, w.role)
+                     FROM app.workspace_members w WHERE w.user_id = member), '{}'::jsonb),
+           l.api_requests_per_minute, l.concurrent_requests
+    FROM tenancy.current_tenant() t
+    LEFT JOIN app.tenant_memberships m ON m.user_id = member
+    LEFT JOIN app.tenant_limits l ON true;
+END
+$$;
