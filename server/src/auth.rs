@@ -269,6 +269,7 @@ pub async fn authenticate(
         return Err(AppError::Unauthorized("Token has been revoked"));
     }
     if used.is_some_and(|n| n > i64::from(budget)) {
+        crate::metrics::throttled("user_budget", None);
         return Err(AppError::RateLimited(ttl.unwrap_or(60).clamp(1, 60) as u64));
     }
     request.extensions_mut().insert(AuthUser(claims));

@@ -104,6 +104,9 @@ pub struct Config {
     /// How often open WebSockets re-check that their session is still valid, in seconds.
     #[arg(long, env = "TENANCY_WS_SESSION_CHECK_SECS", default_value_t = 5)]
     pub ws_session_check_secs: u64,
+    /// Bearer token that `GET /metrics` requires; unset: no /metrics.
+    #[arg(long, env = "TENANCY_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
     /// What one client, user or tenant may take of this instance.
     #[command(flatten)]
     pub limits: Limits,

@@ -175,6 +175,7 @@ impl From<sqlx::Error> for AppError {
 
 impl From<redis::RedisError> for AppError {
     fn from(e: redis::RedisError) -> Self {
+        crate::metrics::with(|m| m.redis_errors.inc());
         AppError::Unavailable(format!("redis: {e}"))
     }
 }

@@ -14,6 +14,7 @@ pub mod extract;
 pub mod limits;
 pub mod mail;
 pub mod messaging;
+pub mod metrics;
 pub mod ops;
 pub mod provision;
 pub mod routes;

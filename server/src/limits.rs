@@ -26,6 +26,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
 use crate::error::{AppError, AppResult};
+use crate::metrics::Held;
 use crate::state::AppState;
 
 /// Caps requests in progress, reads the body before anything else runs, and
@@ -48,18 +49,41 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
         }
         Ok(Ok(collected)) => collected.to_bytes(),
     };
+    let route = parts
+        .extensions
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = parts.method.clone();
+    let started = std::time::Instant::now();
     let request = Request::from_parts(parts, Body::from(bytes));
-    match tokio::time::timeout(secs(limits.request_timeout_secs), next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => {
-            tracing::warn!("request exceeded its deadline");
-            AppError::Busy("The request took too long").into_response()
-        }
-    }
+    let response =
+        match tokio::time::timeout(secs(limits.request_timeout_secs), next.run(request)).await {
+            Ok(response) => response,
+            Err(_) => {
+                tracing::warn!(route, "request exceeded its deadline");
+                AppError::Busy("The request took too long").into_response()
+            }
+        };
+    crate::metrics::with(|m| {
+        m.requests
+            .with_label_values(&[route.as_str(), method.as_str(), response.status().as_str()])
+            .inc();
+        m.latency
+            .with_label_values(&[route.as_str()])
+            .observe(started.elapsed().as_secs_f64());
+    });
+    response
 }
 
 fn secs(n: u64) -> Duration {
     Duration::from_secs(n.max(1))
+}
+
+/// A request's place in its tenant's share; freed when dropped.
+pub struct Slot {
+    _permit: OwnedSemaphorePermit,
+    _gauge: Held,
 }
 
 /// Each tenant's share of the application pool: how many of its requests
@@ -92,7 +116,7 @@ impl Shares {
     }
 
     /// One of `tenant`'s slots, waiting at most `wait`.
-    pub async fn acquire(&self, tenant: Uuid, wait: Duration) -> AppResult<OwnedSemaphorePermit> {
+    pub async fn acquire(&self, tenant: Uuid, wait: Duration) -> AppResult<Slot> {
         let slots = {
             let mut tenants = self.lock();
             if tenants.len() >= REMEMBERED {
@@ -107,10 +131,18 @@ impl Shares {
                 .slots
                 .clone()
         };
-        match tokio::time::timeout(wait, slots.acquire_owned()).await {
-            Ok(Ok(permit)) => Ok(permit),
+        let bucket = crate::metrics::bucket(tenant);
+        let waiting = Held::new(|m| m.tenant_waiting.with_label_values(&[bucket.as_str()]));
+        let acquired = tokio::time::timeout(wait, slots.acquire_owned()).await;
+        drop(waiting);
+        match acquired {
+            Ok(Ok(permit)) => Ok(Slot {
+                _permit: permit,
+                _gauge: Held::new(|m| m.tenant_in_flight.with_label_values(&[bucket.as_str()])),
+            }),
             _ => {
                 tracing::warn!(%tenant, "tenant at its share of the database");
+                crate::metrics::throttled("tenant_share", Some(tenant));
                 Err(AppError::Busy(
                     "Too many requests of this tenant in progress",
                 ))
@@ -142,12 +174,19 @@ impl Shares {
 /// Counts one event against a budget of `limit` per `window` seconds kept
 /// in Redis (shared by every instance): 429 with Retry-After once spent.
 /// A `limit` of 0 is no budget.
-pub async fn count(state: &AppState, key: &str, limit: u32, window: u64) -> AppResult<()> {
+pub async fn count(
+    state: &AppState,
+    key: &str,
+    limit: u32,
+    window: u64,
+    reason: &'static str,
+) -> AppResult<()> {
     if limit == 0 {
         return Ok(());
     }
     let (used, ttl) = incr(state, key, window).await?;
     if used > i64::from(limit) {
+        crate::metrics::throttled(reason, None);
         return Err(AppError::RateLimited(ttl.clamp(1, window as i64) as u64));
     }
     Ok(())
@@ -187,6 +226,7 @@ impl LoginBudget {
             &format!("throttle:login:addr:{address}"),
             limits.logins_per_address,
             60,
+            "login_address",
         )
         .await?;
         // The account by a digest: the key names no address in Redis.
@@ -203,6 +243,7 @@ impl LoginBudget {
                 .query_async(&mut redis)
                 .await?;
             if failures.unwrap_or(0) >= i64::from(limits.login_failures) {
+                crate::metrics::throttled("login_account", None);
                 return Err(AppError::RateLimited(
                     ttl.clamp(1, LOGIN_FAILURE_WINDOW as i64) as u64,
                 ));

@@ -294,7 +294,8 @@ pub async fn tenant_scope(
         .resize(tenant_id, row.try_get("concurrent_requests")?);
     let api_limit: Option<i32> = row.try_get("api_requests_per_minute")?;
     if let Some(limit) = api_limit {
-        rate_limit(&state, &format!("ratelimit:api:{{{tenant_id}}}"), limit).await?;
+        let key = format!("ratelimit:api:{{{tenant_id}}}");
+        rate_limit(&state, &key, limit, "tenant_api").await?;
     }
     let tenant = Tenant {
         id: tenant_id,
@@ -328,20 +329,13 @@ pub async fn tenant_scope(
 
 /// Counts one request against a per-minute budget kept in Redis (shared by
 /// every instance): 429 with Retry-After once `limit` is spent this minute.
-pub async fn rate_limit(state: &AppState, key: &str, limit: i32) -> AppResult<()> {
-    let mut redis = state.redis.clone();
-    let (count, ttl): (i64, i64) = redis::pipe()
-        .incr(key, 1)
-        .cmd("EXPIRE")
-        .arg(key)
-        .arg(60)
-        .arg("NX")
-        .ignore()
-        .ttl(key)
-        .query_async(&mut redis)
-        .await?;
-    if count > i64::from(limit) {
-        return Err(AppError::RateLimited(ttl.clamp(1, 60) as u64));
-    }
-    Ok(())
+/// `reason` labels the refusals in the metrics.
+pub async fn rate_limit(
+    state: &AppState,
+    key: &str,
+    limit: i32,
+    reason: &'static str,
+) -> AppResult<()> {
+    let limit = u32::try_from(limit).unwrap_or(0).max(1);
+    crate::limits::count(state, key, limit, 60, reason).await
 }

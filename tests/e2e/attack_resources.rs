@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tenancy_server::config::Limits;
-use tenancy_tests::server::{Options, TestApp, ALICE, BOB, GUS, PASSWORD};
+use tenancy_tests::server::{Options, TestApp, ALICE, BOB, GUS, METRICS_TOKEN, PASSWORD};
 use tenancy_tests::TestResult;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -179,6 +179,30 @@ mod tenant_member {
             .post("/api/workspaces", &alice, json!({"name": "after"}))
             .await?;
         assert_eq!(status, 201, "{body}");
+
+        // The operator sees it: acme's bucket was turned away, by name of
+        // its bucket only.
+        let response = app
+            .client
+            .get(app.url("/metrics"))
+            .bearer_auth(METRICS_TOKEN)
+            .send()
+            .await?;
+        assert_eq!(response.status().as_u16(), 200);
+        let text = response.text().await?;
+        let bucket = tenancy_server::metrics::bucket(app.acme);
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("tenancy_throttled_total")
+                    && l.contains(&format!("bucket=\"{bucket}\""))
+                    && l.contains("reason=\"tenant_share\"")),
+            "{text}"
+        );
+        assert!(text.contains("route=\"/api/workspaces\""), "{text}");
+        assert!(text.contains("tenancy_db_pool_connections"), "{text}");
+        assert!(!text.contains(&app.acme.to_string()));
+        let (status, _) = app.get("/metrics", &alice).await?;
+        assert_eq!(status, 401, "an access token is not the metrics token");
         Ok(())
     }
 

@@ -12,6 +12,8 @@ use uuid::Uuid;
 use crate::{server_url, TestResult, SETUP_LOCK};
 
 pub const PASSWORD: &str = "correct horse battery staple";
+/// What `GET /metrics` wants as bearer token in tests.
+pub const METRICS_TOKEN: &str = "test-metrics-token";
 const OWNER: &str = "tenancy_t_srv_owner";
 const APP: &str = "tenancy_t_srv_app";
 const ROLE_PASSWORD: &str = "tenancy";
@@ -144,6 +146,7 @@ impl TestApp {
             stream_maxlen: 10_000,
             ws_session_check_secs: 1,
             limits: options.limits.clone(),
+            metrics_token: Some(METRICS_TOKEN.to_owned()),
             mail_dir: options.mail_dir.clone(),
             smtp_url: options.smtp_url.clone(),
             mail_from: "Tenancy Test <no-reply@tenancy.test>".to_owned(),

@@ -123,7 +123,9 @@ impl Relay {
             }
         }
         let mut redis = self.redis.clone();
-        let entry_ids: Vec<String> = pipe.query_async(&mut redis).await?;
+        let entry_ids: Vec<String> = pipe.query_async(&mut redis).await.inspect_err(|_| {
+            crate::metrics::with(|m| m.redis_errors.inc());
+        })?;
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
         let tenants: Vec<Uuid> = rows.iter().map(|r| r.tenant_id).collect();
         sqlx::query("SELECT app.relay_published($1, $2, $3)")
@@ -133,6 +135,15 @@ impl Relay {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        let oldest = rows.iter().map(|r| r.message_created_at).min();
+        crate::metrics::with(|m| {
+            m.relay_published.inc_by(rows.len() as u64);
+            if let Some(oldest) = oldest {
+                let lag = chrono::Utc::now() - oldest;
+                m.relay_lag_seconds
+                    .set(lag.num_milliseconds() as f64 / 1000.0);
+            }
+        });
         Ok(rows.len())
     }
 

@@ -185,7 +185,7 @@ async fn rate_limit(state: &AppState, tenant: &Tenant) -> AppResult<()> {
         Ok(0) => Ok(()),
         Ok(limit) => {
             let key = format!("ratelimit:messages:{{{}}}:{}", tenant.id, tenant.user_id);
-            crate::tenant::rate_limit(state, &key, limit).await
+            crate::tenant::rate_limit(state, &key, limit, "message_rate").await
         }
         Err(_) => Ok(()),
     }

@@ -6,12 +6,48 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
+use crate::error::AppError;
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+}
+
+/// The Prometheus exposition, for a bearer of `TENANCY_METRICS_TOKEN`
+/// (404 when none is configured).
+async fn metrics(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Result<([(axum::http::HeaderName, &'static str); 1], String), AppError> {
+    let Some(expected) = state.config.metrics_token.as_deref() else {
+        return Err(AppError::NotFound("Route"));
+    };
+    let given = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    // Compared as digests: the time taken says nothing about the token.
+    if tenancy_token::digest(given) != tenancy_token::digest(expected) {
+        return Err(AppError::Unauthorized("Missing or invalid metrics token"));
+    }
+    crate::metrics::with(|m| {
+        let size = i64::from(state.db.size());
+        let idle = state.db.num_idle() as i64;
+        m.pool.with_label_values(&["in_use"]).set(size - idle);
+        m.pool.with_label_values(&["idle"]).set(idle);
+        m.websockets.set(state.hub.sockets() as i64);
+    });
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::render(),
+    ))
 }
 
 async fn healthz() -> Json<Value> {
