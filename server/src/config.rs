@@ -132,7 +132,7 @@ pub struct Limits {
     #[arg(long, env = "TENANCY_MAX_IN_FLIGHT", default_value_t = Limits::DEFAULT.max_in_flight)]
     pub max_in_flight: usize,
     /// Transactions one tenant may hold at once (its share of TENANCY_DB_POOL);
-    /// a plan's `concurrent_requests` overrides it. 0: a quarter of the pool.
+    /// a plan's `concurrent_requests` overrides it. 0: half the pool.
     #[arg(long, env = "TENANCY_TENANT_DB_SHARE", default_value_t = Limits::DEFAULT.tenant_db_share)]
     pub tenant_db_share: u32,
     /// Milliseconds a request waits for its tenant's share; then 503 with Retry-After.

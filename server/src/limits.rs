@@ -102,9 +102,9 @@ struct Share {
 const REMEMBERED: usize = 10_000;
 
 impl Shares {
-    /// `share` per tenant (0: a quarter of `pool`, at least 1).
+    /// `share` per tenant (0: half of `pool`, at least 1).
     pub fn new(share: u32, pool: u32) -> Self {
-        let default = if share == 0 { pool / 4 } else { share };
+        let default = if share == 0 { pool / 2 } else { share };
         Self {
             default: default.max(1),
             tenants: Mutex::new(HashMap::new()),

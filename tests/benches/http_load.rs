@@ -11,13 +11,12 @@
 //! (env: ROUNDS=5 SECONDS=5 CONCURRENCY=16). Prints requests per second,
 //! p50 and p99 of each, and the ratio A/B of the medians over the rounds.
 
-use std::time::{Duration, Instant};
-
 use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use sqlx::PgPool;
+use tenancy_tests::load::load;
 use tenancy_tests::server::{TestApp, ALICE};
 use tenancy_tests::{env_or, median};
 use uuid::Uuid;
@@ -62,70 +61,6 @@ async fn bare_tasks(State(bare): State<Bare>, Path(board): Path<Uuid>) -> Json<V
             })
             .collect(),
     ))
-}
-
-struct Phase {
-    rps: f64,
-    p50: Duration,
-    p99: Duration,
-    errors: usize,
-}
-
-async fn load(
-    client: &reqwest::Client,
-    url: &str,
-    token: Option<&str>,
-    concurrency: usize,
-    seconds: u64,
-) -> Phase {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let started = Instant::now();
-    let mut workers = Vec::new();
-    for _ in 0..concurrency {
-        let client = client.clone();
-        let url = url.to_owned();
-        let token = token.map(str::to_owned);
-        workers.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            let mut errors = 0usize;
-            while Instant::now() < deadline {
-                let t0 = Instant::now();
-                let mut request = client.get(&url);
-                if let Some(token) = &token {
-                    request = request.bearer_auth(token);
-                }
-                match request.send().await {
-                    Ok(r) if r.status().is_success() => {
-                        let _ = r.bytes().await;
-                        latencies.push(t0.elapsed());
-                    }
-                    _ => errors += 1,
-                }
-            }
-            (latencies, errors)
-        }));
-    }
-    let mut all = Vec::new();
-    let mut errors = 0;
-    for worker in workers {
-        if let Ok((latencies, e)) = worker.await {
-            all.extend(latencies);
-            errors += e;
-        }
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    all.sort();
-    let pct = |p: f64| {
-        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or_default()
-    };
-    Phase {
-        rps: all.len() as f64 / elapsed,
-        p50: pct(0.50),
-        p99: pct(0.99),
-        errors,
-    }
 }
 
 #[tokio::main]

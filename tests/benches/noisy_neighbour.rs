@@ -1,0 +1,192 @@
+//! Noisy neighbour: tenant B's throughput and p99 alone, then while tenant
+//! A floods the same instance, interleaved and repeated.
+//!
+//!   B     globex's owner, `CONCURRENCY_B` clients, GET a board's 20 tasks.
+//!   flood acme, all at once: `FLOOD` clients listing a board of 500 tasks
+//!         (heavy list queries) as several members, `SLOW` connections
+//!         trickling request bodies, and `LOGIN_FLOOD` loops of wrong
+//!         passwords from one address.
+//!
+//! Run: `cargo bench -p tenancy-tests --bench noisy_neighbour`
+//! (env: ROUNDS=5 SECONDS=5 CONCURRENCY_B=8 FLOOD=32 SLOW=64 LOGIN_FLOOD=8).
+//! Prints each round and the medians: B's throughput under the flood as a
+//! ratio of B alone (goal >= 0.8) and its p99 as a multiple (goal <= 2).
+//! The service runs with its default limits, except the per-user budget,
+//! which is off so that it measures the database share, not a 429.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tenancy_server::config::Limits;
+use tenancy_tests::load::load;
+use tenancy_tests::server::{Options, TestApp, ALICE, BOB, DAVE, ERIN, GUS};
+use tenancy_tests::{env_or, median};
+use tokio::io::AsyncWriteExt;
+
+type BenchResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// A board with `tasks` tasks in the tenant of `token`; returns its id.
+async fn board(app: &TestApp, token: &str, tasks: usize) -> BenchResult<String> {
+    let (_, ws) = app
+        .post("/api/workspaces", token, json!({"name": "Bench"}))
+        .await?;
+    let ws = ws["id"].as_str().unwrap_or_default().to_owned();
+    let (_, board) = app
+        .post(
+            &format!("/api/workspaces/{ws}/boards"),
+            token,
+            json!({"name": "Load"}),
+        )
+        .await?;
+    let board = board["id"].as_str().unwrap_or_default().to_owned();
+    for i in 0..tasks {
+        let (status, body) = app
+            .post(
+                &format!("/api/boards/{board}/tasks"),
+                token,
+                json!({"title": format!("task {i}"), "description": "x".repeat(200)}),
+            )
+            .await?;
+        if status != 201 {
+            return Err(format!("seeding: {status} {body}").into());
+        }
+    }
+    Ok(board)
+}
+
+/// Tenant A's flood until `stop`.
+fn flood(
+    app: &TestApp,
+    tokens: &[String],
+    board: &str,
+    stop: Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    let (flood, slow, logins) = (
+        env_or("FLOOD", 32) as usize,
+        env_or("SLOW", 64) as usize,
+        env_or("LOGIN_FLOOD", 8) as usize,
+    );
+    let client = reqwest::Client::new();
+    for i in 0..flood {
+        let (client, stop) = (client.clone(), stop.clone());
+        let url = app.url(&format!("/api/boards/{board}/tasks"));
+        let token = tokens[i % tokens.len()].clone();
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(r) = client.get(&url).bearer_auth(&token).send().await {
+                    let _ = r.bytes().await;
+                }
+            }
+        }));
+    }
+    for i in 0..slow {
+        let (addr, stop) = (app.addr, stop.clone());
+        let token = tokens[i % tokens.len()].clone();
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+                    continue;
+                };
+                let head = format!(
+                    "POST /api/chat/sessions HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\
+                     Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+                );
+                if stream.write_all(head.as_bytes()).await.is_err() {
+                    continue;
+                }
+                // A byte a second until the server gives up on us.
+                while !stop.load(Ordering::Relaxed) && stream.write_all(b" ").await.is_ok() {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }));
+    }
+    for _ in 0..logins {
+        let (client, stop) = (client.clone(), stop.clone());
+        let url = app.url("/auth/token");
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let _ = client
+                    .post(&url)
+                    .json(&json!({"email": ALICE, "password": "not the password"}))
+                    .send()
+                    .await;
+            }
+        }));
+    }
+    tasks
+}
+
+#[tokio::main]
+async fn main() -> BenchResult {
+    let rounds = env_or("ROUNDS", 5);
+    let seconds = env_or("SECONDS", 5);
+    let concurrency = env_or("CONCURRENCY_B", 8) as usize;
+    let app = TestApp::spawn_with(Options {
+        limits: Limits {
+            user_requests_per_minute: 0,
+            ..Limits::DEFAULT
+        },
+        ..Options::default()
+    })
+    .await?;
+    let gus = app.login(GUS).await?;
+    let b_board = board(&app, &gus, 20).await?;
+    let mut acme = Vec::new();
+    for email in [ALICE, BOB, DAVE, ERIN] {
+        acme.push(app.login(email).await?);
+    }
+    let a_board = board(&app, &acme[0], 500).await?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()?;
+    let b_url = app.url(&format!("/api/boards/{b_board}/tasks"));
+
+    println!(
+        "== {rounds} interleaved rounds, {seconds}s per phase, B: {concurrency} clients; \
+         flood: FLOOD={} SLOW={} LOGIN_FLOOD={}",
+        env_or("FLOOD", 32),
+        env_or("SLOW", 64),
+        env_or("LOGIN_FLOOD", 8)
+    );
+    let (mut solo_rps, mut solo99, mut noisy_rps, mut noisy99) = (vec![], vec![], vec![], vec![]);
+    for round in 1..=rounds {
+        let solo = load(&client, &b_url, Some(&gus), concurrency, seconds).await;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flooding = flood(&app, &acme, &a_board, stop.clone());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let noisy = load(&client, &b_url, Some(&gus), concurrency, seconds).await;
+        stop.store(true, Ordering::Relaxed);
+        for task in flooding {
+            task.abort();
+        }
+        println!(
+            "round {round}: B alone {:.0} req/s p99 {:.2} ms ({} errors) | B under flood {:.0} req/s p99 {:.2} ms ({} errors)",
+            solo.rps, solo.p99.as_secs_f64() * 1e3, solo.errors,
+            noisy.rps, noisy.p99.as_secs_f64() * 1e3, noisy.errors
+        );
+        solo_rps.push(solo.rps);
+        solo99.push(solo.p99.as_secs_f64() * 1e3);
+        noisy_rps.push(noisy.rps);
+        noisy99.push(noisy.p99.as_secs_f64() * 1e3);
+        // Let the flood's connections and budgets drain before the next round.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let (s, n, s99, n99) = (
+        median(solo_rps),
+        median(noisy_rps),
+        median(solo99),
+        median(noisy99),
+    );
+    println!("\nmedian B alone:       {s:.0} req/s, p99 {s99:.2} ms");
+    println!("median B under flood: {n:.0} req/s, p99 {n99:.2} ms");
+    println!(
+        "throughput ratio = {:.3} (goal >= 0.8); p99 ratio = {:.2} (goal <= 2)",
+        n / s,
+        n99 / s99
+    );
+    Ok(())
+}
