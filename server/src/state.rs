@@ -74,28 +74,31 @@ pub async fn redis_manager(url: &str) -> AppResult<redis::aio::ConnectionManager
     Ok(redis::aio::ConnectionManager::new_with_config(client, config).await?)
 }
 
+/// Options for `url` whose connections carry the statement and
+/// idle-in-transaction timeouts, whatever the role's own settings (README:
+/// "Resource limits").
+fn with_timeouts(config: &Config, url: &str) -> AppResult<PgConnectOptions> {
+    let limits = &config.limits;
+    Ok(url
+        .parse::<PgConnectOptions>()
+        .map_err(|e| AppError::Unavailable(format!("database: {e}")))?
+        .options([
+            ("statement_timeout", limits.statement_timeout_ms.to_string()),
+            (
+                "idle_in_transaction_session_timeout",
+                limits.idle_in_transaction_ms.to_string(),
+            ),
+        ]))
+}
+
 impl AppState {
     /// Loads the policies (refusing invalid ones) and connects to PostgreSQL and Redis.
     pub async fn connect(config: Config) -> Result<Self, StartupError> {
         let authz = Arc::new(Authz::load(&config.policy_dir)?);
-        // Every connection of the application role carries its timeouts,
-        // whatever the role's own settings (README: "Resource limits").
-        let limits = &config.limits;
-        let app_options = config
-            .database_url
-            .parse::<PgConnectOptions>()
-            .map_err(|e| AppError::Unavailable(format!("database: {e}")))?
-            .options([
-                ("statement_timeout", limits.statement_timeout_ms.to_string()),
-                (
-                    "idle_in_transaction_session_timeout",
-                    limits.idle_in_transaction_ms.to_string(),
-                ),
-            ]);
         let db = PgPoolOptions::new()
             .max_connections(config.db_pool_size)
             .acquire_timeout(Duration::from_secs(3))
-            .connect_with(app_options)
+            .connect_with(with_timeouts(&config, &config.database_url)?)
             .await
             .map_err(|e| AppError::Unavailable(format!("database: {e}")))?;
         let redis = redis_manager(&config.redis_url).await?;
@@ -109,13 +112,11 @@ impl AppState {
         let admin_db = PgPoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(5))
-            .connect_lazy(&config.database_owner_url)
-            .map_err(|e| AppError::Unavailable(format!("database (owner): {e}")))?;
+            .connect_lazy_with(with_timeouts(&config, &config.database_owner_url)?);
         let auth_db = PgPoolOptions::new()
             .max_connections(config.login_concurrency.max(1) as u32 + 2)
             .acquire_timeout(Duration::from_secs(5))
-            .connect_lazy(config.auth_database_url())
-            .map_err(|e| AppError::Unavailable(format!("database (auth): {e}")))?;
+            .connect_lazy_with(with_timeouts(&config, config.auth_database_url())?);
         let in_flight = Arc::new(Semaphore::new(config.limits.max_in_flight.max(1)));
         let shares = Arc::new(Shares::new(
             config.limits.tenant_db_share,
