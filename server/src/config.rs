@@ -104,6 +104,9 @@ pub struct Config {
     /// How often open WebSockets re-check that their session is still valid, in seconds.
     #[arg(long, env = "TENANCY_WS_SESSION_CHECK_SECS", default_value_t = 5)]
     pub ws_session_check_secs: u64,
+    /// Public address of the application, for links in mail (invitations).
+    #[arg(long, env = "TENANCY_APP_URL", default_value = "http://localhost:8080")]
+    pub app_url: String,
     /// Bearer token that `GET /metrics` requires; unset: no /metrics.
     #[arg(long, env = "TENANCY_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<String>,

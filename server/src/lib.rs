@@ -16,6 +16,7 @@ pub mod mail;
 pub mod messaging;
 pub mod metrics;
 pub mod ops;
+pub mod password;
 pub mod provision;
 pub mod routes;
 pub mod state;
@@ -36,6 +37,7 @@ pub fn app(state: AppState) -> Router {
         .merge(routes::tenant::router())
         .merge(routes::workspaces::router())
         .merge(routes::members::router())
+        .merge(routes::invitations::router())
         .merge(routes::boards::router())
         .merge(routes::tasks::router())
         .merge(routes::chat::router())
@@ -50,6 +52,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(routes::health::router())
         .merge(routes::auth::public_router())
+        .merge(routes::invitations::public_router())
         .merge(authenticated)
         .fallback(|| async { error::AppError::NotFound("Route") })
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))

@@ -227,6 +227,43 @@ mod tenant_member {
     }
 
     #[tokio::test]
+    async fn lists_a_whole_board_in_one_request() -> TestResult {
+        let app = spawn_with(Limits::UNTHROTTLED).await?;
+        let alice = app.login(ALICE).await?;
+        let (_, ws) = app
+            .post("/api/workspaces", &alice, json!({"name": "Big"}))
+            .await?;
+        let (_, board) = app
+            .post(
+                &format!("/api/workspaces/{}/boards", ws["id"].as_str().unwrap_or("")),
+                &alice,
+                json!({"name": "Big"}),
+            )
+            .await?;
+        let path = format!("/api/boards/{}/tasks", board["id"].as_str().unwrap_or(""));
+        for i in 0..130 {
+            let (status, body) = app
+                .post(&path, &alice, json!({"title": format!("task {i}")}))
+                .await?;
+            assert_eq!(status, 201, "{body}");
+        }
+        // One request does a bounded amount of work: pages of 100 by default.
+        let (status, first) = app.get(&path, &alice).await?;
+        assert_eq!(status, 200);
+        let first = first.as_array().cloned().unwrap_or_default();
+        assert_eq!(first.len(), 100);
+        let last = first[99]["id"].as_str().unwrap_or_default();
+        let (_, rest) = app.get(&format!("{path}?after={last}"), &alice).await?;
+        assert_eq!(rest.as_array().map(Vec::len), Some(30));
+        assert_eq!(rest[0]["title"], "task 100");
+        for bad in ["limit=0", "limit=501", "after=not-a-uuid"] {
+            let (status, _) = app.get(&format!("{path}?{bad}"), &alice).await?;
+            assert!(status == 422 || status == 400, "{bad}: {status}");
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
     async fn opens_more_websockets_than_its_cap() -> TestResult {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
         let app = spawn_with(Limits {

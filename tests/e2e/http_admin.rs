@@ -481,22 +481,33 @@ async fn two_concurrent_requests_cannot_both_take_the_last_slot() -> TestResult 
     )
     .await?;
     assert_eq!(status, 200, "{body}");
-    let invite = |email: &'static str| {
-        app.post(
-            "/api/tenant/members",
-            &alice,
-            json!({"email": email, "role": "member"}),
-        )
-    };
-    let (a, b) = tokio::join!(invite("one@acme.test"), invite("two@acme.test"));
+    // Invitations are not seats; accepting takes one.
+    for email in ["one@acme.test", "two@acme.test", "three@acme.test"] {
+        let (status, body) = app
+            .post(
+                "/api/tenant/members",
+                &alice,
+                json!({"email": email, "role": "member"}),
+            )
+            .await?;
+        assert_eq!(status, 202, "{body}");
+    }
+    let password = "plum-harbour-window-17";
+    let (one, two) = (
+        app.invitation_token("one@acme.test").await?,
+        app.invitation_token("two@acme.test").await?,
+    );
+    let (a, b) = tokio::join!(app.accept(&one, password), app.accept(&two, password));
     let mut statuses = [a?.0, b?.0];
     statuses.sort();
     assert_eq!(
         statuses,
-        [201, 409],
+        [200, 409],
         "one takes the sixth seat, the other is refused"
     );
-    let (_, refused) = invite("three@acme.test").await?;
+    let (_, refused) = app
+        .accept(&app.invitation_token("three@acme.test").await?, password)
+        .await?;
     assert_eq!(refused["error"], "Limit reached: max_members (6)");
     assert_eq!(refused["code"], "limit_reached");
     assert_eq!(

@@ -326,7 +326,7 @@ async fn tenant_membership_changes_follow_the_policies() -> TestResult {
             json!({"email": "new@acme.test", "role": "member"}),
         )
         .await?;
-    assert_eq!(status, 201, "admins invite: {body}");
+    assert_eq!(status, 202, "admins invite: {body}");
     let (status, _) = app
         .post(
             "/api/tenant/members",
@@ -335,6 +335,13 @@ async fn tenant_membership_changes_follow_the_policies() -> TestResult {
         )
         .await?;
     assert_eq!(status, 403, "only owners make owners");
+    let (status, body) = app
+        .accept(
+            &app.invitation_token("new@acme.test").await?,
+            "plum-harbour-window-17",
+        )
+        .await?;
+    assert_eq!(status, 200, "{body}");
     let (status, body) = app
         .post(
             "/api/tenant/members",

@@ -536,7 +536,7 @@ async fn single_tenant_deployments_refuse_a_second_tenant_per_user() -> TestResu
 #[tokio::test]
 async fn migrations_roll_back_and_forward() -> TestResult {
     let app = TestApp::spawn().await?;
-    tenancy_server::ops::migrate_down(&app.config, 8)
+    tenancy_server::ops::migrate_down(&app.config, 9)
         .await
         .map_err(|e| format!("{e:?}"))?;
     let mut su = app.superuser().await?;
@@ -553,6 +553,6 @@ async fn migrations_roll_back_and_forward() -> TestResult {
     )
     .fetch_one(&mut su)
     .await?;
-    assert_eq!(tables, 16, "every tenant-owned table protected again");
+    assert_eq!(tables, 17, "every tenant-owned table protected again");
     Ok(())
 }

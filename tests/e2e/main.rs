@@ -22,6 +22,7 @@ mod http_auth;
 mod http_authz;
 mod http_faults;
 mod http_input;
+mod http_invitations;
 mod http_messaging;
 mod http_tenancy;
 mod isolation;

@@ -147,6 +147,7 @@ impl TestApp {
             ws_session_check_secs: 1,
             limits: options.limits.clone(),
             metrics_token: Some(METRICS_TOKEN.to_owned()),
+            app_url: "https://app.tenancy.test".to_owned(),
             mail_dir: options.mail_dir.clone(),
             smtp_url: options.smtp_url.clone(),
             mail_from: "Tenancy Test <no-reply@tenancy.test>".to_owned(),
@@ -264,6 +265,58 @@ impl TestApp {
             serde_json::from_str(&text)?
         };
         Ok((status, body))
+    }
+
+    /// The token of the latest invitation mailed to `email` (read from the
+    /// mail outbox, as the invitee reads their mail).
+    pub async fn invitation_token(&self, email: &str) -> TestResult<String> {
+        let body: String = sqlx::query_scalar(
+            "SELECT body FROM app.email_outbox WHERE recipient = $1 AND template = 'invitation'
+             ORDER BY created_at DESC, id DESC LIMIT 1",
+        )
+        .bind(email)
+        .fetch_one(&mut self.superuser().await?)
+        .await?;
+        body.split("token=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(str::to_owned)
+            .ok_or_else(|| format!("no link in the mail: {body}").into())
+    }
+
+    /// Accepts an invitation as the invitee (no bearer token).
+    pub async fn accept(&self, token: &str, password: &str) -> TestResult<(u16, Value)> {
+        self.call(
+            reqwest::Method::POST,
+            "/auth/invitations/accept",
+            None,
+            &[],
+            Some(serde_json::json!({"token": token, "password": password})),
+        )
+        .await
+    }
+
+    /// Invites `email` as `role` with `token` (an admin's) and accepts with
+    /// `password`; returns the acceptance's status and body.
+    pub async fn invite_and_accept(
+        &self,
+        token: &str,
+        email: &str,
+        role: &str,
+        password: &str,
+    ) -> TestResult<(u16, Value)> {
+        let (status, body) = self
+            .post(
+                "/api/tenant/invitations",
+                token,
+                serde_json::json!({"email": email, "role": role}),
+            )
+            .await?;
+        if status != 202 {
+            return Err(format!("invite {email}: {status} {body}").into());
+        }
+        self.accept(&self.invitation_token(email).await?, password)
+            .await
     }
 
     pub async fn get(&self, path: &str, token: &str) -> TestResult<(u16, Value)> {

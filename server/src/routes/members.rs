@@ -11,6 +11,7 @@ use uuid::Uuid;
 use crate::authz::Resource;
 use crate::error::{AppError, AppResult};
 use crate::extract::{AppJson, AppPath};
+use crate::routes::invitations::{invite, Invitation, InviteRequest};
 use crate::routes::{authorize, workspace_resource};
 use crate::state::AppState;
 use crate::tenant::{Db, DbGuard, Tenant};
@@ -41,7 +42,7 @@ pub(crate) fn valid_email(email: &str) -> bool {
         && !email.chars().any(char::is_whitespace)
 }
 
-fn tenant_role(role: &str) -> AppResult<&str> {
+pub(crate) fn tenant_role(role: &str) -> AppResult<&str> {
     match role {
         "owner" | "admin" | "member" => Ok(role),
         other => Err(AppError::Validation(format!(
@@ -90,15 +91,8 @@ async fn list_tenant(
     Ok(Json(rows))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AddTenantMember {
-    email: String,
-    role: String,
-}
-
 /// Authorizes a change that touches the owner role, then the general right.
-async fn authorize_role_change(
+pub(crate) async fn authorize_role_change(
     state: &AppState,
     tenant: &Tenant,
     db: &mut DbGuard<'_>,
@@ -125,44 +119,16 @@ async fn authorize_role_change(
     Ok(())
 }
 
-/// Adds a user by email; an unknown email becomes an invited user.
+/// Invites an address (the same as `POST /api/tenant/invitations`): the
+/// membership exists once the person accepts.
 async fn add_tenant(
     State(state): State<AppState>,
     tenant: Tenant,
     db: Db,
-    AppJson(body): AppJson<AddTenantMember>,
-) -> AppResult<(StatusCode, Json<Member>)> {
-    let email = body.email.trim();
-    if !valid_email(email) {
-        return Err(AppError::Validation(
-            "email must be an email address".to_owned(),
-        ));
-    }
-    let role = tenant_role(&body.role)?;
+    AppJson(body): AppJson<InviteRequest>,
+) -> AppResult<(StatusCode, Json<Invitation>)> {
     let mut db = db.lock().await?;
-    authorize_role_change(&state, &tenant, &mut db, &[role]).await?;
-    // The credential role creates the account if needed and grants this
-    // one membership, after the caller has been authorized: the application
-    // role can neither look up users nor add one it picked itself.
-    let user: Uuid = sqlx::query_scalar("SELECT app.grant_membership($1, $2)")
-        .bind(tenant.id)
-        .bind(email)
-        .fetch_one(&state.auth_db)
-        .await?;
-    let inserted = sqlx::query(
-        "INSERT INTO app.tenant_memberships (user_id, role) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-    )
-    .bind(user)
-    .bind(role)
-    .execute(db.conn()?)
-    .await?;
-    if inserted.rows_affected() == 0 {
-        return Err(AppError::Conflict(
-            "Already a member of this tenant".to_owned(),
-        ));
-    }
-    let member = tenant_member(&mut db, user).await?;
-    Ok((StatusCode::CREATED, Json(member)))
+    invite(&state, &tenant, &mut db, body).await
 }
 
 async fn tenant_member(db: &mut DbGuard<'_>, user: Uuid) -> AppResult<Member> {

@@ -7,6 +7,7 @@ pub mod boards;
 pub mod chat;
 pub mod config;
 pub mod health;
+pub mod invitations;
 pub mod members;
 pub mod tasks;
 pub mod tenant;

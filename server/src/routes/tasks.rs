@@ -10,7 +10,7 @@ use uuid::Uuid;
 use axum::extract::State;
 
 use crate::error::{AppError, AppResult};
-use crate::extract::{AppJson, AppPath};
+use crate::extract::{AppJson, AppPath, AppQuery};
 use crate::routes::{authorize, board_resource, delete_row, task_resource, valid_name};
 use crate::state::AppState;
 use crate::tenant::{Db, Tenant};
@@ -73,19 +73,53 @@ async fn valid_assignee(conn: &mut sqlx::PgConnection, assignee: Option<Uuid>) -
     Ok(())
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListTasks {
+    /// At most this many (1 to 500, default 100): no request does unbounded work.
+    limit: Option<i64>,
+    /// Only tasks after this one (a cursor: the last id of the previous page).
+    after: Option<Uuid>,
+}
+
 async fn list(
     State(state): State<AppState>,
     tenant: Tenant,
     db: Db,
     AppPath(board): AppPath<Uuid>,
+    AppQuery(query): AppQuery<ListTasks>,
 ) -> AppResult<Json<Vec<Task>>> {
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=500).contains(&limit) {
+        return Err(AppError::Validation(
+            "limit must be between 1 and 500".to_owned(),
+        ));
+    }
     let mut db = db.lock().await?;
     let resource = board_resource(&mut db, &tenant, board).await?;
     authorize(&state, &tenant, &mut db, "board:view", resource).await?;
+    let after = match query.after {
+        None => None,
+        Some(id) => Some(
+            sqlx::query_as::<_, (DateTime<Utc>, Uuid)>(
+                "SELECT created_at, id FROM app.tasks WHERE id = $1 AND board_id = $2",
+            )
+            .bind(id)
+            .bind(board)
+            .fetch_optional(db.conn()?)
+            .await?
+            .ok_or_else(|| AppError::Validation("after must be a task of this board".to_owned()))?,
+        ),
+    };
     let rows = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM app.tasks WHERE board_id = $1 ORDER BY created_at, id"
+        "SELECT {COLUMNS} FROM app.tasks
+         WHERE board_id = $1 AND ($2::timestamptz IS NULL OR (created_at, id) > ($2, $3))
+         ORDER BY created_at, id LIMIT $4"
     ))
     .bind(board)
+    .bind(after.map(|(at, _)| at))
+    .bind(after.map(|(_, id)| id))
+    .bind(limit)
     .fetch_all(db.conn()?)
     .await?;
     Ok(Json(rows))

@@ -1,0 +1,426 @@
+//! Invitations with consent: `/api/tenant/invitations` (and
+//! `POST /api/tenant/members`) for a tenant's admins, and
+//! `POST /auth/invitations/accept` for the person invited.
+//!
+//! An invitation names an address and a role. Its link carries a secret,
+//! stored only as its SHA-256, valid once and for [`VALID_DAYS`] days. The
+//! membership exists only once the person accepts: a new address chooses a
+//! password (the policy in [`crate::password`]), an existing account
+//! confirms with its own. The inviter's answer is the same whether or not
+//! the address has an account.
+
+use argon2::password_hash::rand_core::{OsRng, RngCore};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sqlx::Row;
+use uuid::Uuid;
+
+use crate::error::{AppError, AppResult};
+use crate::extract::{AppJson, AppPath};
+use crate::limits::ClientAddress;
+use crate::state::AppState;
+use crate::tenant::{Db, DbGuard, Tenant};
+
+/// Days an invitation link stays valid.
+pub const VALID_DAYS: i32 = 7;
+
+/// Routes of the tenant's admins (inside the tenant layer).
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/tenant/invitations", get(list).post(create))
+        .route("/api/tenant/invitations/{id}", delete(revoke))
+        .route("/api/tenant/invitations/{id}/resend", post(resend))
+}
+
+/// The invitee's route (no token: the link is the credential).
+pub fn public_router() -> Router<AppState> {
+    Router::new().route("/auth/invitations/accept", post(accept))
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+pub struct Invitation {
+    id: Uuid,
+    email: String,
+    role: String,
+    invited_by: Option<Uuid>,
+    created_at: chrono::DateTime<chrono::Utc>,
+    expires_at: chrono::DateTime<chrono::Utc>,
+}
+
+const INVITATION: &str =
+    "SELECT id, email, role, invited_by, created_at, expires_at FROM app.invitations";
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InviteRequest {
+    pub email: String,
+    pub role: String,
+}
+
+/// A new link secret for `tenant`: the token mailed (`<tenant>.<secret>`)
+/// and the digest stored.
+fn new_token(tenant: Uuid) -> (String, [u8; 32]) {
+    let mut secret = [0u8; 32];
+    OsRng.fill_bytes(&mut secret);
+    let secret: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    let digest = tenancy_token::digest(&secret);
+    (format!("{tenant}.{secret}"), digest)
+}
+
+/// Authorizes inviting with `role`: managing users, and owners for owner.
+async fn authorize_invite(
+    state: &AppState,
+    tenant: &Tenant,
+    db: &mut DbGuard<'_>,
+    role: &str,
+) -> AppResult<()> {
+    crate::routes::members::authorize_role_change(state, tenant, db, &[role]).await
+}
+
+/// Invites `email` with `role` and mails the link; the answer is 202 and
+/// the invitation, whatever the address.
+pub async fn invite(
+    state: &AppState,
+    tenant: &Tenant,
+    db: &mut DbGuard<'_>,
+    body: InviteRequest,
+) -> AppResult<(StatusCode, Json<Invitation>)> {
+    let email = body.email.trim().to_owned();
+    if !crate::routes::members::valid_email(&email) {
+        return Err(AppError::Validation(
+            "email must be an email address".to_owned(),
+        ));
+    }
+    let role = crate::routes::members::tenant_role(&body.role)?;
+    authorize_invite(state, tenant, db, role).await?;
+    // The tenant's own members are no secret to its admins.
+    let member: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM app.tenant_memberships m JOIN app.users u ON u.id = m.user_id
+                        WHERE lower(u.email) = lower($1))",
+    )
+    .bind(&email)
+    .fetch_one(db.conn()?)
+    .await?;
+    if member {
+        return Err(AppError::Conflict(
+            "Already a member of this tenant".to_owned(),
+        ));
+    }
+    // A new invitation replaces a pending one for the same address.
+    sqlx::query(
+        "UPDATE app.invitations SET revoked_at = now()
+         WHERE lower(email) = lower($1) AND accepted_at IS NULL AND revoked_at IS NULL",
+    )
+    .bind(&email)
+    .execute(db.conn()?)
+    .await?;
+    let (token, digest) = new_token(tenant.id);
+    let invitation: Invitation = sqlx::query_as(
+        "INSERT INTO app.invitations (email, role, token_hash, invited_by, expires_at)
+         VALUES ($1, $2, $3, $4, now() + make_interval(days => $5))
+         RETURNING id, email, role, invited_by, created_at, expires_at",
+    )
+    .bind(&email)
+    .bind(role)
+    .bind(&digest[..])
+    .bind(tenant.user_id)
+    .bind(VALID_DAYS)
+    .fetch_one(db.conn()?)
+    .await?;
+    mail(state, tenant, db, invitation.id, &email, &token).await?;
+    crate::audit::record(
+        db.conn()?,
+        tenant.id,
+        tenant.user_id,
+        "invitation.sent",
+        Some(&email),
+        json!({"invitation_id": invitation.id, "role": role}),
+    )
+    .await?;
+    Ok((StatusCode::ACCEPTED, Json(invitation)))
+}
+
+/// Queues the invitation mail from the tenant's own template. One text for
+/// new and existing accounts: the mail does not say which it is.
+async fn mail(
+    state: &AppState,
+    tenant: &Tenant,
+    db: &mut DbGuard<'_>,
+    invitation: Uuid,
+    email: &str,
+    token: &str,
+) -> AppResult<()> {
+    let template: Option<(String, String)> =
+        sqlx::query_as("SELECT subject, body FROM app.email_templates WHERE key = 'invitation'")
+            .fetch_optional(db.conn()?)
+            .await?;
+    let (subject, body) = template.unwrap_or_else(|| {
+        (
+            "You are invited to {tenant}".to_owned(),
+            "Hello,\n\nyou have been invited to join {tenant}.\n".to_owned(),
+        )
+    });
+    let name = if tenant.display_name.is_empty() {
+        tenant.name.as_str()
+    } else {
+        tenant.display_name.as_str()
+    };
+    let fill = |text: &str| {
+        text.replace("{tenant}", name)
+            .replace("{slug}", &tenant.slug)
+            .replace("{email}", email)
+    };
+    let link = format!(
+        "{}/accept-invitation?token={token}",
+        state.config.app_url.trim_end_matches('/')
+    );
+    let body = format!(
+        "{}\nTo accept, open {link}\n(or send the token {token} to POST /auth/invitations/accept).\n\
+         If you already have an account, confirm with your password; otherwise choose one.\n\
+         The link works once and expires in {VALID_DAYS} days.\n",
+        fill(&body)
+    );
+    sqlx::query("SELECT app.queue_invitation_mail($1, $2, $3)")
+        .bind(invitation)
+        .bind(fill(&subject))
+        .bind(body)
+        .execute(db.conn()?)
+        .await?;
+    Ok(())
+}
+
+async fn create(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    db: Db,
+    AppJson(body): AppJson<InviteRequest>,
+) -> AppResult<(StatusCode, Json<Invitation>)> {
+    let mut db = db.lock().await?;
+    invite(&state, &tenant, &mut db, body).await
+}
+
+/// Pending invitations, newest first.
+async fn list(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    db: Db,
+) -> AppResult<Json<Vec<Invitation>>> {
+    let mut db = db.lock().await?;
+    authorize_invite(&state, &tenant, &mut db, "member").await?;
+    let rows = sqlx::query_as(&format!(
+        "{INVITATION} WHERE accepted_at IS NULL AND revoked_at IS NULL ORDER BY created_at DESC"
+    ))
+    .fetch_all(db.conn()?)
+    .await?;
+    Ok(Json(rows))
+}
+
+/// A pending invitation's role, locked; 404 if there is none.
+async fn pending_role(db: &mut DbGuard<'_>, id: Uuid) -> AppResult<(String, String)> {
+    sqlx::query_as(
+        "SELECT email, role FROM app.invitations
+         WHERE id = $1 AND accepted_at IS NULL AND revoked_at IS NULL FOR UPDATE",
+    )
+    .bind(id)
+    .fetch_optional(db.conn()?)
+    .await?
+    .ok_or(AppError::NotFound("Invitation"))
+}
+
+/// A new link (the old one stops working), valid for another
+/// [`VALID_DAYS`] days, mailed again.
+async fn resend(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    db: Db,
+    AppPath(id): AppPath<Uuid>,
+) -> AppResult<(StatusCode, Json<Invitation>)> {
+    let mut db = db.lock().await?;
+    let (email, role) = pending_role(&mut db, id).await?;
+    authorize_invite(&state, &tenant, &mut db, &role).await?;
+    let (token, digest) = new_token(tenant.id);
+    let invitation: Invitation = sqlx::query_as(
+        "UPDATE app.invitations SET token_hash = $2, expires_at = now() + make_interval(days => $3)
+         WHERE id = $1 RETURNING id, email, role, invited_by, created_at, expires_at",
+    )
+    .bind(id)
+    .bind(&digest[..])
+    .bind(VALID_DAYS)
+    .fetch_one(db.conn()?)
+    .await?;
+    mail(&state, &tenant, &mut db, id, &email, &token).await?;
+    crate::audit::record(
+        db.conn()?,
+        tenant.id,
+        tenant.user_id,
+        "invitation.resent",
+        Some(&email),
+        json!({"invitation_id": id}),
+    )
+    .await?;
+    Ok((StatusCode::ACCEPTED, Json(invitation)))
+}
+
+async fn revoke(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    db: Db,
+    AppPath(id): AppPath<Uuid>,
+) -> AppResult<StatusCode> {
+    let mut db = db.lock().await?;
+    let (email, role) = pending_role(&mut db, id).await?;
+    authorize_invite(&state, &tenant, &mut db, &role).await?;
+    sqlx::query("UPDATE app.invitations SET revoked_at = now() WHERE id = $1")
+        .bind(id)
+        .execute(db.conn()?)
+        .await?;
+    crate::audit::record(
+        db.conn()?,
+        tenant.id,
+        tenant.user_id,
+        "invitation.revoked",
+        Some(&email),
+        json!({"invitation_id": id}),
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AcceptRequest {
+    token: String,
+    password: String,
+}
+
+/// One answer for a token that is malformed, unknown, used, revoked,
+/// expired or of a tenant that does not exist.
+const NO_INVITATION: AppError = AppError::NotFound("Invitation");
+
+/// Accepts an invitation: proves or sets the account's password, then the
+/// membership is created in the invitation's tenant.
+async fn accept(
+    State(state): State<AppState>,
+    ClientAddress(address): ClientAddress,
+    AppJson(body): AppJson<AcceptRequest>,
+) -> AppResult<Json<Value>> {
+    crate::limits::count(
+        &state,
+        &format!("throttle:accept:addr:{address}"),
+        state.config.limits.logins_per_address,
+        60,
+        "accept_address",
+    )
+    .await?;
+    let (tenant, secret) = body.token.trim().split_once('.').ok_or(NO_INVITATION)?;
+    let tenant = Uuid::parse_str(tenant).map_err(|_| NO_INVITATION)?;
+    if secret.len() != 64 || !secret.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(NO_INVITATION);
+    }
+    if body.password.is_empty() || body.password.len() > crate::password::MAX_BYTES {
+        return Err(AppError::Validation(format!(
+            "password must be 1 to {} bytes",
+            crate::password::MAX_BYTES
+        )));
+    }
+    let digest = tenancy_token::digest(secret);
+
+    // In the invitation's own tenant (no user yet: the nil user).
+    let mut tx = state.db.begin().await?;
+    let context = state.keys.context_token(tenant, Uuid::nil())?;
+    let found = async {
+        sqlx::query("SELECT tenancy.set_token($1)")
+            .bind(&context)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "SELECT id, email, role FROM app.invitations
+             WHERE token_hash = $1 AND accepted_at IS NULL AND revoked_at IS NULL
+               AND expires_at > now()
+             FOR UPDATE",
+        )
+        .bind(&digest[..])
+        .fetch_optional(&mut *tx)
+        .await
+    }
+    .await;
+    let invitation = match found.map_err(AppError::from) {
+        Ok(Some(row)) => row,
+        Ok(None) | Err(AppError::TenantNotFound) => return Err(NO_INVITATION),
+        Err(other) => return Err(other),
+    };
+    let (id, email, role): (Uuid, String, String) = (
+        invitation.try_get("id")?,
+        invitation.try_get("email")?,
+        invitation.try_get("role")?,
+    );
+
+    // The account: an existing password is proved, a missing one is set.
+    let existing: Option<String> =
+        sqlx::query_scalar("SELECT password_hash FROM app.login_lookup($1)")
+            .bind(&email)
+            .fetch_optional(&state.auth_db)
+            .await?;
+    let usable = existing.filter(|h| h.starts_with("$argon2"));
+    if let Some(hash) = usable {
+        if !crate::auth::verify_password(&state, body.password, Some(hash)).await? {
+            return Err(AppError::Unauthorized(
+                "The password does not match this account",
+            ));
+        }
+    } else {
+        crate::password::check(&body.password, &email)?;
+        let hash = tokio::task::spawn_blocking(move || crate::auth::hash_password(&body.password))
+            .await
+            .map_err(AppError::internal)??;
+        let claimed: Option<Uuid> = sqlx::query_scalar("SELECT app.claim_account($1, $2)")
+            .bind(&email)
+            .bind(hash)
+            .fetch_one(&state.auth_db)
+            .await?;
+        if claimed.is_none() {
+            return Err(AppError::Conflict(
+                "The account was set up meanwhile; accept again with its password".to_owned(),
+            ));
+        }
+    }
+    let user: Uuid = sqlx::query_scalar("SELECT app.grant_membership($1, $2)")
+        .bind(tenant)
+        .bind(&email)
+        .fetch_one(&state.auth_db)
+        .await?;
+    let inserted = sqlx::query(
+        "INSERT INTO app.tenant_memberships (user_id, role) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    )
+    .bind(user)
+    .bind(&role)
+    .execute(&mut *tx)
+    .await?;
+    if inserted.rows_affected() == 0 {
+        return Err(AppError::Conflict(
+            "Already a member of this tenant".to_owned(),
+        ));
+    }
+    sqlx::query("UPDATE app.invitations SET accepted_at = now(), accepted_by = $2 WHERE id = $1")
+        .bind(id)
+        .bind(user)
+        .execute(&mut *tx)
+        .await?;
+    crate::audit::record(
+        &mut tx,
+        tenant,
+        user,
+        "invitation.accepted",
+        Some(&email),
+        json!({"invitation_id": id, "role": role}),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Json(
+        json!({"tenant_id": tenant, "user_id": user, "email": email, "role": role}),
+    ))
+}
