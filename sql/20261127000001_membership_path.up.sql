@@ -133,9 +133,18 @@ $$;
 -- without one. Were the order ever different, they would fail (no context),
 -- not open: the tests run the login, relay and mail paths.
 
+-- The policies are for the owner role alone (TO <owner>), like
+-- tenancy_bypass is for tenancy_admin: the application role's plans never
+-- carry them, so its queries keep their tenant index conditions.
 ALTER TABLE app.tenant_memberships FORCE ROW LEVEL SECURITY;
-CREATE POLICY unconfined_credential_lookup ON app.tenant_memberships FOR SELECT
-    USING ((SELECT app.cross_tenant('credential_lookup')));
+DO $do$
+BEGIN
+    EXECUTE format($p$
+        CREATE POLICY unconfined_credential_lookup ON app.tenant_memberships FOR SELECT TO %I
+            USING ((SELECT app.cross_tenant('credential_lookup')))
+    $p$, current_user);
+END
+$do$;
 
 -- A user's tenants with their role and the tenant's status (login).
 CREATE OR REPLACE FUNCTION app.user_tenants(member uuid)
@@ -152,9 +161,15 @@ END
 $$;
 
 ALTER TABLE app.message_outbox FORCE ROW LEVEL SECURITY;
-CREATE POLICY unconfined_outbox_relay ON app.message_outbox FOR ALL
-    USING ((SELECT app.cross_tenant('outbox_relay')))
-    WITH CHECK ((SELECT app.cross_tenant('outbox_relay')));
+DO $do$
+BEGIN
+    EXECUTE format($p$
+        CREATE POLICY unconfined_outbox_relay ON app.message_outbox FOR ALL TO %I
+            USING ((SELECT app.cross_tenant('outbox_relay')))
+            WITH CHECK ((SELECT app.cross_tenant('outbox_relay')))
+    $p$, current_user);
+END
+$do$;
 -- The per-user restriction holds for everyone but the relay.
 ALTER POLICY message_outbox_own_user ON app.message_outbox
     USING ((SELECT app.cross_tenant('outbox_relay')) OR (SELECT tenancy.bypass_active())
@@ -200,9 +215,15 @@ END
 $$;
 
 ALTER TABLE app.email_outbox FORCE ROW LEVEL SECURITY;
-CREATE POLICY unconfined_mail_sender ON app.email_outbox FOR ALL
-    USING ((SELECT app.cross_tenant('mail_sender')))
-    WITH CHECK ((SELECT app.cross_tenant('mail_sender')));
+DO $do$
+BEGIN
+    EXECUTE format($p$
+        CREATE POLICY unconfined_mail_sender ON app.email_outbox FOR ALL TO %I
+            USING ((SELECT app.cross_tenant('mail_sender')))
+            WITH CHECK ((SELECT app.cross_tenant('mail_sender')))
+    $p$, current_user);
+END
+$do$;
 
 -- The mail sender's two statements: mail that is due (locked for this
 -- transaction) and the outcome of one delivery.

@@ -14,6 +14,7 @@
 //! The connection cap and the header timeout live in [`crate::serve`].
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -80,16 +81,31 @@ fn secs(n: u64) -> Duration {
     Duration::from_secs(n.max(1))
 }
 
-/// A request's place in its tenant's share; freed when dropped.
+/// A request's place in its tenant's share (or borrowed beyond it); freed
+/// when dropped.
 pub struct Slot {
-    _permit: OwnedSemaphorePermit,
+    _permit: Option<OwnedSemaphorePermit>,
     _gauge: Held,
+    held: Arc<AtomicUsize>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.held.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Each tenant's share of the application pool: how many of its requests
-/// may hold a transaction at once.
+/// may hold a transaction at once. Beyond its share a tenant may borrow
+/// while a quarter of the pool stays free for the others, so that one
+/// tenant alone is not held back, and a tenant that needs its share finds
+/// it: borrowed slots are never renewed while the reserve is taken.
 pub struct Shares {
     default: u32,
+    /// Slots held by every tenant, own and borrowed.
+    held: Arc<AtomicUsize>,
+    /// Most slots in use at which one more may be borrowed.
+    borrow_below: usize,
     tenants: Mutex<HashMap<Uuid, Share>>,
 }
 
@@ -105,8 +121,11 @@ impl Shares {
     /// `share` per tenant (0: half of `pool`, at least 1).
     pub fn new(share: u32, pool: u32) -> Self {
         let default = if share == 0 { pool / 2 } else { share };
+        let reserve = (pool / 4).max(1) as usize;
         Self {
             default: default.max(1),
+            held: Arc::new(AtomicUsize::new(0)),
+            borrow_below: (pool as usize).saturating_sub(reserve),
             tenants: Mutex::new(HashMap::new()),
         }
     }
@@ -132,14 +151,29 @@ impl Shares {
                 .clone()
         };
         let bucket = crate::metrics::bucket(tenant);
+        // `held` already counts the slot.
+        let slot = |permit| Slot {
+            _permit: permit,
+            _gauge: Held::new(|m| m.tenant_in_flight.with_label_values(&[bucket.as_str()])),
+            held: self.held.clone(),
+        };
+        // An own slot at once; else a borrowed one while the reserve is
+        // free; else wait for an own slot.
+        if let Ok(permit) = slots.clone().try_acquire_owned() {
+            self.held.fetch_add(1, Ordering::AcqRel);
+            return Ok(slot(Some(permit)));
+        }
+        if self.borrow() {
+            return Ok(slot(None));
+        }
         let waiting = Held::new(|m| m.tenant_waiting.with_label_values(&[bucket.as_str()]));
         let acquired = tokio::time::timeout(wait, slots.acquire_owned()).await;
         drop(waiting);
         match acquired {
-            Ok(Ok(permit)) => Ok(Slot {
-                _permit: permit,
-                _gauge: Held::new(|m| m.tenant_in_flight.with_label_values(&[bucket.as_str()])),
-            }),
+            Ok(Ok(permit)) => {
+                self.held.fetch_add(1, Ordering::AcqRel);
+                Ok(slot(Some(permit)))
+            }
             _ => {
                 tracing::warn!(%tenant, "tenant at its share of the database");
                 crate::metrics::throttled("tenant_share", Some(tenant));
@@ -148,6 +182,15 @@ impl Shares {
                 ))
             }
         }
+    }
+
+    /// Takes one slot beyond a share if fewer than `borrow_below` are held.
+    fn borrow(&self) -> bool {
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                (held < self.borrow_below).then_some(held + 1)
+            })
+            .is_ok()
     }
 
     /// Applies the share the tenant's plan sets (`None`: the default).
