@@ -8,7 +8,7 @@
 
 use std::sync::LazyLock;
 
-use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::rand_core::{OsRng, RngCore};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm as ArgonAlgorithm, Argon2, Params, Version};
 use axum::extract::{Request, State};
@@ -18,6 +18,7 @@ use axum::response::Response;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
+use sqlx::Row;
 use uuid::Uuid;
 
 use crate::config::Config;
@@ -36,6 +37,9 @@ pub struct TenantRef {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AccessClaims {
     pub sub: Uuid,
+    /// The user again, under the name some clients look for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<Uuid>,
     pub email: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant_id: Option<Uuid>,
@@ -162,17 +166,20 @@ pub(crate) fn session_key(sid: Uuid) -> String {
     format!("session:{sid}")
 }
 
-/// Issues a token for `subject` in session `sid` and makes it the session's
-/// only valid token (an earlier token of the session stops working).
+/// Issues a token for `subject` in session `sid`, valid `ttl` seconds, and
+/// makes it the session's only valid token (an earlier token of the session
+/// stops working).
 pub async fn issue(
     state: &AppState,
     subject: TokenSubject,
     sid: Uuid,
+    ttl: u64,
 ) -> AppResult<(String, AccessClaims)> {
     let keys = &state.keys;
     let now = tenancy_token::now();
     let claims = AccessClaims {
         sub: subject.user_id,
+        user_id: Some(subject.user_id),
         email: subject.email,
         tenant_id: subject.tenant.as_ref().map(|(id, _)| *id),
         tenant_slug: subject.tenant.map(|(_, slug)| slug),
@@ -182,22 +189,194 @@ pub async fn issue(
         sid,
         jti: Uuid::new_v4(),
         iat: now,
-        exp: now + keys.access_ttl,
+        exp: now + ttl,
         iss: keys.issuer.clone(),
         aud: keys.audience.clone(),
     };
     let token = keys.sign(&claims)?;
     let mut redis = state.redis.clone();
     let _: () = redis
-        .set_ex(session_key(sid), claims.jti.to_string(), keys.access_ttl)
+        .set_ex(session_key(sid), claims.jti.to_string(), ttl.max(1))
         .await?;
     Ok((token, claims))
 }
 
-/// Ends a session: every token of it stops working on every instance.
-pub async fn revoke_session(state: &AppState, sid: Uuid) -> AppResult<()> {
+/// A new random secret: 32 bytes from the OS, as 64 hex digits, and the
+/// SHA-256 under which it is stored.
+pub fn new_secret() -> (String, [u8; 32]) {
+    let mut bytes = [0u8; 32];
+    OsRng.fill_bytes(&mut bytes);
+    let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let digest = tenancy_token::digest(&secret);
+    (secret, digest)
+}
+
+/// Whether `secret` has the shape of one from [`new_secret`].
+pub fn is_secret(secret: &str) -> bool {
+    secret.len() == 64 && secret.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// A session's tokens: the access token and its claims, the refresh token,
+/// the access token's lifetime in seconds.
+pub struct SessionTokens {
+    pub access: String,
+    pub claims: AccessClaims,
+    pub refresh: String,
+    pub ttl: u64,
+}
+
+/// Where a session was opened from, shown in the session list.
+pub struct Origin<'a> {
+    pub user_agent: &'a str,
+    pub address: &'a str,
+}
+
+/// The access token's lifetime in a session whose idle timeout is
+/// `idle_secs`: the configured lifetime, never longer than the idle timeout.
+fn access_ttl(state: &AppState, idle_secs: i64) -> u64 {
+    state
+        .keys
+        .access_ttl()
+        .min(u64::try_from(idle_secs).unwrap_or(0))
+        .max(1)
+}
+
+/// Opens a session for `subject`: a row in `app.sessions` (so Redis can
+/// forget it without loss), its first refresh token and an access token.
+pub async fn open_session(
+    state: &AppState,
+    subject: TokenSubject,
+    origin: Origin<'_>,
+) -> AppResult<SessionTokens> {
+    let sid = Uuid::new_v4();
+    let (refresh, digest) = new_secret();
+    let idle: i64 = sqlx::query_scalar(
+        "SELECT extract(epoch FROM app.session_start($1, $2, $3, $4, make_interval(secs => $5), $6, $7))::bigint",
+    )
+    .bind(sid)
+    .bind(subject.user_id)
+    .bind(subject.tenant.as_ref().map(|(id, _)| *id))
+    .bind(&digest[..])
+    .bind(state.config.session_max_days.saturating_mul(86_400) as f64)
+    .bind(origin.user_agent)
+    .bind(origin.address)
+    .fetch_one(&state.auth_db)
+    .await?;
+    let ttl = access_ttl(state, idle);
+    let (access, claims) = issue(state, subject, sid, ttl).await?;
+    Ok(SessionTokens {
+        access,
+        claims,
+        refresh,
+        ttl,
+    })
+}
+
+/// What a refresh token was good for.
+pub enum Refreshed {
+    /// Rotated: the session, its user and tenant, the next refresh token,
+    /// the access token's lifetime.
+    Rotated {
+        sid: Uuid,
+        user_id: Uuid,
+        email: String,
+        super_admin: bool,
+        tenant: Option<Uuid>,
+        refresh: String,
+        ttl: u64,
+    },
+    /// Refused (unknown, expired, revoked, or reused: then the session is
+    /// revoked too).
+    Refused(&'static str),
+}
+
+/// Exchanges a refresh token for the next one. A token presented a second
+/// time revokes its whole session, on every instance.
+pub async fn rotate_refresh(state: &AppState, presented: &str) -> AppResult<Refreshed> {
+    let presented = presented.trim();
+    if !is_secret(presented) {
+        return Ok(Refreshed::Refused("Invalid or expired refresh token"));
+    }
+    let (next, digest) = new_secret();
+    let row = sqlx::query(
+        "SELECT outcome, session_id, user_id, email, is_super_admin, selected_tenant,
+                extract(epoch FROM idle_timeout)::bigint AS idle
+         FROM app.session_refresh($1, $2)",
+    )
+    .bind(&tenancy_token::digest(presented)[..])
+    .bind(&digest[..])
+    .fetch_one(&state.auth_db)
+    .await?;
+    let outcome: String = row.try_get("outcome")?;
+    match outcome.as_str() {
+        "rotated" => Ok(Refreshed::Rotated {
+            sid: row.try_get("session_id")?,
+            user_id: row.try_get("user_id")?,
+            email: row.try_get("email")?,
+            super_admin: row.try_get("is_super_admin")?,
+            tenant: row.try_get("selected_tenant")?,
+            refresh: next,
+            ttl: access_ttl(state, row.try_get("idle")?),
+        }),
+        "reused" => {
+            let sid: Uuid = row.try_get("session_id")?;
+            tracing::warn!(%sid, "refresh token reused: session revoked");
+            forget_sessions(state, &[sid]).await?;
+            Ok(Refreshed::Refused(
+                "Refresh token already used; the session has been ended",
+            ))
+        }
+        _ => Ok(Refreshed::Refused("Invalid or expired refresh token")),
+    }
+}
+
+/// Makes the session's next tokens for `tenant`; returns the access
+/// token's lifetime under that tenant's session timeout.
+pub async fn select_tenant(
+    state: &AppState,
+    sid: Uuid,
+    user: Uuid,
+    tenant: Uuid,
+) -> AppResult<u64> {
+    let idle: Option<i64> = sqlx::query_scalar(
+        "SELECT extract(epoch FROM app.session_select_tenant($1, $2, $3))::bigint",
+    )
+    .bind(sid)
+    .bind(user)
+    .bind(tenant)
+    .fetch_one(&state.auth_db)
+    .await?;
+    Ok(access_ttl(state, idle.unwrap_or(3600)))
+}
+
+/// Ends sessions of `user`: `only` that one, or every one but `keep`.
+/// Their access tokens stop working on every instance at once.
+pub async fn revoke_sessions(
+    state: &AppState,
+    user: Uuid,
+    only: Option<Uuid>,
+    keep: Option<Uuid>,
+    reason: &str,
+) -> AppResult<Vec<Uuid>> {
+    let revoked: Vec<Uuid> = sqlx::query_scalar("SELECT app.session_revoke($1, $2, $3, $4)")
+        .bind(user)
+        .bind(only)
+        .bind(keep)
+        .bind(reason)
+        .fetch_all(&state.auth_db)
+        .await?;
+    forget_sessions(state, &revoked).await?;
+    Ok(revoked)
+}
+
+/// Drops the access-token entries of sessions ended in the database.
+pub async fn forget_sessions(state: &AppState, sids: &[Uuid]) -> AppResult<()> {
+    if sids.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<String> = sids.iter().map(|sid| session_key(*sid)).collect();
     let mut redis = state.redis.clone();
-    let _: () = redis.del(session_key(sid)).await?;
+    let _: () = redis.del(keys).await?;
     Ok(())
 }
 
@@ -291,9 +470,14 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for AuthUser {
     }
 }
 
-/// argon2id with the OWASP-recommended parameters (19 MiB, 2 passes, 1 lane).
+/// Memory (KiB), passes and lanes of new hashes: the OWASP-recommended
+/// argon2id parameters (19 MiB, 2 passes, 1 lane).
+const ARGON2_PARAMS: (u32, u32, u32) = (19 * 1024, 2, 1);
+
+/// argon2id with [`ARGON2_PARAMS`].
 fn argon2() -> AppResult<Argon2<'static>> {
-    let params = Params::new(19 * 1024, 2, 1, None).map_err(AppError::internal)?;
+    let (m, t, p) = ARGON2_PARAMS;
+    let params = Params::new(m, t, p, None).map_err(AppError::internal)?;
     Ok(Argon2::new(
         ArgonAlgorithm::Argon2id,
         Version::V0x13,
@@ -308,6 +492,47 @@ pub fn hash_password(password: &str) -> AppResult<String> {
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
         .map_err(AppError::internal)
+}
+
+/// Whether a usable hash was made otherwise than new hashes are now
+/// (another algorithm, version or parameters): verified, it is replaced.
+pub fn needs_rehash(hash: &str) -> bool {
+    let Ok(parsed) = PasswordHash::new(hash) else {
+        return false;
+    };
+    let (m, t, p) = ARGON2_PARAMS;
+    match Params::try_from(&parsed) {
+        Ok(params) => {
+            parsed.algorithm != ArgonAlgorithm::Argon2id.ident()
+                || parsed.version != Some(Version::V0x13 as u32)
+                || (params.m_cost(), params.t_cost(), params.p_cost()) != (m, t, p)
+        }
+        Err(_) => true,
+    }
+}
+
+/// After a successful login with `password`: when the stored hash was made
+/// with other parameters, stores the password hashed as new ones are.
+pub async fn upgrade_hash(
+    state: &AppState,
+    user: Uuid,
+    old_hash: &str,
+    password: String,
+) -> AppResult<()> {
+    if !needs_rehash(old_hash) {
+        return Ok(());
+    }
+    let new_hash = tokio::task::spawn_blocking(move || hash_password(&password))
+        .await
+        .map_err(AppError::internal)??;
+    let upgraded: bool = sqlx::query_scalar("SELECT app.rehash_password($1, $2, $3)")
+        .bind(user)
+        .bind(old_hash)
+        .bind(new_hash)
+        .fetch_one(&state.auth_db)
+        .await?;
+    tracing::info!(user_id = %user, upgraded, "password hash parameters upgraded");
+    Ok(())
 }
 
 /// Checked for unknown emails so that they take as long as a wrong password.

@@ -31,8 +31,15 @@ pub struct Config {
     /// Redis URL (sessions and revocations).
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
-    /// HS256 secret for access tokens (at least 32 bytes).
-    #[arg(long, env = "TENANCY_JWT_SECRET", hide_env_values = true)]
+    /// HS256 secret for access tokens (at least 32 bytes); needed to serve,
+    /// not to migrate or bootstrap.
+    #[arg(
+        long,
+        env = "TENANCY_JWT_SECRET",
+        hide_env_values = true,
+        default_value = "",
+        hide_default_value = true
+    )]
     pub jwt_secret: String,
     /// `iss` of access tokens.
     #[arg(long, env = "TENANCY_JWT_ISSUER", default_value = "tenancy")]
@@ -40,9 +47,13 @@ pub struct Config {
     /// `aud` of access tokens.
     #[arg(long, env = "TENANCY_JWT_AUDIENCE", default_value = "tenancy-api")]
     pub jwt_audience: String,
-    /// Lifetime of access tokens, in seconds.
-    #[arg(long, env = "TENANCY_ACCESS_TTL", default_value_t = 3600)]
+    /// Lifetime of access tokens, in seconds; never longer than the
+    /// tenant's session timeout (`session_timeout_minutes`).
+    #[arg(long, env = "TENANCY_ACCESS_TTL", default_value_t = 900)]
     pub access_ttl_secs: u64,
+    /// Longest a session lasts however often it is refreshed, in days.
+    #[arg(long, env = "TENANCY_SESSION_MAX_DAYS", default_value_t = 30)]
+    pub session_max_days: u64,
     /// kid under which the context-signing key is registered in the database.
     #[arg(long, env = "TENANCY_CONTEXT_KID", default_value = "tenancy-server")]
     pub context_kid: String,
@@ -222,8 +233,9 @@ pub enum ConfigError {
 }
 
 impl Config {
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.jwt_secret.len() < 32 {
+    /// Checks the secrets; the access-token secret only when `serving`.
+    pub fn validate(&self, serving: bool) -> Result<(), ConfigError> {
+        if serving && self.jwt_secret.len() < 32 {
             return Err(ConfigError::WeakSecret("TENANCY_JWT_SECRET"));
         }
         if self.context_secret.len() < 32 {
@@ -256,5 +268,44 @@ impl Config {
             .as_deref()
             .map(|d| d.trim().trim_end_matches('.').to_ascii_lowercase())
             .filter(|d| !d.is_empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: Config,
+    }
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        let mut argv = vec!["tenancy-server", "--database-url", "postgres://app@db/app"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).map(|cli| cli.config)
+    }
+
+    #[test]
+    fn the_access_token_secret_is_needed_to_serve_only() -> Result<(), clap::Error> {
+        let context = ["--context-secret", "a context secret of at least 32 bytes!"];
+        let config = parse(&context)?;
+        assert!(config.validate(false).is_ok(), "migrate and bootstrap");
+        assert!(matches!(
+            config.validate(true),
+            Err(ConfigError::WeakSecret("TENANCY_JWT_SECRET"))
+        ));
+        let mut both = context.to_vec();
+        both.extend(["--jwt-secret", "an access token secret of 32 bytes+"]);
+        assert!(parse(&both)?.validate(true).is_ok());
+        assert!(
+            parse(&["--context-secret", "short"])?
+                .validate(false)
+                .is_err(),
+            "the context secret always"
+        );
+        Ok(())
     }
 }

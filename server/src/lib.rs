@@ -46,6 +46,7 @@ pub fn app(state: AppState) -> Router {
         .route_layer(from_fn_with_state(state.clone(), tenant::tenant_scope));
     let authenticated = Router::new()
         .merge(routes::auth::authenticated_router())
+        .merge(routes::passwords::authenticated_router())
         .merge(routes::admin::router())
         .merge(tenant_scoped)
         .route_layer(from_fn_with_state(state.clone(), auth::authenticate));
@@ -53,6 +54,7 @@ pub fn app(state: AppState) -> Router {
         .merge(routes::health::router())
         .merge(routes::auth::public_router())
         .merge(routes::invitations::public_router())
+        .merge(routes::passwords::public_router())
         .merge(authenticated)
         .fallback(|| async { error::AppError::NotFound("Route") })
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))

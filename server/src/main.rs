@@ -51,14 +51,18 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         steps: usize,
     },
-    /// Create or promote a super admin (password from TENANCY_PASSWORD).
+    /// Create or promote a super admin. The password of a new account (or
+    /// of one that has none yet) comes from TENANCY_PASSWORD or, with
+    /// --password-stdin, the first line of standard input; never from a
+    /// flag, which other users could read in the process list.
     CreateSuperAdmin {
         #[arg(long)]
         email: String,
-        #[arg(long, env = "TENANCY_PASSWORD", hide_env_values = true)]
-        password: String,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
     },
-    /// Create a tenant with its owner (password from TENANCY_PASSWORD).
+    /// Create a tenant with its owner (password as for create-super-admin).
     CreateTenant {
         #[arg(long)]
         slug: String,
@@ -66,10 +70,12 @@ enum Command {
         name: String,
         #[arg(long)]
         owner_email: String,
-        #[arg(long, env = "TENANCY_PASSWORD", hide_env_values = true)]
-        password: String,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
     },
-    /// Add a user to a tenant (password from TENANCY_PASSWORD, used if the user is new).
+    /// Add a user to a tenant (password as for create-super-admin; an
+    /// account that already has one keeps it).
     AddMember {
         #[arg(long)]
         tenant: Uuid,
@@ -77,9 +83,34 @@ enum Command {
         email: String,
         #[arg(long, default_value = "member")]
         role: String,
-        #[arg(long, env = "TENANCY_PASSWORD", hide_env_values = true)]
-        password: String,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
     },
+}
+
+/// The password for a bootstrap command: the first line of standard input
+/// with `--password-stdin`, else `TENANCY_PASSWORD`.
+fn password(stdin: bool) -> Result<String, String> {
+    let password = if stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| format!("cannot read the password from standard input: {e}"))?;
+        line.trim_end_matches(['\r', '\n']).to_owned()
+    } else {
+        std::env::var("TENANCY_PASSWORD")
+            .map_err(|_| "no password: set TENANCY_PASSWORD or pass --password-stdin".to_owned())?
+    };
+    if password.is_empty() {
+        return Err("the password is empty".to_owned());
+    }
+    Ok(password)
+}
+
+/// Whether the command serves access tokens (and so needs their secret).
+fn verifies_tokens(command: &Command) -> bool {
+    matches!(command, Command::Serve)
 }
 
 #[tokio::main]
@@ -96,12 +127,13 @@ async fn main() -> ExitCode {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
     let cli = Cli::parse();
-    if let Err(e) = cli.config.validate() {
+    let command = cli.command.unwrap_or(Command::Serve);
+    if let Err(e) = cli.config.validate(verifies_tokens(&command)) {
         eprintln!("configuration error: {e}");
         return ExitCode::from(2);
     }
     let config = cli.config;
-    let result = match cli.command.unwrap_or(Command::Serve) {
+    let result = match command {
         Command::Serve => serve(config).await,
         Command::Worker {
             tenants,
@@ -129,30 +161,40 @@ async fn main() -> ExitCode {
         Command::MigrateDown { steps } => ops::migrate_down(&config, steps)
             .await
             .map_err(|e| e.to_string()),
-        Command::CreateSuperAdmin { email, password } => {
-            ops::create_super_admin(&config, &email, password)
+        Command::CreateSuperAdmin {
+            email,
+            password_stdin,
+        } => match password(password_stdin) {
+            Ok(password) => ops::create_super_admin(&config, &email, password)
                 .await
                 .map(|id| println!("{id}"))
-                .map_err(|e| e.to_string())
-        }
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        },
         Command::CreateTenant {
             slug,
             name,
             owner_email,
-            password,
-        } => ops::create_tenant(&config, &slug, &name, &owner_email, password)
-            .await
-            .map(|(tenant, owner)| println!("{tenant} {owner}"))
-            .map_err(|e| e.to_string()),
+            password_stdin,
+        } => match password(password_stdin) {
+            Ok(password) => ops::create_tenant(&config, &slug, &name, &owner_email, password)
+                .await
+                .map(|(tenant, owner)| println!("{tenant} {owner}"))
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        },
         Command::AddMember {
             tenant,
             email,
             role,
-            password,
-        } => ops::add_member(&config, tenant, &email, password, &role)
-            .await
-            .map(|id| println!("{id}"))
-            .map_err(|e| e.to_string()),
+            password_stdin,
+        } => match password(password_stdin) {
+            Ok(password) => ops::add_member(&config, tenant, &email, password, &role)
+                .await
+                .map(|id| println!("{id}"))
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -68,6 +68,10 @@ pub async fn migrate(config: &Config) -> AppResult<()> {
              app.tenant_roles, app.email_outbox FROM {quoted}"
         ),
         format!("REVOKE UPDATE, DELETE ON app.tenant_config_versions FROM {quoted}"),
+        // Sessions and password resets are the credential role's alone.
+        format!(
+            "REVOKE ALL ON app.sessions, app.spent_refresh_tokens, app.password_resets FROM {quoted}"
+        ),
     ] {
         // One transaction: no moment in which the broad grant holds
         // without the revocations that narrow it.
@@ -112,12 +116,9 @@ pub async fn migrate_down(config: &Config, steps: usize) -> AppResult<()> {
     MIGRATOR.undo(&pool, target).await.map_err(migrate_error)
 }
 
-async fn hash(password: String) -> AppResult<String> {
-    if password.len() < 8 {
-        return Err(AppError::Validation(
-            "password must be at least 8 characters".to_owned(),
-        ));
-    }
+/// Hashes a password for `email` that passes the policy ([`crate::password`]).
+async fn hash(password: String, email: &str) -> AppResult<String> {
+    crate::password::check(&password, email.trim())?;
     tokio::task::spawn_blocking(move || auth::hash_password(&password))
         .await
         .map_err(AppError::internal)?
@@ -135,9 +136,13 @@ async fn upsert_user(
     email: &str,
     password_hash: &str,
 ) -> AppResult<Uuid> {
+    // An existing account keeps its password; one that has none yet
+    // (invited, never accepted) gets this one.
     Ok(sqlx::query_scalar(
         "INSERT INTO app.users (email, password_hash) VALUES ($1, $2)
-         ON CONFLICT (lower(email)) DO UPDATE SET email = app.users.email
+         ON CONFLICT (lower(email)) DO UPDATE SET password_hash = CASE
+             WHEN app.users.password_hash LIKE '$argon2%' THEN app.users.password_hash
+             ELSE EXCLUDED.password_hash END
          RETURNING id",
     )
     .bind(email.trim())
@@ -159,7 +164,7 @@ async fn enter_tenant(
 /// Creates (or promotes) a super admin: platform actions only, no tenant.
 pub async fn create_super_admin(config: &Config, email: &str, password: String) -> AppResult<Uuid> {
     let pool = owner_pool(config).await?;
-    let password_hash = hash(password).await?;
+    let password_hash = hash(password, email).await?;
     let id = sqlx::query_scalar(
         "INSERT INTO app.users (email, password_hash, is_super_admin) VALUES ($1, $2, true)
          ON CONFLICT (lower(email)) DO UPDATE SET is_super_admin = true, password_hash = excluded.password_hash
@@ -181,7 +186,7 @@ pub async fn create_tenant(
     owner_email: &str,
     owner_password: String,
 ) -> AppResult<(Uuid, Uuid)> {
-    let password_hash = hash(owner_password).await?;
+    let password_hash = hash(owner_password, owner_email).await?;
     let mut conn = owner_conn(config).await?;
     let mut tx = conn.begin().await?;
     let tenant: Uuid = sqlx::query_scalar("SELECT tenancy.create_tenant($1, $2)")
@@ -210,7 +215,7 @@ pub async fn add_member(
             "role must be owner, admin or member; got {role:?}"
         )));
     }
-    let password_hash = hash(password).await?;
+    let password_hash = hash(password, email).await?;
     let mut conn = owner_conn(config).await?;
     let mut tx = conn.begin().await?;
     let user = upsert_user(&mut tx, email, &password_hash).await?;

@@ -535,6 +535,33 @@ mod service_schema {
         Ok(())
     }
 
+    #[tokio::test]
+    async fn takes_over_sessions_or_sets_passwords() -> TestResult {
+        // Refresh-token digests, reset links and the functions that rotate,
+        // revoke or set them are the credential role's alone.
+        let app = TestApp::spawn().await?;
+        app.login(ALICE).await?;
+        let mut attacker = app.app_role().await?;
+        let nil = "'00000000-0000-0000-0000-000000000000'";
+        for sql in [
+            "SELECT refresh_hash FROM app.sessions".to_owned(),
+            "SELECT token_hash FROM app.spent_refresh_tokens".to_owned(),
+            "SELECT token_hash FROM app.password_resets".to_owned(),
+            "UPDATE app.sessions SET expires_at = now() + interval '10 years'".to_owned(),
+            "SELECT * FROM app.session_refresh('\\x00', '\\x00')".to_owned(),
+            format!("SELECT * FROM app.session_list({nil})"),
+            format!("SELECT app.password_of({nil})"),
+            format!("SELECT app.set_password({nil}, '$argon2id$', NULL)"),
+            "SELECT * FROM app.reset_password('\\x00', '$argon2id$')".to_owned(),
+            "SELECT app.request_password_reset('alice@acme.test', '\\x00', '1 hour')".to_owned(),
+            "SELECT app.queue_password_reset_mail('\\x00', 's', 'b')".to_owned(),
+        ] {
+            let (code, message) = db_error(sqlx::raw_sql(&sql).execute(&mut attacker).await);
+            assert_eq!(code, "42501", "{sql}: {message}");
+        }
+        Ok(())
+    }
+
     async fn user_id(app: &TestApp, email: &str) -> TestResult<Uuid> {
         Ok(
             sqlx::query_scalar("SELECT id FROM app.users WHERE email = $1")

@@ -19,17 +19,6 @@ async fn invite(app: &TestApp, token: &str, email: &str, role: &str) -> TestResu
     .await
 }
 
-/// Logs in by password and returns the answer's body.
-async fn login_body(app: &TestApp, email: &str, password: &str) -> TestResult<(u16, Value)> {
-    let response = app
-        .client
-        .post(app.url("/auth/token"))
-        .json(&json!({"email": email, "password": password}))
-        .send()
-        .await?;
-    Ok((response.status().as_u16(), response.json().await?))
-}
-
 async fn member_emails(app: &TestApp, token: &str) -> TestResult<Vec<String>> {
     let (status, body) = app.get("/api/tenant/members", token).await?;
     assert_eq!(status, 200, "{body}");
@@ -71,7 +60,7 @@ async fn a_new_address_accepts_chooses_a_password_and_logs_in() -> TestResult {
         .await?
         .contains(&"new.hire@acme.test".to_owned()));
 
-    let (status, login) = login_body(&app, "new.hire@acme.test", NEW_PASSWORD).await?;
+    let (status, login) = app.login_body("new.hire@acme.test", NEW_PASSWORD).await?;
     assert_eq!(status, 200);
     assert_eq!(login["tenant_id"], json!(app.acme));
 
@@ -100,7 +89,7 @@ async fn an_existing_account_joins_only_when_it_accepts_with_its_own_password() 
     assert_eq!(status, 202, "{body}");
     // Nothing changed for gus yet: not a member, and his login keeps its tenant.
     assert!(!member_emails(&app, &alice).await?.contains(&GUS.to_owned()));
-    let (_, login) = login_body(&app, GUS, PASSWORD).await?;
+    let (_, login) = app.login_body(GUS, PASSWORD).await?;
     assert_eq!(login["tenant_id"], json!(app.globex), "{login}");
 
     let token = app.invitation_token(GUS).await?;
@@ -112,7 +101,7 @@ async fn an_existing_account_joins_only_when_it_accepts_with_its_own_password() 
     assert_eq!(status, 200, "{body}");
     assert!(member_emails(&app, &alice).await?.contains(&GUS.to_owned()));
     // Gus's password is unchanged and he now has two tenants.
-    let (_, login) = login_body(&app, GUS, PASSWORD).await?;
+    let (_, login) = app.login_body(GUS, PASSWORD).await?;
     assert_eq!(
         login["tenants"].as_array().map(Vec::len),
         Some(2),

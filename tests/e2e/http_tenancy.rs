@@ -428,6 +428,24 @@ async fn another_tenant_never_reads_changes_or_learns_of_rows() -> TestResult {
         (status, body["error"].clone()),
         (422, json!("assignee_id is not a member of this tenant"))
     );
+    // A member of the tenant can be assigned, and the task unassigned again.
+    let alice_id = tenancy_tests::server::claims(&alice)["sub"].clone();
+    for (assignee, title) in [(alice_id, "Launch"), (Value::Null, "Launch")] {
+        let (status, body) = app
+            .call(
+                Method::PATCH,
+                &format!("/api/tasks/{task}"),
+                Some(&alice),
+                &[],
+                Some(json!({ "assignee_id": assignee })),
+            )
+            .await?;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            (&body["assignee_id"], &body["title"]),
+            (&assignee, &json!(title))
+        );
+    }
     Ok(())
 }
 
@@ -536,7 +554,7 @@ async fn single_tenant_deployments_refuse_a_second_tenant_per_user() -> TestResu
 #[tokio::test]
 async fn migrations_roll_back_and_forward() -> TestResult {
     let app = TestApp::spawn().await?;
-    tenancy_server::ops::migrate_down(&app.config, 9)
+    tenancy_server::ops::migrate_down(&app.config, 10)
         .await
         .map_err(|e| format!("{e:?}"))?;
     let mut su = app.superuser().await?;

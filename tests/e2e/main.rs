@@ -17,6 +17,7 @@ mod catalog;
 mod context;
 mod forging;
 mod hardening;
+mod http_accounts;
 mod http_admin;
 mod http_auth;
 mod http_authz;

@@ -131,6 +131,7 @@ impl TestApp {
             jwt_issuer: "tenancy-test".to_owned(),
             jwt_audience: "tenancy-test-api".to_owned(),
             access_ttl_secs: 600,
+            session_max_days: 30,
             context_kid: "test-server".to_owned(),
             context_secret: "test-context-secret-0123456789abcdef0".to_owned(),
             context_ttl_secs: 120,
@@ -236,6 +237,18 @@ impl TestApp {
         Ok(body["access_token"].as_str().unwrap_or_default().to_owned())
     }
 
+    /// Logs in by password; returns the answer's status and body (access
+    /// and refresh tokens on success).
+    pub async fn login_body(&self, email: &str, password: &str) -> TestResult<(u16, Value)> {
+        let response = self
+            .client
+            .post(self.url("/auth/token"))
+            .json(&serde_json::json!({"email": email, "password": password}))
+            .send()
+            .await?;
+        Ok((response.status().as_u16(), response.json().await?))
+    }
+
     /// Sends a request with a bearer token and returns status and JSON body
     /// (Null for an empty body).
     pub async fn call(
@@ -270,13 +283,32 @@ impl TestApp {
     /// The token of the latest invitation mailed to `email` (read from the
     /// mail outbox, as the invitee reads their mail).
     pub async fn invitation_token(&self, email: &str) -> TestResult<String> {
-        let body: String = sqlx::query_scalar(
-            "SELECT body FROM app.email_outbox WHERE recipient = $1 AND template = 'invitation'
-             ORDER BY created_at DESC, id DESC LIMIT 1",
-        )
-        .bind(email)
-        .fetch_one(&mut self.superuser().await?)
-        .await?;
+        self.mailed_token(email, "invitation").await
+    }
+
+    /// The token in the latest mail of `template` to `email`, from the mail
+    /// outbox (waiting up to 5 s for mail queued after the answer).
+    pub async fn mailed_token(&self, email: &str, template: &str) -> TestResult<String> {
+        let mut su = self.superuser().await?;
+        let mut waited = 0;
+        let body: String = loop {
+            let body: Option<String> = sqlx::query_scalar(
+                "SELECT body FROM app.email_outbox WHERE recipient = $1 AND template = $2
+                 ORDER BY created_at DESC, id DESC LIMIT 1",
+            )
+            .bind(email)
+            .bind(template)
+            .fetch_optional(&mut su)
+            .await?;
+            match body {
+                Some(body) => break body,
+                None if waited < 50 => {
+                    waited += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                None => return Err(format!("no {template} mail to {email}").into()),
+            }
+        };
         body.split("token=")
             .nth(1)
             .and_then(|rest| rest.split_whitespace().next())

@@ -1,10 +1,17 @@
-//! `POST /auth/token`, `POST /auth/switch-tenant`, `POST /auth/logout`,
-//! `GET /users/me`.
+//! Logins and sessions: `POST /auth/token` (JSON, or the OAuth 2.0
+//! form-encoded password and refresh-token grants), `POST /auth/refresh`,
+//! `POST /auth/switch-tenant`, `POST /auth/logout`, `POST /auth/logout-all`,
+//! `GET /auth/sessions`, `DELETE /auth/sessions/{id}`, `GET /users/me`.
+//!
+//! A login opens a session: a short access token and a refresh token that is
+//! exchanged for the next one on each use; a refresh token used twice ends
+//! its session (see [`crate::auth::rotate_refresh`]).
 
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::extract::{FromRequest, Request, State};
+use axum::http::header::{CONTENT_TYPE, USER_AGENT};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{delete, get, post};
+use axum::{Form, Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sqlx::Row;
@@ -12,13 +19,15 @@ use uuid::Uuid;
 
 use crate::auth::{self, AuthUser, TenantRef, TokenSubject};
 use crate::error::{AppError, AppResult};
-use crate::extract::AppJson;
+use crate::extract::{AppJson, AppPath};
 use crate::limits::{ClientAddress, LoginBudget};
 use crate::state::AppState;
 
 /// Routes that need no token.
 pub fn public_router() -> Router<AppState> {
-    Router::new().route("/auth/token", post(login))
+    Router::new()
+        .route("/auth/token", post(token))
+        .route("/auth/refresh", post(refresh))
 }
 
 /// Routes that need a valid token but no tenant.
@@ -26,6 +35,9 @@ pub fn authenticated_router() -> Router<AppState> {
     Router::new()
         .route("/auth/switch-tenant", post(switch_tenant))
         .route("/auth/logout", post(logout))
+        .route("/auth/logout-all", post(logout_all))
+        .route("/auth/sessions", get(sessions))
+        .route("/auth/sessions/{id}", delete(end_session))
         .route("/users/me", get(me))
 }
 
@@ -33,6 +45,71 @@ pub fn authenticated_router() -> Router<AppState> {
 struct LoginRequest {
     email: String,
     password: String,
+}
+
+/// The OAuth 2.0 token request (RFC 6749 4.3 and 6), form-encoded.
+#[derive(Deserialize)]
+struct OAuthForm {
+    grant_type: String,
+    username: Option<String>,
+    password: Option<String>,
+    refresh_token: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RefreshRequest {
+    refresh_token: String,
+}
+
+/// What `POST /auth/token` was asked for.
+enum Grant {
+    Password(LoginRequest),
+    Refresh(String),
+}
+
+impl<S: Send + Sync> FromRequest<S> for Grant {
+    type Rejection = AppError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let form = req
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+        if !form {
+            let AppJson(body) = AppJson::<LoginRequest>::from_request(req, state).await?;
+            return Ok(Grant::Password(body));
+        }
+        let Form(form) = Form::<OAuthForm>::from_request(req, state)
+            .await
+            .map_err(|_| {
+                AppError::BadRequest("Malformed form body: grant_type is required".to_owned())
+            })?;
+        let missing = |name: &str| AppError::BadRequest(format!("{name} is required"));
+        match form.grant_type.as_str() {
+            "password" => Ok(Grant::Password(LoginRequest {
+                email: form.username.ok_or_else(|| missing("username"))?,
+                password: form.password.ok_or_else(|| missing("password"))?,
+            })),
+            "refresh_token" => Ok(Grant::Refresh(
+                form.refresh_token.ok_or_else(|| missing("refresh_token"))?,
+            )),
+            _ => Err(AppError::BadRequest(
+                "unsupported grant_type: use password or refresh_token".to_owned(),
+            )),
+        }
+    }
+}
+
+/// Where a request came from, kept with the session it opens.
+fn origin<'a>(headers: &'a HeaderMap, address: &'a str) -> auth::Origin<'a> {
+    auth::Origin {
+        user_agent: headers
+            .get(USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default(),
+        address,
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -118,21 +195,83 @@ fn subject(
     }
 }
 
-fn token_response(token: String, claims: &auth::AccessClaims, ttl: u64) -> Json<Value> {
-    Json(json!({
+fn token_response(
+    token: String,
+    claims: &auth::AccessClaims,
+    ttl: u64,
+    refresh: Option<&str>,
+) -> Json<Value> {
+    let mut body = json!({
         "access_token": token,
         "token_type": "bearer",
         "expires_in": ttl,
         "tenant_id": claims.tenant_id,
         "tenants": claims.tenants,
-    }))
+    });
+    if let Some(refresh) = refresh {
+        body["refresh_token"] = json!(refresh);
+    }
+    Json(body)
+}
+
+fn session_response(tokens: auth::SessionTokens) -> Json<Value> {
+    token_response(
+        tokens.access,
+        &tokens.claims,
+        tokens.ttl,
+        Some(&tokens.refresh),
+    )
+}
+
+async fn token(
+    State(state): State<AppState>,
+    ClientAddress(address): ClientAddress,
+    headers: HeaderMap,
+    grant: Grant,
+) -> AppResult<Json<Value>> {
+    match grant {
+        Grant::Password(body) => login(state, &address, &headers, body).await,
+        Grant::Refresh(presented) => refreshed(state, &presented).await,
+    }
+}
+
+async fn refresh(
+    State(state): State<AppState>,
+    AppJson(body): AppJson<RefreshRequest>,
+) -> AppResult<Json<Value>> {
+    refreshed(state, &body.refresh_token).await
+}
+
+/// Rotates the refresh token and issues an access token for the session's
+/// tenant, if the user is still an active member of it.
+async fn refreshed(state: AppState, presented: &str) -> AppResult<Json<Value>> {
+    let (sid, user_id, email, super_admin, tenant, refresh, ttl) =
+        match auth::rotate_refresh(&state, presented).await? {
+            auth::Refreshed::Rotated {
+                sid,
+                user_id,
+                email,
+                super_admin,
+                tenant,
+                refresh,
+                ttl,
+            } => (sid, user_id, email, super_admin, tenant, refresh, ttl),
+            auth::Refreshed::Refused(why) => return Err(AppError::Unauthorized(why)),
+        };
+    let tenants = memberships(&state, user_id).await?;
+    let selected =
+        tenant.and_then(|id| tenants.iter().find(|m| m.id == id && m.status == "active"));
+    let subject = subject(user_id, email, super_admin, &tenants, selected);
+    let (token, claims) = auth::issue(&state, subject, sid, ttl).await?;
+    Ok(token_response(token, &claims, ttl, Some(&refresh)))
 }
 
 #[tracing::instrument(skip_all)]
 async fn login(
-    State(state): State<AppState>,
-    ClientAddress(address): ClientAddress,
-    AppJson(body): AppJson<LoginRequest>,
+    state: AppState,
+    address: &str,
+    headers: &HeaderMap,
+    body: LoginRequest,
 ) -> AppResult<Json<Value>> {
     let email = body.email.trim();
     if email.is_empty() || email.len() > 254 {
@@ -146,16 +285,17 @@ async fn login(
         ));
     }
     // Budgets first, before the account is looked up or a hash computed.
-    let budget = LoginBudget::check(&state, &address, email).await?;
+    let budget = LoginBudget::check(&state, address, email).await?;
     let found = lookup(&state, email).await?;
     let hash = found.as_ref().map(|f| f.password_hash.clone());
     // Unknown email and wrong password: same answer, same work.
-    let verified = auth::verify_password(&state, body.password, hash).await?;
+    let verified = auth::verify_password(&state, body.password.clone(), hash).await?;
     let Some(found) = found.filter(|_| verified) else {
         budget.failed(&state).await?;
         return Err(AppError::Unauthorized("Invalid email or password"));
     };
     budget.succeeded(&state).await?;
+    auth::upgrade_hash(&state, found.user_id, &found.password_hash, body.password).await?;
     let subject = subject(
         found.user_id,
         found.email,
@@ -163,9 +303,9 @@ async fn login(
         &found.tenants,
         None,
     );
-    let (token, claims) = auth::issue(&state, subject, Uuid::new_v4()).await?;
-    tracing::info!(user_id = %claims.sub, tenant_id = ?claims.tenant_id, "login");
-    Ok(token_response(token, &claims, state.keys.access_ttl()))
+    let tokens = auth::open_session(&state, subject, origin(headers, address)).await?;
+    tracing::info!(user_id = %tokens.claims.sub, tenant_id = ?tokens.claims.tenant_id, "login");
+    Ok(session_response(tokens))
 }
 
 #[derive(Deserialize)]
@@ -193,16 +333,77 @@ async fn switch_tenant(
         &tenants,
         Some(selected),
     );
-    // Same session, new jti: the previous token of this session stops working.
-    let (token, new_claims) = auth::issue(&state, subject, claims.sid).await?;
-    Ok(token_response(token, &new_claims, state.keys.access_ttl()))
+    // Same session, new jti: the previous token of this session stops
+    // working; the session's refresh token now refreshes into this tenant.
+    let ttl = auth::select_tenant(&state, claims.sid, claims.sub, selected.id).await?;
+    let (token, new_claims) = auth::issue(&state, subject, claims.sid, ttl).await?;
+    Ok(token_response(token, &new_claims, ttl, None))
 }
 
+/// Ends the caller's session: its access and refresh tokens stop working.
 async fn logout(
     State(state): State<AppState>,
     AuthUser(claims): AuthUser,
 ) -> AppResult<StatusCode> {
-    auth::revoke_session(&state, claims.sid).await?;
+    auth::revoke_sessions(&state, claims.sub, Some(claims.sid), None, "logout").await?;
+    auth::forget_sessions(&state, &[claims.sid]).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Ends every session of the caller, this one included.
+async fn logout_all(
+    State(state): State<AppState>,
+    AuthUser(claims): AuthUser,
+) -> AppResult<StatusCode> {
+    auth::revoke_sessions(&state, claims.sub, None, None, "logout everywhere").await?;
+    auth::forget_sessions(&state, &[claims.sid]).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The caller's sessions that can still be refreshed, newest first.
+async fn sessions(
+    State(state): State<AppState>,
+    AuthUser(claims): AuthUser,
+) -> AppResult<Json<Value>> {
+    let rows = sqlx::query(
+        "SELECT id, selected_tenant, created_at, refreshed_at, idle_expires_at, expires_at,
+                user_agent, address
+         FROM app.session_list($1)",
+    )
+    .bind(claims.sub)
+    .fetch_all(&state.auth_db)
+    .await?;
+    let mut list = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let id: Uuid = row.try_get("id")?;
+        let at =
+            |name: &str| -> AppResult<chrono::DateTime<chrono::Utc>> { Ok(row.try_get(name)?) };
+        list.push(json!({
+            "id": id,
+            "current": id == claims.sid,
+            "tenant_id": row.try_get::<Option<Uuid>, _>("selected_tenant")?,
+            "created_at": at("created_at")?,
+            "last_refreshed_at": at("refreshed_at")?,
+            "idle_expires_at": at("idle_expires_at")?,
+            "expires_at": at("expires_at")?,
+            "user_agent": row.try_get::<String, _>("user_agent")?,
+            "address": row.try_get::<String, _>("address")?,
+        }));
+    }
+    Ok(Json(json!({ "sessions": list })))
+}
+
+/// Ends one of the caller's own sessions (404 for any other id).
+async fn end_session(
+    State(state): State<AppState>,
+    AuthUser(claims): AuthUser,
+    AppPath(id): AppPath<Uuid>,
+) -> AppResult<StatusCode> {
+    let ended =
+        auth::revoke_sessions(&state, claims.sub, Some(id), None, "ended by the user").await?;
+    if ended.is_empty() {
+        return Err(AppError::NotFound("Session"));
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

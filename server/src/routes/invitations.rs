@@ -9,7 +9,6 @@
 //! confirms with its own. The inviter's answer is the same whether or not
 //! the address has an account.
 
-use argon2::password_hash::rand_core::{OsRng, RngCore};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
@@ -64,10 +63,7 @@ pub struct InviteRequest {
 /// A new link secret for `tenant`: the token mailed (`<tenant>.<secret>`)
 /// and the digest stored.
 fn new_token(tenant: Uuid) -> (String, [u8; 32]) {
-    let mut secret = [0u8; 32];
-    OsRng.fill_bytes(&mut secret);
-    let secret: String = secret.iter().map(|b| format!("{b:02x}")).collect();
-    let digest = tenancy_token::digest(&secret);
+    let (secret, digest) = crate::auth::new_secret();
     (format!("{tenant}.{secret}"), digest)
 }
 
@@ -318,7 +314,7 @@ async fn accept(
     .await?;
     let (tenant, secret) = body.token.trim().split_once('.').ok_or(NO_INVITATION)?;
     let tenant = Uuid::parse_str(tenant).map_err(|_| NO_INVITATION)?;
-    if secret.len() != 64 || !secret.chars().all(|c| c.is_ascii_hexdigit()) {
+    if !crate::auth::is_secret(secret) {
         return Err(NO_INVITATION);
     }
     if body.password.is_empty() || body.password.len() > crate::password::MAX_BYTES {

@@ -9,6 +9,7 @@ pub mod config;
 pub mod health;
 pub mod invitations;
 pub mod members;
+pub mod passwords;
 pub mod tasks;
 pub mod tenant;
 pub mod workspaces;

@@ -186,7 +186,19 @@ struct UpdateTask {
     title: Option<String>,
     description: Option<String>,
     status: Option<String>,
-    assignee_id: Option<Uuid>,
+    /// Absent: unchanged; `null`: unassigned; an id: assigned.
+    #[serde(default, deserialize_with = "given")]
+    assignee_id: Option<Option<Uuid>>,
+}
+
+/// A field that was given, `null` included (serde's `Option` alone cannot
+/// tell `null` from absent).
+fn given<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
 }
 
 async fn update(
@@ -215,17 +227,19 @@ async fn update(
     let mut db = db.lock().await?;
     let resource = task_resource(&mut db, &tenant, id).await?;
     authorize(&state, &tenant, &mut db, "task:update", resource).await?;
-    valid_assignee(db.conn()?, body.assignee_id).await?;
+    valid_assignee(db.conn()?, body.assignee_id.flatten()).await?;
     sqlx::query_as(&format!(
         "UPDATE app.tasks SET title = coalesce($2, title), description = coalesce($3, description),
-             status = coalesce($4, status), assignee_id = coalesce($5, assignee_id), updated_at = now()
+             status = coalesce($4, status),
+             assignee_id = CASE WHEN $6 THEN $5 ELSE assignee_id END, updated_at = now()
          WHERE id = $1 RETURNING {COLUMNS}"
     ))
     .bind(id)
     .bind(title)
     .bind(description)
     .bind(status)
-    .bind(body.assignee_id)
+    .bind(body.assignee_id.flatten())
+    .bind(body.assignee_id.is_some())
     .fetch_optional(db.conn()?)
     .await?
     .map(Json)

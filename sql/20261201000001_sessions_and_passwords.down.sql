@@ -1,0 +1,16 @@
+DROP FUNCTION app.reset_password(bytea, text);
+DROP FUNCTION app.password_reset_email(bytea);
+DROP FUNCTION app.queue_password_reset_mail(bytea, text, text);
+DROP FUNCTION app.request_password_reset(text, bytea, interval);
+DROP FUNCTION app.rehash_password(uuid, text, text);
+DROP FUNCTION app.set_password(uuid, text, uuid);
+DROP FUNCTION app.password_of(uuid);
+DROP FUNCTION app.session_revoke(uuid, uuid, uuid, text);
+DROP FUNCTION app.session_list(uuid);
+DROP FUNCTION app.session_select_tenant(uuid, uuid, uuid);
+DROP FUNCTION app.session_refresh(bytea, bytea);
+DROP FUNCTION app.session_start(uuid, uuid, uuid, bytea, interval, text, text);
+DROP FUNCTION app.session_timeout(uuid);
+DROP TABLE app.password_resets;
+DROP TABLE app.spent_refresh_tokens;
+DROP TABLE app.sessions;
