@@ -49,6 +49,7 @@ CREATE TABLE app.password_resets (
     used_at    timestamptz
 );
 CREATE INDEX password_resets_user_idx ON app.password_resets (user_id, created_at);
+CREATE INDEX password_resets_expires_idx ON app.password_resets (expires_at);
 
 ------------------------------------------------------------------------------
 -- Sessions
@@ -128,11 +129,14 @@ BEGIN
 END
 $$;
 
--- The tenant a session's next tokens are for; its idle timeout follows.
+-- The tenant a live session's next tokens are for; its idle timeout
+-- follows. NULL when the session has ended (revoked, expired, idle too long,
+-- removed): then it issues nothing more.
 CREATE FUNCTION app.session_select_tenant(session uuid, member uuid, tenant uuid) RETURNS interval
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     UPDATE app.sessions s SET selected_tenant = tenant, idle_timeout = app.session_timeout(tenant)
-    WHERE s.id = session AND s.user_id = member
+    WHERE s.id = session AND s.user_id = member AND s.revoked_at IS NULL
+      AND s.expires_at > now() AND s.refreshed_at + s.idle_timeout > now()
     RETURNING s.idle_timeout;
 $$;
 
@@ -217,6 +221,10 @@ BEGIN
         WHERE r.user_id = member AND r.created_at > now() - interval '1 minute') THEN
         member := NULL;
     END IF;
+    -- Links that ended a day ago go, a few at a time.
+    DELETE FROM app.password_resets r WHERE r.token_hash IN (
+        SELECT o.token_hash FROM app.password_resets o
+        WHERE o.expires_at < now() - interval '1 day' LIMIT 20);
     INSERT INTO app.password_resets (token_hash, user_id, expires_at)
     VALUES (token, member, now() + valid);
     IF member IS NULL THEN

@@ -16,7 +16,6 @@ use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
 use axum::response::Response;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use uuid::Uuid;
@@ -195,11 +194,31 @@ pub async fn issue(
     };
     let token = keys.sign(&claims)?;
     let mut redis = state.redis.clone();
-    let _: () = redis
-        .set_ex(session_key(sid), claims.jti.to_string(), ttl.max(1))
+    let current: i64 = redis::cmd("EVAL")
+        .arg(CURRENT_TOKEN)
+        .arg(1)
+        .arg(session_key(sid))
+        .arg(claims.jti.to_string())
+        .arg(ttl.max(1))
+        .query_async(&mut redis)
         .await?;
+    if current != 1 {
+        // The session was ended meanwhile (logout, password change or
+        // reset, reuse): its marker is never overwritten.
+        return Err(AppError::Unauthorized("Session has ended"));
+    }
     Ok((token, claims))
 }
+
+/// What a revoked session's entry holds until every access token it could
+/// have issued has expired.
+const REVOKED: &str = "revoked";
+
+/// Makes `ARGV[1]` the session's current access token for `ARGV[2]`
+/// seconds, unless the session has been revoked (then 0).
+const CURRENT_TOKEN: &str = r"if redis.call('GET', KEYS[1]) == 'revoked' then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1";
 
 /// A new random secret: 32 bytes from the OS, as 64 hex digits, and the
 /// SHA-256 under which it is stored.
@@ -346,7 +365,9 @@ pub async fn select_tenant(
     .bind(tenant)
     .fetch_one(&state.auth_db)
     .await?;
-    Ok(access_ttl(state, idle.unwrap_or(3600)))
+    // No live session (ended, expired, idle too long): no new token.
+    let idle = idle.ok_or(AppError::Unauthorized("Session has ended"))?;
+    Ok(access_ttl(state, idle))
 }
 
 /// Ends sessions of `user`: `only` that one, or every one but `keep`.
@@ -369,14 +390,21 @@ pub async fn revoke_sessions(
     Ok(revoked)
 }
 
-/// Drops the access-token entries of sessions ended in the database.
+/// Marks sessions ended in the database as revoked in Redis: their access
+/// tokens stop working on every instance at once, and no request that was
+/// already under way (a refresh, a tenant switch) can make one current
+/// again. The marker outlives the longest access token.
 pub async fn forget_sessions(state: &AppState, sids: &[Uuid]) -> AppResult<()> {
     if sids.is_empty() {
         return Ok(());
     }
-    let keys: Vec<String> = sids.iter().map(|sid| session_key(*sid)).collect();
+    let ttl = state.keys.access_ttl() + 60;
+    let mut pipe = redis::pipe();
+    for sid in sids {
+        pipe.set_ex(session_key(*sid), REVOKED, ttl).ignore();
+    }
     let mut redis = state.redis.clone();
-    let _: () = redis.del(keys).await?;
+    let _: () = pipe.query_async(&mut redis).await?;
     Ok(())
 }
 

@@ -159,6 +159,10 @@ impl From<sqlx::Error> for AppError {
                     Some(code) if code.starts_with("08") || code.starts_with("57") => {
                         AppError::Unavailable(format!("database: {e}"))
                     }
+                    // A NUL character in text (PostgreSQL's text cannot hold one).
+                    Some("22021") => {
+                        AppError::Validation("Text must not contain NUL characters".to_owned())
+                    }
                     Some("23514") | Some("22001") | Some("22023") => {
                         AppError::Validation("Invalid value".to_owned())
                     }

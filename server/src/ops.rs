@@ -68,6 +68,13 @@ pub async fn migrate(config: &Config) -> AppResult<()> {
              app.tenant_roles, app.email_outbox FROM {quoted}"
         ),
         format!("REVOKE UPDATE, DELETE ON app.tenant_config_versions FROM {quoted}"),
+        // Mail bodies carry one-time links (invitations, password resets):
+        // the application role sees the outbox without them.
+        format!("REVOKE SELECT ON app.email_outbox FROM {quoted}"),
+        format!(
+            "GRANT SELECT (tenant_id, id, recipient, template, subject, created_at, sent_at,
+                           attempts, next_attempt_at, last_error) ON app.email_outbox TO {quoted}"
+        ),
         // Sessions and password resets are the credential role's alone.
         format!(
             "REVOKE ALL ON app.sessions, app.spent_refresh_tokens, app.password_resets FROM {quoted}"
@@ -167,7 +174,9 @@ pub async fn create_super_admin(config: &Config, email: &str, password: String) 
     let password_hash = hash(password, email).await?;
     let id = sqlx::query_scalar(
         "INSERT INTO app.users (email, password_hash, is_super_admin) VALUES ($1, $2, true)
-         ON CONFLICT (lower(email)) DO UPDATE SET is_super_admin = true, password_hash = excluded.password_hash
+         ON CONFLICT (lower(email)) DO UPDATE SET is_super_admin = true, password_hash = CASE
+             WHEN app.users.password_hash LIKE '$argon2%' THEN app.users.password_hash
+             ELSE EXCLUDED.password_hash END
          RETURNING id",
     )
     .bind(email.trim())

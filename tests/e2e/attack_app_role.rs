@@ -562,6 +562,43 @@ mod service_schema {
         Ok(())
     }
 
+    #[tokio::test]
+    async fn reads_one_time_links_from_the_mail_outbox() -> TestResult {
+        // Invitation and reset mails carry links that sign in as someone:
+        // the application role sees the outbox without the bodies.
+        let app = TestApp::spawn().await?;
+        let alice = app.login(ALICE).await?;
+        let (status, _) = app
+            .post(
+                "/api/tenant/invitations",
+                &alice,
+                serde_json::json!({"email": "new@acme.test", "role": "member"}),
+            )
+            .await?;
+        assert_eq!(status, 202);
+        app.invitation_token("new@acme.test").await?;
+        let owner = user_id(&app, ALICE).await?;
+        let mut attacker = app.app_role().await?;
+        let mut tx = attacker.begin().await?;
+        use_token(&mut tx, &app.context_token(app.acme, owner)).await?;
+        let (code, message) = db_error(
+            sqlx::query_scalar::<_, String>("SELECT body FROM app.email_outbox")
+                .fetch_all(&mut *tx)
+                .await,
+        );
+        assert_eq!(code, "42501", "{message}");
+        tx.rollback().await?;
+        let mut tx = attacker.begin().await?;
+        use_token(&mut tx, &app.context_token(app.acme, owner)).await?;
+        let recipients: Vec<String> = sqlx::query_scalar(
+            "SELECT recipient FROM app.email_outbox WHERE template = 'invitation'",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        assert_eq!(recipients, vec!["new@acme.test".to_owned()]);
+        Ok(())
+    }
+
     async fn user_id(app: &TestApp, email: &str) -> TestResult<Uuid> {
         Ok(
             sqlx::query_scalar("SELECT id FROM app.users WHERE email = $1")

@@ -394,6 +394,26 @@ mod anonymous_client {
     }
 
     #[tokio::test]
+    async fn sends_nul_characters_in_addresses() -> TestResult {
+        let app = TestApp::spawn().await?;
+        let (status, body) = forgot(&app, "a\u{0}b@acme.test").await?;
+        assert_eq!(status, 422, "{body}");
+        let (status, body) = app.login_body("alice\u{0}@acme.test", PASSWORD).await?;
+        assert_eq!(status, 422, "{body}");
+        let (status, body) = form(
+            &app,
+            &[
+                ("grant_type", "password"),
+                ("username", "a\u{0}b"),
+                ("password", PASSWORD),
+            ],
+        )
+        .await?;
+        assert_eq!(status, 422, "{body}");
+        Ok(())
+    }
+
+    #[tokio::test]
     async fn presents_made_up_refresh_tokens() -> TestResult {
         let app = TestApp::spawn().await?;
         for token in [
@@ -489,6 +509,81 @@ mod anonymous_client {
     }
 }
 
+mod stolen_access_token {
+    use super::*;
+    use tenancy_tests::server::CAROL;
+
+    /// Carol (of acme and globex) switches tenant with a token of a session
+    /// the database has ended; returns the answer's status.
+    async fn switch_after(app: &TestApp, end_session: &str) -> TestResult<u16> {
+        let (access, _) = session(app, CAROL, PASSWORD).await?;
+        let sid = claims(&access)["sid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        sqlx::query(&format!(
+            "UPDATE app.sessions SET {end_session} WHERE id = $1::uuid"
+        ))
+        .bind(&sid)
+        .execute(&mut app.superuser().await?)
+        .await?;
+        let (status, _) = app
+            .post(
+                "/auth/switch-tenant",
+                &access,
+                json!({ "tenant_id": app.acme }),
+            )
+            .await?;
+        Ok(status)
+    }
+
+    #[tokio::test]
+    async fn keeps_an_ended_session_alive_by_switching_tenants() -> TestResult {
+        let app = TestApp::spawn().await?;
+        for end in [
+            "refreshed_at = now() - interval '2 hours'",
+            "expires_at = now() - interval '1 second'",
+            "revoked_at = now()",
+            "user_id = user_id, id = gen_random_uuid()",
+        ] {
+            assert_eq!(switch_after(&app, end).await?, 401, "{end}");
+        }
+        // A live session switches.
+        assert_eq!(switch_after(&app, "user_agent = user_agent").await?, 200);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn revives_a_logged_out_session_with_a_late_switch() -> TestResult {
+        // Logout leaves a marker that no token issue overwrites, and the
+        // session itself is ended in the database.
+        let app = TestApp::spawn().await?;
+        let (access, refresh_token) = session(&app, CAROL, PASSWORD).await?;
+        let sid = claims(&access)["sid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert_eq!(app.post("/auth/logout", &access, json!({})).await?.0, 204);
+        let redis = redis::Client::open(app.config.redis_url.as_str())?;
+        let mut redis = redis.get_multiplexed_async_connection().await?;
+        let entry: Option<String> = redis::cmd("GET")
+            .arg(format!("session:{sid}"))
+            .query_async(&mut redis)
+            .await?;
+        assert_eq!(entry.as_deref(), Some("revoked"));
+        let (status, _) = app
+            .post(
+                "/auth/switch-tenant",
+                &access,
+                json!({ "tenant_id": app.acme }),
+            )
+            .await?;
+        assert_eq!(status, 401);
+        assert_eq!(refresh(&app, &refresh_token).await?.0, 401);
+        Ok(())
+    }
+}
+
 mod tenant_member {
     use super::*;
 
@@ -561,6 +656,17 @@ mod bootstrap {
         .map_err(|e| format!("{e:?}"))?;
         assert_eq!(app.login_body(BOB, "a-different-password-9").await?.0, 401);
         session(&app, BOB, PASSWORD).await?;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn create_super_admin_keeps_an_existing_password() -> TestResult {
+        let app = TestApp::spawn().await?;
+        ops::create_super_admin(&app.config, ALICE, "a-different-password-9".to_owned())
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        let (access, _) = session(&app, ALICE, PASSWORD).await?;
+        assert_eq!(claims(&access)["super_admin"], true);
         Ok(())
     }
 

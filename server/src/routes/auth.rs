@@ -231,20 +231,31 @@ async fn token(
 ) -> AppResult<Json<Value>> {
     match grant {
         Grant::Password(body) => login(state, &address, &headers, body).await,
-        Grant::Refresh(presented) => refreshed(state, &presented).await,
+        Grant::Refresh(presented) => refreshed(state, &address, &presented).await,
     }
 }
 
 async fn refresh(
     State(state): State<AppState>,
+    ClientAddress(address): ClientAddress,
     AppJson(body): AppJson<RefreshRequest>,
 ) -> AppResult<Json<Value>> {
-    refreshed(state, &body.refresh_token).await
+    refreshed(state, &address, &body.refresh_token).await
 }
 
 /// Rotates the refresh token and issues an access token for the session's
 /// tenant, if the user is still an active member of it.
-async fn refreshed(state: AppState, presented: &str) -> AppResult<Json<Value>> {
+async fn refreshed(state: AppState, address: &str, presented: &str) -> AppResult<Json<Value>> {
+    // Refreshes from one address share the login budget's size: each costs
+    // a round trip on the credential pool.
+    crate::limits::count(
+        &state,
+        &format!("throttle:refresh:addr:{address}"),
+        state.config.limits.logins_per_address,
+        60,
+        "refresh_address",
+    )
+    .await?;
     let (sid, user_id, email, super_admin, tenant, refresh, ttl) =
         match auth::rotate_refresh(&state, presented).await? {
             auth::Refreshed::Rotated {
@@ -274,7 +285,7 @@ async fn login(
     body: LoginRequest,
 ) -> AppResult<Json<Value>> {
     let email = body.email.trim();
-    if email.is_empty() || email.len() > 254 {
+    if email.is_empty() || email.len() > 254 || email.contains('\0') {
         return Err(AppError::Validation(
             "email must be 1 to 254 characters".to_owned(),
         ));

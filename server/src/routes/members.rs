@@ -39,7 +39,7 @@ pub(crate) fn valid_email(email: &str) -> bool {
         && parts.len() == 2
         && !parts[0].is_empty()
         && parts[1].contains('.')
-        && !email.chars().any(char::is_whitespace)
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 pub(crate) fn tenant_role(role: &str) -> AppResult<&str> {
