@@ -36,6 +36,27 @@ pub async fn record(
     Ok(())
 }
 
+/// Records an action of the request's caller in the request's tenant's
+/// trail, in the request's own transaction: it stands or falls with the
+/// change it describes.
+pub async fn admin_action(
+    db: &mut crate::tenant::DbGuard<'_>,
+    tenant: &crate::tenant::Tenant,
+    action: &str,
+    target: Option<&str>,
+    details: Value,
+) -> AppResult<()> {
+    record(
+        db.conn()?,
+        tenant.id,
+        tenant.user_id,
+        action,
+        target,
+        details,
+    )
+    .await
+}
+
 /// Deletes, tenant by tenant and through each tenant's own context, the
 /// entries older than its retention; records each purge in the trail.
 /// Returns how many entries were deleted.

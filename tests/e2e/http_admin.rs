@@ -806,6 +806,129 @@ async fn branding_is_validated_versioned_and_restorable() -> TestResult {
 }
 
 #[tokio::test]
+async fn every_tenant_admin_action_is_in_the_tenants_own_trail() -> TestResult {
+    let app = TestApp::spawn().await?;
+    let alice = app.login(ALICE).await?;
+    let id = |token: &str| {
+        tenancy_tests::server::claims(token)["sub"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let (bob, dave) = (
+        id(&app.login(BOB).await?),
+        id(&app.login("dave@acme.test").await?),
+    );
+    let call = |method: Method, path: String, body: Option<Value>| {
+        let (app, alice) = (&app, &alice);
+        async move {
+            let (status, body) = app.call(method, &path, Some(alice), &[], body).await?;
+            assert!(status < 300, "{path}: {status} {body}");
+            TestResult::Ok(body)
+        }
+    };
+    let ws = call(
+        Method::POST,
+        "/api/workspaces".into(),
+        Some(json!({"name": "Ops"})),
+    )
+    .await?;
+    let ws = ws["id"].as_str().unwrap_or_default().to_owned();
+    let steps = [
+        (
+            Method::PATCH,
+            format!("/api/workspaces/{ws}"),
+            Some(json!({"name": "Ops 2"})),
+        ),
+        (
+            Method::POST,
+            format!("/api/workspaces/{ws}/members"),
+            Some(json!({"user_id": bob, "role": "member"})),
+        ),
+        (
+            Method::PATCH,
+            format!("/api/workspaces/{ws}/members/{bob}"),
+            Some(json!({"role": "viewer"})),
+        ),
+        (
+            Method::DELETE,
+            format!("/api/workspaces/{ws}/members/{bob}"),
+            None,
+        ),
+        (
+            Method::PATCH,
+            format!("/api/workspaces/{ws}"),
+            Some(json!({"archived": true})),
+        ),
+        (Method::DELETE, format!("/api/workspaces/{ws}"), None),
+        (
+            Method::PATCH,
+            format!("/api/tenant/members/{bob}"),
+            Some(json!({"role": "admin"})),
+        ),
+        (Method::DELETE, format!("/api/tenant/members/{dave}"), None),
+        (
+            Method::PUT,
+            "/api/tenant/settings".to_owned(),
+            Some(json!({"timezone": "Europe/Paris"})),
+        ),
+        (
+            Method::PUT,
+            "/api/tenant/billing".to_owned(),
+            Some(json!({"billing_email": "billing@acme.test"})),
+        ),
+    ];
+    for (method, path, body) in steps {
+        call(method, path, body).await?;
+    }
+    let page = call(Method::GET, "/api/tenant/audit?limit=100".into(), None).await?;
+    let events = page["events"].as_array().cloned().unwrap_or_default();
+    let mut actions: Vec<&str> = events.iter().filter_map(|e| e["action"].as_str()).collect();
+    actions.reverse();
+    let expected = [
+        "workspace.created",
+        "workspace.renamed",
+        "workspace_member.added",
+        "workspace_member.role_changed",
+        "workspace_member.removed",
+        "workspace.archived",
+        "workspace.deleted",
+        "member.role_changed",
+        "member.removed",
+        "tenant.settings_changed",
+        "tenant.billing_changed",
+    ];
+    let ours: Vec<&str> = actions
+        .into_iter()
+        .filter(|a| expected.contains(a))
+        .collect();
+    assert_eq!(ours, expected, "{page}");
+    let removed = events.iter().find(|e| e["action"] == "member.removed");
+    assert_eq!(
+        removed.map(|e| (e["target"].clone(), e["details"]["role"].clone())),
+        Some((json!("dave@acme.test"), json!("member")))
+    );
+    let settings = events
+        .iter()
+        .find(|e| e["action"] == "tenant.settings_changed");
+    assert_eq!(
+        settings.map(|e| e["details"]["changed"].clone()),
+        Some(json!(["timezone"])),
+        "the keys changed, not their values"
+    );
+    // Globex's trail has none of it.
+    let gus = app.login(GUS).await?;
+    let (_, theirs) = app.get("/api/tenant/audit?limit=100", &gus).await?;
+    assert!(
+        theirs["events"].as_array().is_some_and(|e| e
+            .iter()
+            .all(|e| !expected.contains(&e["action"].as_str().unwrap_or_default()))),
+        "{theirs}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn the_audit_trail_is_per_tenant_filterable_and_purged_past_retention() -> TestResult {
     let app = TestApp::spawn().await?;
     let erin = app.login(ERIN).await?;

@@ -848,7 +848,17 @@ async fn revoking_the_session_closes_the_websocket() -> TestResult {
         .call(Method::POST, "/auth/logout", Some(&alice), &[], None)
         .await?;
     assert_eq!(status, 204);
-    let close = tokio::time::timeout(Duration::from_secs(5), async {
+    assert_eq!(
+        closed_with(&mut socket).await,
+        Some(4001),
+        "closed with 'session ended'"
+    );
+    Ok(())
+}
+
+/// The close code `socket` gets within 5 s (None: it stayed open).
+async fn closed_with(socket: &mut Socket) -> Option<u16> {
+    tokio::time::timeout(Duration::from_secs(5), async {
         while let Some(frame) = socket.next().await {
             if let Ok(WsMessage::Close(frame)) = frame {
                 return frame.map(|f| u16::from(f.code));
@@ -856,8 +866,64 @@ async fn revoking_the_session_closes_the_websocket() -> TestResult {
         }
         None
     })
-    .await?;
-    assert_eq!(close, Some(4001), "closed with 'session ended'");
+    .await
+    .ok()
+    .flatten()
+}
+
+#[tokio::test]
+async fn removing_a_member_or_suspending_the_tenant_closes_their_websockets() -> TestResult {
+    let app = TestApp::spawn().await?;
+    let alice = app.login(ALICE).await?;
+    let bob = app.login(BOB).await?;
+    let gus = app.login(GUS).await?;
+    let mut bob_socket = connect_ws(&app, Some(&bob)).await?;
+    let mut alice_socket = connect_ws(&app, Some(&alice)).await?;
+    let mut gus_socket = connect_ws(&app, Some(&gus)).await?;
+    let bob_id = tenancy_tests::server::claims(&bob)["sub"].clone();
+    let (status, _) = app
+        .call(
+            Method::DELETE,
+            &format!(
+                "/api/tenant/members/{}",
+                bob_id.as_str().unwrap_or_default()
+            ),
+            Some(&alice),
+            &[],
+            None,
+        )
+        .await?;
+    assert_eq!(status, 204);
+    assert_eq!(
+        closed_with(&mut bob_socket).await,
+        Some(4001),
+        "bob's socket"
+    );
+
+    // Suspending globex closes its members' sockets; acme's stay open.
+    let root = app.login(tenancy_tests::server::ROOT).await?;
+    let (status, _) = app
+        .call(
+            Method::POST,
+            &format!("/api/admin/tenants/{}/suspend", app.globex),
+            Some(&root),
+            &[],
+            None,
+        )
+        .await?;
+    assert_eq!(status, 200);
+    assert_eq!(
+        closed_with(&mut gus_socket).await,
+        Some(4001),
+        "gus's socket"
+    );
+    let a = new_session(&app, &alice).await?;
+    send(&app, &alice, a, "still here").await?;
+    assert_eq!(
+        received(&mut alice_socket, Duration::from_secs(5)).await,
+        vec!["still here".to_owned()],
+        "alice's socket stays open"
+    );
     Ok(())
 }
 

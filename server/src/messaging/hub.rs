@@ -8,7 +8,9 @@
 //! hub checks every open socket's session in Redis (one MGET) and closes
 //! those that were revoked, replaced (tenant switch) or expired. When the
 //! check cannot be made, sockets are closed (fail closed) and clients
-//! reconnect.
+//! reconnect. The same check closes the sockets of a member removed from a
+//! tenant, and of every member of a tenant suspended or deleted
+//! ([`evict`]), on every instance.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,7 +47,42 @@ struct Socket {
     session: Uuid,
     jti: Uuid,
     expires_at: u64,
+    /// When it opened, in milliseconds since the epoch (see [`evict`]).
+    opened_ms: u64,
     tx: mpsc::Sender<Outgoing>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// The Redis entry that ends `user`'s sockets in `tenant` (every socket of
+/// the tenant with `None`) opened before the time it holds.
+fn evicted_key(tenant: Uuid, user: Option<Uuid>) -> String {
+    match user {
+        Some(user) => format!("ws:evicted:{tenant}:{user}"),
+        None => format!("ws:evicted:{tenant}"),
+    }
+}
+
+/// Closes, on every instance, the sockets open now of `user` in `tenant`
+/// (of every user with `None`): a member removed, a tenant suspended or
+/// deleted. They close at the next session check (within
+/// `ws_session_check_secs`). The entry outlives every socket open now: no
+/// socket outlives its access token.
+pub async fn evict(state: &crate::AppState, tenant: Uuid, user: Option<Uuid>) -> AppResult<()> {
+    let mut redis = state.redis.clone();
+    let _: () = redis
+        .set_ex(
+            evicted_key(tenant, user),
+            now_ms(),
+            state.keys.access_ttl() + 60,
+        )
+        .await?;
+    Ok(())
 }
 
 #[derive(Default)]
@@ -163,6 +200,7 @@ impl Hub {
                 session: claims.sid,
                 jti: claims.jti,
                 expires_at: claims.exp,
+                opened_ms: now_ms(),
                 tx,
             },
         );
@@ -298,34 +336,61 @@ impl Hub {
             if *shutdown.borrow() {
                 return;
             }
-            let open: Vec<(u64, Uuid, Uuid, u64)> = self
+            let open: Vec<(u64, Uuid, Uuid, u64, u64)> = self
                 .lock()
                 .sockets
                 .iter()
-                .map(|(id, s)| (*id, s.session, s.jti, s.expires_at))
+                .map(|(id, s)| (*id, s.session, s.jti, s.expires_at, s.opened_ms))
                 .collect();
             if open.is_empty() {
                 continue;
             }
-            let keys: Vec<String> = open
-                .iter()
-                .map(|(_, sid, _, _)| crate::auth::session_key(*sid))
-                .collect();
+            // Per socket: its session's current token, its user's eviction
+            // in its tenant, its tenant's eviction.
+            let keys: Vec<String> = {
+                let inner = self.lock();
+                open.iter()
+                    .flat_map(|(id, sid, ..)| {
+                        let (tenant, user) = inner
+                            .sockets
+                            .get(id)
+                            .map(|s| (s.tenant, s.user))
+                            .unwrap_or_default();
+                        [
+                            crate::auth::session_key(*sid),
+                            evicted_key(tenant, Some(user)),
+                            evicted_key(tenant, None),
+                        ]
+                    })
+                    .collect()
+            };
             let current: redis::RedisResult<Vec<Option<String>>> = sessions.mget(&keys).await;
             let now = tenancy_token::now();
+            let evicted_since = |entry: &Option<String>, opened: u64| {
+                entry
+                    .as_deref()
+                    .and_then(|at| at.parse::<u64>().ok())
+                    .is_some_and(|at| at >= opened)
+            };
             let ended: Vec<(u64, u16, &'static str)> = match current {
                 Ok(current) => open
                     .iter()
-                    .zip(current)
-                    .filter(|((_, _, jti, exp), cur)| {
-                        *exp <= now || cur.as_deref() != Some(jti.to_string().as_str())
+                    .zip(current.chunks(3))
+                    .filter_map(|((id, _, jti, exp, opened), entries)| {
+                        let session = entries.first().and_then(|e| e.as_deref());
+                        if *exp <= now || session != Some(jti.to_string().as_str()) {
+                            Some((*id, CLOSE_SESSION_ENDED, "session ended"))
+                        } else if entries[1..].iter().any(|e| evicted_since(e, *opened)) {
+                            Some((*id, CLOSE_SESSION_ENDED, "no longer a member"))
+                        } else {
+                            None
+                        }
                     })
-                    .map(|((id, _, _, _), _)| (*id, CLOSE_SESSION_ENDED, "session ended"))
                     .collect(),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot check websocket sessions; closing them");
                     open.iter()
-                        .map(|(id, _, _, _)| (*id, CLOSE_TRY_AGAIN, "cannot verify session"))
+                        .map(|(id, ..)| (*id, CLOSE_TRY_AGAIN, "cannot verify session"))
                         .collect()
                 }
             };

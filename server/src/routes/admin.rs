@@ -245,26 +245,16 @@ async fn read(
     Ok(Json(tenant))
 }
 
-/// A limit in an update: absent keeps the override, `null` clears it (the
-/// plan's value applies), a number sets it.
-fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    Option::<T>::deserialize(d).map(Some)
-}
-
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct Limits {
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "crate::routes::present")]
     max_members: Option<Option<i32>>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "crate::routes::present")]
     max_workspaces: Option<Option<i32>>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "crate::routes::present")]
     storage_bytes: Option<Option<i64>>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "crate::routes::present")]
     api_requests_per_minute: Option<Option<i32>>,
 }
 
@@ -433,6 +423,10 @@ async fn set_status(
     .await?;
     let after = fetch(&mut tx, id).await?;
     tx.commit().await?;
+    if status != "active" {
+        // Its members' open WebSockets close.
+        crate::messaging::hub::evict(state, id, None).await?;
+    }
     Ok(Json(after))
 }
 

@@ -6,6 +6,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, patch};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use uuid::Uuid;
 
 use crate::authz::Resource;
@@ -192,6 +193,14 @@ async fn change_tenant(
         .execute(db.conn()?)
         .await?;
     let member = tenant_member(&mut db, user).await?;
+    crate::audit::admin_action(
+        &mut db,
+        &tenant,
+        "member.role_changed",
+        Some(&member.email),
+        json!({"user_id": user, "from": before, "to": role}),
+    )
+    .await?;
     Ok(Json(member))
 }
 
@@ -207,10 +216,21 @@ async fn remove_tenant(
     if before == "owner" {
         keep_an_owner(&mut db, user).await?;
     }
+    let removed = tenant_member(&mut db, user).await?;
     sqlx::query("DELETE FROM app.tenant_memberships WHERE user_id = $1")
         .bind(user)
         .execute(db.conn()?)
         .await?;
+    crate::audit::admin_action(
+        &mut db,
+        &tenant,
+        "member.removed",
+        Some(&removed.email),
+        json!({"user_id": user, "role": before}),
+    )
+    .await?;
+    // Their open WebSockets in this tenant close.
+    crate::messaging::hub::evict(&state, tenant.id, Some(user)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -305,6 +325,14 @@ async fn add_workspace(
         ));
     }
     let row = workspace_member(&mut db, workspace, body.user_id).await?;
+    crate::audit::admin_action(
+        &mut db,
+        &tenant,
+        "workspace_member.added",
+        Some(&row.email),
+        json!({"workspace_id": workspace, "user_id": body.user_id, "role": role}),
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(row)))
 }
 
@@ -338,6 +366,14 @@ async fn change_workspace(
         return Err(AppError::NotFound("Workspace member"));
     }
     let row = workspace_member(&mut db, workspace, user).await?;
+    crate::audit::admin_action(
+        &mut db,
+        &tenant,
+        "workspace_member.role_changed",
+        Some(&row.email),
+        json!({"workspace_id": workspace, "user_id": user, "role": role}),
+    )
+    .await?;
     Ok(Json(row))
 }
 
@@ -363,8 +399,16 @@ async fn remove_workspace(
             .bind(user)
             .execute(db.conn()?)
             .await?;
-    match done.rows_affected() {
-        0 => Err(AppError::NotFound("Workspace member")),
-        _ => Ok(StatusCode::NO_CONTENT),
+    if done.rows_affected() == 0 {
+        return Err(AppError::NotFound("Workspace member"));
     }
+    crate::audit::admin_action(
+        &mut db,
+        &tenant,
+        "workspace_member.removed",
+        None,
+        json!({"workspace_id": workspace, "user_id": user}),
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -174,3 +174,14 @@ pub(crate) async fn exists(
         .await?;
     Ok(found.is_some())
 }
+
+/// A field that may be absent, `null` or a value, told apart (serde's
+/// `Option` alone cannot tell `null` from absent): absent is `None`, `null`
+/// is `Some(None)`. Use with `#[serde(default, deserialize_with = ...)]`.
+pub(crate) fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    <Option<T> as serde::Deserialize>::deserialize(deserializer).map(Some)
+}

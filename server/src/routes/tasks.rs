@@ -187,18 +187,8 @@ struct UpdateTask {
     description: Option<String>,
     status: Option<String>,
     /// Absent: unchanged; `null`: unassigned; an id: assigned.
-    #[serde(default, deserialize_with = "given")]
+    #[serde(default, deserialize_with = "crate::routes::present")]
     assignee_id: Option<Option<Uuid>>,
-}
-
-/// A field that was given, `null` included (serde's `Option` alone cannot
-/// tell `null` from absent).
-fn given<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    Option::<T>::deserialize(deserializer).map(Some)
 }
 
 async fn update(

@@ -105,7 +105,24 @@ async fn update_settings(
     if let Some(billing) = tenant.configuration.get(BILLING_KEY) {
         settings.insert(BILLING_KEY.to_owned(), billing.clone());
     }
-    Ok(Json(store(&mut db, Value::Object(settings)).await?))
+    // Which keys changed, not their values (they may be anything).
+    let before = tenant.configuration.as_object();
+    let mut changed: Vec<&String> = settings
+        .iter()
+        .filter(|(k, v)| before.and_then(|b| b.get(*k)) != Some(*v))
+        .map(|(k, _)| k)
+        .chain(
+            before
+                .into_iter()
+                .flat_map(|b| b.keys())
+                .filter(|k| !settings.contains_key(*k)),
+        )
+        .collect();
+    changed.sort();
+    let details = json!({ "changed": changed });
+    let stored = store(&mut db, Value::Object(settings)).await?;
+    crate::audit::admin_action(&mut db, &tenant, "tenant.settings_changed", None, details).await?;
+    Ok(Json(stored))
 }
 
 #[derive(Deserialize)]
@@ -140,5 +157,14 @@ async fn update_billing(
         _ => Map::new(),
     };
     configuration.insert(BILLING_KEY.to_owned(), json!(email));
-    Ok(Json(store(&mut db, Value::Object(configuration)).await?))
+    let stored = store(&mut db, Value::Object(configuration)).await?;
+    crate::audit::admin_action(
+        &mut db,
+        &tenant,
+        "tenant.billing_changed",
+        Some(email),
+        json!({}),
+    )
+    .await?;
+    Ok(Json(stored))
 }

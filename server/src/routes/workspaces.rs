@@ -6,6 +6,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use uuid::Uuid;
 
 use axum::extract::State;
@@ -102,6 +103,14 @@ async fn create(
     .bind(tenant.user_id)
     .execute(db.conn()?)
     .await?;
+    crate::audit::admin_action(
+        &mut db,
+        &tenant,
+        "workspace.created",
+        Some(&workspace.id.to_string()),
+        json!({"name": name}),
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(workspace)))
 }
 
@@ -156,7 +165,7 @@ async fn update(
     if body.archived.is_some() {
         authorize(&state, &tenant, &mut db, "workspace:archive", resource).await?;
     }
-    sqlx::query_as(&format!(
+    let workspace: Workspace = sqlx::query_as(&format!(
         "UPDATE app.workspaces SET name = coalesce($2, name),
              archived_at = CASE WHEN $3 IS NULL THEN archived_at WHEN $3 THEN coalesce(archived_at, now()) END,
              updated_at = now()
@@ -167,8 +176,21 @@ async fn update(
     .bind(body.archived)
     .fetch_optional(db.conn()?)
     .await?
-    .map(Json)
-    .ok_or(AppError::NotFound("Workspace"))
+    .ok_or(AppError::NotFound("Workspace"))?;
+    let action = match body.archived {
+        Some(true) => "workspace.archived",
+        Some(false) => "workspace.unarchived",
+        None => "workspace.renamed",
+    };
+    crate::audit::admin_action(
+        &mut db,
+        &tenant,
+        action,
+        Some(&id.to_string()),
+        json!({"name": name}),
+    )
+    .await?;
+    Ok(Json(workspace))
 }
 
 async fn remove(
@@ -180,5 +202,14 @@ async fn remove(
     let mut db = db.lock().await?;
     let resource = workspace_resource(&mut db, &tenant, id).await?;
     authorize(&state, &tenant, &mut db, "workspace:delete", resource).await?;
-    delete_row(&mut db, "app.workspaces", id, "Workspace").await
+    let deleted = delete_row(&mut db, "app.workspaces", id, "Workspace").await?;
+    crate::audit::admin_action(
+        &mut db,
+        &tenant,
+        "workspace.deleted",
+        Some(&id.to_string()),
+        json!({}),
+    )
+    .await?;
+    Ok(deleted)
 }
