@@ -55,6 +55,7 @@ pub fn app(state: AppState) -> Router {
         .merge(routes::auth::public_router())
         .merge(routes::invitations::public_router())
         .merge(routes::passwords::public_router())
+        .merge(routes::signup::public_router())
         .merge(authenticated)
         .fallback(|| async { error::AppError::NotFound("Route") })
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))

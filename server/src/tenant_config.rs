@@ -46,6 +46,12 @@ const KEYS: &[Key] = &[
     ("support_email", Rule::EmailOrNull, || Value::Null),
 ];
 
+/// Whether `key` is one of the schema's keys (the rest of a tenant's
+/// configuration document is the tenant's own).
+pub fn is_key(key: &str) -> bool {
+    KEYS.iter().any(|(name, ..)| *name == key)
+}
+
 /// What the tenant has not set, and what every tenant starts with.
 pub fn defaults() -> Map<String, Value> {
     KEYS.iter()

@@ -555,6 +555,10 @@ mod service_schema {
             "SELECT * FROM app.reset_password('\\x00', '$argon2id$')".to_owned(),
             "SELECT app.request_password_reset('alice@acme.test', '\\x00', '1 hour')".to_owned(),
             "SELECT app.queue_password_reset_mail('\\x00', 's', 'b')".to_owned(),
+            "SELECT token_hash FROM app.signups".to_owned(),
+            "SELECT * FROM app.pending_signup('\\x00')".to_owned(),
+            "SELECT * FROM app.verify_signup('\\x00', '$argon2id$')".to_owned(),
+            format!("SELECT app.signup('a@b.test', '$argon2id$', {nil}, '\\x00', '1 hour')"),
         ] {
             let (code, message) = db_error(sqlx::raw_sql(&sql).execute(&mut attacker).await);
             assert_eq!(code, "42501", "{sql}: {message}");

@@ -695,3 +695,184 @@ mod bootstrap {
         Ok(())
     }
 }
+
+mod signup {
+    use super::*;
+
+    async fn signup(
+        app: &TestApp,
+        email: &str,
+        password: &str,
+        tenant: &str,
+    ) -> TestResult<(u16, Value)> {
+        app.call(
+            Method::POST,
+            "/auth/signup",
+            None,
+            &[],
+            Some(json!({ "email": email, "password": password, "tenant": tenant })),
+        )
+        .await
+    }
+
+    async fn verify(app: &TestApp, token: &str, password: &str) -> TestResult<(u16, Value)> {
+        app.call(
+            Method::POST,
+            "/auth/signup/verify",
+            None,
+            &[],
+            Some(json!({ "token": token, "password": password })),
+        )
+        .await
+    }
+
+    /// Acme's owner opens acme to signups.
+    async fn open_acme(app: &TestApp) -> TestResult {
+        let alice = app.login(ALICE).await?;
+        let (status, body) = app
+            .call(
+                Method::PUT,
+                "/api/tenant/config",
+                Some(&alice),
+                &[],
+                Some(json!({"allow_public_signup": true})),
+            )
+            .await?;
+        assert_eq!(status, 200, "{body}");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_signup_logs_in_only_after_the_mailed_link() -> TestResult {
+        let app = TestApp::spawn().await?;
+        let (status, body) = signup(&app, "sam@example.test", NEW_PASSWORD, "acme").await?;
+        assert_eq!(
+            (status, &body["error"]),
+            (403, &json!("This tenant does not accept sign-ups")),
+            "closed by default"
+        );
+        open_acme(&app).await?;
+        let (status, body) = signup(&app, "sam@example.test", "password1", "acme").await?;
+        assert_eq!(status, 422, "the password policy holds: {body}");
+        let (status, body) = signup(&app, "sam@example.test", NEW_PASSWORD, "acme").await?;
+        assert_eq!(status, 202, "{body}");
+        assert_eq!(
+            app.login_body("sam@example.test", NEW_PASSWORD).await?.0,
+            401,
+            "not before the address is confirmed"
+        );
+        let token = app
+            .mailed_token("sam@example.test", "signup_verification")
+            .await?;
+        let (status, _) = verify(&app, &token, "another-password-77").await?;
+        assert_eq!(status, 401);
+        let (status, body) = verify(&app, &token, NEW_PASSWORD).await?;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["tenant_id"], json!(app.acme));
+        let (access, _) = session(&app, "sam@example.test", NEW_PASSWORD).await?;
+        assert_eq!(claims(&access)["tenant_slug"], "acme");
+        let (status, body) = app.get("/api/workspaces", &access).await?;
+        assert_eq!(status, 200, "{body}");
+        // In acme's trail.
+        let alice = app.login(ALICE).await?;
+        let (_, trail) = app
+            .get("/api/tenant/audit?action=member.signed_up", &alice)
+            .await?;
+        assert_eq!(trail["events"][0]["target"], "sam@example.test");
+        assert_eq!(
+            verify(&app, &token, NEW_PASSWORD).await?.0,
+            404,
+            "single use"
+        );
+        Ok(())
+    }
+
+    mod anonymous_client {
+        use super::*;
+
+        #[tokio::test]
+        async fn tells_accounts_from_new_addresses_by_signup_answers() -> TestResult {
+            let app = TestApp::spawn().await?;
+            open_acme(&app).await?;
+            let taken = signup(&app, BOB, NEW_PASSWORD, "acme").await?;
+            let new = signup(&app, "new.person@example.test", NEW_PASSWORD, "acme").await?;
+            assert_eq!(taken, new, "one answer");
+            app.mailed_token("new.person@example.test", "signup_verification")
+                .await?;
+            let to_bob: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM app.email_outbox WHERE recipient = $1")
+                    .bind(BOB)
+                    .fetch_one(&mut app.superuser().await?)
+                    .await?;
+            assert_eq!(to_bob, 0, "no mail to an existing account");
+            session(&app, BOB, PASSWORD).await?;
+            assert_eq!(app.login_body(BOB, NEW_PASSWORD).await?.0, 401);
+            Ok(())
+        }
+
+        #[tokio::test]
+        async fn signs_up_with_someone_elses_address_first() -> TestResult {
+            // The stranger's password is never activated by the victim's
+            // click: the link needs the password chosen at signup.
+            let app = TestApp::spawn().await?;
+            open_acme(&app).await?;
+            let victim = "vic@example.test";
+            signup(&app, victim, "stranger-knows-this-1", "acme").await?;
+            let stranger_link = app.mailed_token(victim, "signup_verification").await?;
+            assert_eq!(verify(&app, &stranger_link, NEW_PASSWORD).await?.0, 401);
+            // The victim signs up themselves: the stranger's password is
+            // gone, so the stranger's link no longer works for the stranger.
+            signup(&app, victim, NEW_PASSWORD, "acme").await?;
+            let (status, _) = verify(&app, &stranger_link, "stranger-knows-this-1").await?;
+            assert_eq!(status, 401);
+            let mut waited = 0;
+            let own_link = loop {
+                let link = app.mailed_token(victim, "signup_verification").await?;
+                if link != stranger_link || waited > 50 {
+                    break link;
+                }
+                waited += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            };
+            assert_eq!(verify(&app, &own_link, NEW_PASSWORD).await?.0, 200);
+            assert_eq!(
+                app.login_body(victim, "stranger-knows-this-1").await?.0,
+                401
+            );
+            let (status, _) = verify(&app, &stranger_link, "stranger-knows-this-1").await?;
+            assert_eq!(status, 404, "dead once the account is confirmed");
+            session(&app, victim, NEW_PASSWORD).await?;
+            Ok(())
+        }
+
+        #[tokio::test]
+        async fn uses_expired_or_made_up_signup_links() -> TestResult {
+            let app = TestApp::spawn().await?;
+            open_acme(&app).await?;
+            signup(&app, "late@example.test", NEW_PASSWORD, "acme").await?;
+            let token = app
+                .mailed_token("late@example.test", "signup_verification")
+                .await?;
+            sqlx::query("UPDATE app.signups SET expires_at = now() - interval '1 second'")
+                .execute(&mut app.superuser().await?)
+                .await?;
+            for token in [token.as_str(), "", "x", &"0".repeat(64)] {
+                let (status, body) = verify(&app, token, NEW_PASSWORD).await?;
+                assert_eq!(
+                    (status, &body["error"]),
+                    (404, &json!("Signup link not found")),
+                    "{token:.12}"
+                );
+            }
+            assert_eq!(
+                app.login_body("late@example.test", NEW_PASSWORD).await?.0,
+                401
+            );
+            let (status, _) = signup(&app, "x@example.test", NEW_PASSWORD, "globex").await?;
+            assert_eq!(status, 403, "globex does not accept sign-ups");
+            let (status, _) = signup(&app, "x@example.test", NEW_PASSWORD, "nope").await?;
+            assert_eq!(status, 403);
+            Ok(())
+        }
+    }
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::{json, Value};
-use tenancy_tests::server::{Options, TestApp, ALICE, BOB, ERIN, GUS, ROOT};
+use tenancy_tests::server::{Options, TestApp, ALICE, BOB, CAROL, ERIN, GUS, PASSWORD, ROOT};
 use tenancy_tests::TestResult;
 use uuid::Uuid;
 
@@ -802,6 +802,94 @@ async fn branding_is_validated_versioned_and_restorable() -> TestResult {
         actions(&app, app.globex).await?.is_empty(),
         "nothing of it in globex's trail"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn one_configuration_store_and_each_tenant_gets_its_own() -> TestResult {
+    let app = TestApp::spawn().await?;
+    let alice = app.login(ALICE).await?;
+    let gus = app.login(GUS).await?;
+    let (status, body) = put(
+        &app,
+        "/api/tenant/config",
+        &alice,
+        json!({"session_timeout_minutes": 5, "locale": "fr-FR"}),
+    )
+    .await?;
+    assert_eq!(status, 200, "{body}");
+    // The same document through settings, and as every request loads it.
+    let (_, settings) = app.get("/api/tenant/settings", &alice).await?;
+    assert_eq!(
+        (&settings["session_timeout_minutes"], &settings["locale"]),
+        (&json!(5), &json!("fr-FR"))
+    );
+    let (_, theirs) = app.get("/api/tenant/config", &gus).await?;
+    assert_eq!(
+        (
+            &theirs["config"]["session_timeout_minutes"],
+            &theirs["config"]["locale"]
+        ),
+        (&json!(60), &json!("en-US")),
+        "globex keeps the defaults"
+    );
+
+    // The keys take effect: token lifetimes per tenant, switching included.
+    let expires = |body: &Value| body["expires_in"].clone();
+    assert_eq!(expires(&app.login_body(BOB, PASSWORD).await?.1), 300);
+    assert_eq!(expires(&app.login_body(GUS, PASSWORD).await?.1), 600);
+    let mut carol = app.login(CAROL).await?;
+    for (tenant, lifetime) in [(app.acme, 300), (app.globex, 600), (app.acme, 300)] {
+        let (status, body) = app
+            .call(
+                Method::POST,
+                "/auth/switch-tenant",
+                Some(&carol),
+                &[],
+                Some(json!({ "tenant_id": tenant })),
+            )
+            .await?;
+        assert_eq!((status, expires(&body)), (200, json!(lifetime)), "{body}");
+        // Each switch replaces the session's token.
+        carol = body["access_token"].as_str().unwrap_or_default().to_owned();
+    }
+
+    // Settings written whole are checked and versioned like the rest.
+    let (status, body) = put(
+        &app,
+        "/api/tenant/settings",
+        &alice,
+        json!({"session_timeout_minutes": "soon"}),
+    )
+    .await?;
+    assert_eq!(status, 422, "{body}");
+    let (status, body) = put(
+        &app,
+        "/api/tenant/settings",
+        &alice,
+        json!({"session_timeout_minutes": 10, "app_theme": "dark"}),
+    )
+    .await?;
+    assert_eq!(status, 200, "{body}");
+    let (_, config) = app.get("/api/tenant/config", &alice).await?;
+    assert_eq!(config["config"]["session_timeout_minutes"], 10);
+    assert_eq!(config["version"], 2);
+    assert_eq!(expires(&app.login_body(BOB, PASSWORD).await?.1), 600);
+
+    // Restoring version 1 puts it back where requests load it.
+    let (status, body) = app
+        .call(
+            Method::POST,
+            "/api/tenant/config/versions/1/restore",
+            Some(&alice),
+            &[],
+            None,
+        )
+        .await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(expires(&app.login_body(BOB, PASSWORD).await?.1), 300);
+    let (_, settings) = app.get("/api/tenant/settings", &alice).await?;
+    assert_eq!(settings["app_theme"], "dark", "the tenant's own keys stay");
     Ok(())
 }
 

@@ -8,6 +8,11 @@
 //! audit entry; `GET /api/tenant/config/versions[/{n}]` reads them and
 //! `POST /api/tenant/config/versions/{n}/restore` brings one back as a new
 //! version.
+//!
+//! One store: the catalog's `configuration` document, which every request
+//! loads. The schema keys there are the configuration; the versions are its
+//! history. `PUT /api/tenant/settings` (routes::tenant) replaces the whole
+//! document and is versioned here too ([`settings_written`]).
 
 use axum::extract::State;
 use axum::routing::{get, post};
@@ -49,18 +54,66 @@ async fn allow(
     authorize(state, tenant, db, action, Resource::Tenant(tenant.id)).await
 }
 
-/// The configuration in force and its version (0: never changed).
-async fn current_config(db: &mut DbGuard<'_>) -> AppResult<(i32, Map<String, Value>)> {
-    let row: Option<(i32, Value)> = sqlx::query_as(
-        "SELECT version, value FROM app.tenant_config_versions WHERE kind = 'config'
-         ORDER BY version DESC LIMIT 1",
-    )
-    .fetch_optional(db.conn()?)
-    .await?;
-    Ok(match row {
-        Some((version, Value::Object(set))) => (version, tenant_config::effective(&set)),
-        _ => (0, tenant_config::defaults()),
+/// The tenant's configuration document as every request loads it (the
+/// catalog's `configuration`), schema keys and the tenant's own keys alike.
+async fn loaded(db: &mut DbGuard<'_>) -> AppResult<Map<String, Value>> {
+    let document: Value = sqlx::query_scalar("SELECT configuration FROM tenancy.current_tenant()")
+        .fetch_one(db.conn()?)
+        .await?;
+    Ok(match document {
+        Value::Object(map) => map,
+        _ => Map::new(),
     })
+}
+
+/// The configuration in force (what requests load, with defaults for what
+/// is not set) and its version (0: never changed).
+async fn current_config(db: &mut DbGuard<'_>) -> AppResult<(i32, Map<String, Value>)> {
+    let version: Option<i32> = sqlx::query_scalar(
+        "SELECT max(version) FROM app.tenant_config_versions WHERE kind = 'config'",
+    )
+    .fetch_one(db.conn()?)
+    .await?;
+    let set = loaded(db).await?;
+    Ok((version.unwrap_or(0), tenant_config::effective(&set)))
+}
+
+/// Puts a configuration into the document requests load: its schema keys
+/// replace the document's, the tenant's other keys stay.
+async fn apply_config(db: &mut DbGuard<'_>, config: &Map<String, Value>) -> AppResult<()> {
+    let mut document = loaded(db).await?;
+    document.retain(|key, _| !tenant_config::is_key(key));
+    document.extend(config.iter().map(|(k, v)| (k.clone(), v.clone())));
+    sqlx::query("SELECT tenancy.set_current_tenant_configuration($1)")
+        .bind(Value::Object(document))
+        .execute(db.conn()?)
+        .await?;
+    Ok(())
+}
+
+/// Versions a settings document written whole (`PUT /api/tenant/settings`):
+/// its schema keys must be valid, and a change to them is a new version.
+pub(crate) async fn settings_written(
+    db: &mut DbGuard<'_>,
+    tenant: &Tenant,
+    before: &Map<String, Value>,
+    after: &Map<String, Value>,
+) -> AppResult<()> {
+    let known: Map<String, Value> = after
+        .iter()
+        .filter(|(k, _)| tenant_config::is_key(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    tenant_config::validate(&known).map_err(AppError::Validation)?;
+    let (before, after) = (
+        tenant_config::effective(before),
+        tenant_config::effective(after),
+    );
+    let changes = tenant_config::changes(&before, &after);
+    if changes.as_object().is_some_and(|c| !c.is_empty()) {
+        new_version(db, tenant, "config", &after, changes, None).await?;
+    }
+    Ok(())
 }
 
 async fn current_branding(db: &mut DbGuard<'_>) -> AppResult<Map<String, Value>> {
@@ -164,6 +217,7 @@ async fn update_config(
     after.extend(update);
     let changes = tenant_config::changes(&before, &after);
     let version = new_version(&mut db, &tenant, "config", &after, changes, None).await?;
+    apply_config(&mut db, &after).await?;
     Ok(Json(json!({"version": version, "config": after})))
 }
 
@@ -275,6 +329,7 @@ async fn restore(
         tenant_config::validate(&after).map_err(|e| {
             AppError::Validation(format!("version {number} cannot be restored: {e}"))
         })?;
+        apply_config(&mut db, &after).await?;
         (before, after)
     };
     let changes = tenant_config::changes(&before, &after);

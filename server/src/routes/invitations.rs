@@ -384,23 +384,7 @@ async fn accept(
             ));
         }
     }
-    let user: Uuid = sqlx::query_scalar("SELECT app.grant_membership($1, $2)")
-        .bind(tenant)
-        .bind(&email)
-        .fetch_one(&state.auth_db)
-        .await?;
-    let inserted = sqlx::query(
-        "INSERT INTO app.tenant_memberships (user_id, role) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-    )
-    .bind(user)
-    .bind(&role)
-    .execute(&mut *tx)
-    .await?;
-    if inserted.rows_affected() == 0 {
-        return Err(AppError::Conflict(
-            "Already a member of this tenant".to_owned(),
-        ));
-    }
+    let user = add_member(&state, &mut tx, tenant, &email, &role).await?;
     sqlx::query("UPDATE app.invitations SET accepted_at = now(), accepted_by = $2 WHERE id = $1")
         .bind(id)
         .bind(user)
@@ -419,4 +403,35 @@ async fn accept(
     Ok(Json(
         json!({"tenant_id": tenant, "user_id": user, "email": email, "role": role}),
     ))
+}
+
+/// Makes the account of `email` a member of `tenant` with `role`, through
+/// `conn` (a transaction in that tenant's context): the credential role
+/// grants, the insert consumes the grant. Returns the account; 409 when it
+/// is a member already.
+pub(crate) async fn add_member(
+    state: &AppState,
+    conn: &mut sqlx::PgConnection,
+    tenant: Uuid,
+    email: &str,
+    role: &str,
+) -> AppResult<Uuid> {
+    let user: Uuid = sqlx::query_scalar("SELECT app.grant_membership($1, $2)")
+        .bind(tenant)
+        .bind(email)
+        .fetch_one(&state.auth_db)
+        .await?;
+    let inserted = sqlx::query(
+        "INSERT INTO app.tenant_memberships (user_id, role) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    )
+    .bind(user)
+    .bind(role)
+    .execute(&mut *conn)
+    .await?;
+    if inserted.rows_affected() == 0 {
+        return Err(AppError::Conflict(
+            "Already a member of this tenant".to_owned(),
+        ));
+    }
+    Ok(user)
 }

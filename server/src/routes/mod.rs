@@ -10,6 +10,7 @@ pub mod health;
 pub mod invitations;
 pub mod members;
 pub mod passwords;
+pub mod signup;
 pub mod tasks;
 pub mod tenant;
 pub mod workspaces;
@@ -184,4 +185,28 @@ where
     T: serde::Deserialize<'de>,
 {
     <Option<T> as serde::Deserialize>::deserialize(deserializer).map(Some)
+}
+
+/// Queues a mail that carries a one-time link, in the context of `tenant`
+/// (for `user`), through `queue`: a function of the credential role that
+/// mails the address of the pending link `digest` and no other
+/// (`SELECT app.queue_..._mail($1, $2, $3)`: digest, subject, body).
+pub(crate) async fn queue_link_mail(
+    state: &AppState,
+    (tenant, user): (Uuid, Uuid),
+    queue: &'static str,
+    digest: [u8; 32],
+    subject: &str,
+    body: String,
+) -> AppResult<()> {
+    let mut tx = state.auth_db.begin().await?;
+    crate::provision::enter_tenant(&mut tx, &state.keys, tenant, user).await?;
+    sqlx::query(queue)
+        .bind(&digest[..])
+        .bind(subject)
+        .bind(body)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
 }

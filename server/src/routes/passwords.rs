@@ -180,16 +180,15 @@ async fn queue_reset_mail(
          The link works once and expires in {RESET_VALID_MINUTES} minutes.\n\
          If you did not ask for this, ignore this mail: your password stays as it is.\n"
     );
-    let mut tx = state.auth_db.begin().await?;
-    crate::provision::enter_tenant(&mut tx, &state.keys, tenant, user).await?;
-    sqlx::query("SELECT app.queue_password_reset_mail($1, $2, $3)")
-        .bind(&digest[..])
-        .bind("Reset your password")
-        .bind(body)
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    Ok(())
+    crate::routes::queue_link_mail(
+        state,
+        (tenant, user),
+        "SELECT app.queue_password_reset_mail($1, $2, $3)",
+        digest,
+        "Reset your password",
+        body,
+    )
+    .await
 }
 
 #[derive(Deserialize)]

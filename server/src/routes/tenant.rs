@@ -120,6 +120,9 @@ async fn update_settings(
         .collect();
     changed.sort();
     let details = json!({ "changed": changed });
+    let empty = Map::new();
+    crate::routes::config::settings_written(&mut db, &tenant, before.unwrap_or(&empty), &settings)
+        .await?;
     let stored = store(&mut db, Value::Object(settings)).await?;
     crate::audit::admin_action(&mut db, &tenant, "tenant.settings_changed", None, details).await?;
     Ok(Json(stored))
