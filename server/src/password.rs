@@ -19,6 +19,17 @@ static COMMON: LazyLock<HashSet<&'static str>> = LazyLock::new(|| {
         .collect()
 });
 
+/// Refuses an empty or oversized password (named `field` in the answer)
+/// before any work is done on it; the policy is not applied.
+pub fn bounded(password: &str, field: &str) -> AppResult<()> {
+    if password.is_empty() || password.len() > MAX_BYTES {
+        return Err(AppError::Validation(format!(
+            "{field} must be 1 to {MAX_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
 /// Refuses a password `email` may not choose, saying why (422).
 pub fn check(password: &str, email: &str) -> AppResult<()> {
     if password.chars().count() < MIN_CHARS {

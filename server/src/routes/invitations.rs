@@ -317,12 +317,7 @@ async fn accept(
     if !crate::auth::is_secret(secret) {
         return Err(NO_INVITATION);
     }
-    if body.password.is_empty() || body.password.len() > crate::password::MAX_BYTES {
-        return Err(AppError::Validation(format!(
-            "password must be 1 to {} bytes",
-            crate::password::MAX_BYTES
-        )));
-    }
+    crate::password::bounded(&body.password, "password")?;
     let digest = tenancy_token::digest(secret);
 
     // In the invitation's own tenant (no user yet: the nil user).

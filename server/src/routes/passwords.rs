@@ -44,17 +44,6 @@ struct ChangeRequest {
     new_password: String,
 }
 
-/// Refuses an empty or oversized password before any work is done on it.
-fn bounded(password: &str, field: &str) -> AppResult<()> {
-    if password.is_empty() || password.len() > crate::password::MAX_BYTES {
-        return Err(AppError::Validation(format!(
-            "{field} must be 1 to {} bytes",
-            crate::password::MAX_BYTES
-        )));
-    }
-    Ok(())
-}
-
 /// Reset requests and uses from one address, within the login budget.
 async fn throttle(state: &AppState, address: &str) -> AppResult<()> {
     crate::limits::count(
@@ -81,8 +70,8 @@ async fn change(
     AuthUser(claims): AuthUser,
     AppJson(body): AppJson<ChangeRequest>,
 ) -> AppResult<StatusCode> {
-    bounded(&body.current_password, "current_password")?;
-    bounded(&body.new_password, "new_password")?;
+    crate::password::bounded(&body.current_password, "current_password")?;
+    crate::password::bounded(&body.new_password, "new_password")?;
     let budget = LoginBudget::check(&state, &address, &claims.email).await?;
     let current: Option<String> = sqlx::query_scalar("SELECT app.password_of($1)")
         .bind(claims.sub)
@@ -208,7 +197,7 @@ async fn reset(
     AppJson(body): AppJson<ResetRequest>,
 ) -> AppResult<Json<Value>> {
     throttle(&state, &address).await?;
-    bounded(&body.new_password, "new_password")?;
+    crate::password::bounded(&body.new_password, "new_password")?;
     let token = body.token.trim();
     if !auth::is_secret(token) {
         return Err(NO_LINK);

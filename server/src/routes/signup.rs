@@ -143,12 +143,7 @@ async fn verify(
     if !auth::is_secret(token) {
         return Err(NO_LINK);
     }
-    if body.password.is_empty() || body.password.len() > crate::password::MAX_BYTES {
-        return Err(AppError::Validation(format!(
-            "password must be 1 to {} bytes",
-            crate::password::MAX_BYTES
-        )));
-    }
+    crate::password::bounded(&body.password, "password")?;
     let digest = tenancy_token::digest(token);
     let pending: Option<(String, String)> =
         sqlx::query_as("SELECT email, password_hash FROM app.pending_signup($1)")
