@@ -278,6 +278,60 @@ mod sessions {
     }
 
     #[tokio::test]
+    async fn the_login_history_shows_failed_attempts_to_their_owner_only() -> TestResult {
+        let app = TestApp::spawn().await?;
+        for _ in 0..2 {
+            assert_eq!(app.login_body(BOB, "a guess at bob's").await?.0, 401);
+        }
+        assert_eq!(app.login_body("nobody@acme.test", "a guess").await?.0, 401);
+        let response = app
+            .client
+            .post(app.url("/auth/token"))
+            .header("user-agent", "bob's laptop")
+            .json(&json!({"email": BOB, "password": PASSWORD}))
+            .send()
+            .await?;
+        let (access, _) = tokens(&response.json().await?);
+        // Recorded after the answer: wait for the three.
+        let mut history = Value::Null;
+        for _ in 0..50 {
+            history = app.get("/users/me/logins", &access).await?.1;
+            if history["logins"].as_array().map(Vec::len) == Some(3) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let outcomes: Vec<(Value, Value)> = history["logins"]
+            .as_array()
+            .map(|l| {
+                l.iter()
+                    .map(|e| (e["succeeded"].clone(), e["user_agent"].clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert_eq!(
+            outcomes,
+            vec![
+                (json!(true), json!("bob's laptop")),
+                (json!(false), json!("")),
+                (json!(false), json!(""))
+            ],
+            "{history}"
+        );
+        assert_eq!(history["logins"][0]["address"], "127.0.0.1");
+        let alice = app.login(ALICE).await?;
+        let (_, theirs) = app.get("/users/me/logins?limit=200", &alice).await?;
+        assert!(
+            theirs["logins"]
+                .as_array()
+                .is_some_and(|l| l.iter().all(|e| e["succeeded"] == true)),
+            "alice sees her own: {theirs}"
+        );
+        assert_eq!(app.get("/users/me/logins?limit=0", &alice).await?.0, 422);
+        Ok(())
+    }
+
+    #[tokio::test]
     async fn hashes_made_with_older_parameters_are_upgraded_on_login() -> TestResult {
         use argon2::password_hash::{PasswordHasher, SaltString};
         let app = TestApp::spawn().await?;

@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use crate::auth::{self, AuthUser, TenantRef, TokenSubject};
 use crate::error::{AppError, AppResult};
-use crate::extract::{AppJson, AppPath};
+use crate::extract::{AppJson, AppPath, AppQuery};
 use crate::limits::{ClientAddress, LoginBudget};
 use crate::state::AppState;
 
@@ -39,6 +39,7 @@ pub fn authenticated_router() -> Router<AppState> {
         .route("/auth/sessions", get(sessions))
         .route("/auth/sessions/{id}", delete(end_session))
         .route("/users/me", get(me))
+        .route("/users/me/logins", get(logins))
 }
 
 #[derive(Deserialize)]
@@ -277,6 +278,36 @@ async fn refreshed(state: AppState, address: &str, presented: &str) -> AppResult
     Ok(token_response(token, &claims, ttl, Some(&refresh)))
 }
 
+/// Writes the attempt into the account's login history, after the answer
+/// (an account and an unknown address answer alike).
+fn record_login(
+    state: &AppState,
+    email: &str,
+    succeeded: bool,
+    headers: &HeaderMap,
+    address: &str,
+) {
+    let origin = origin(headers, address);
+    let (state, email, agent, address) = (
+        state.clone(),
+        email.to_owned(),
+        origin.user_agent.to_owned(),
+        address.to_owned(),
+    );
+    tokio::spawn(async move {
+        let recorded = sqlx::query("SELECT app.record_login($1, $2, $3, $4)")
+            .bind(&email)
+            .bind(succeeded)
+            .bind(address)
+            .bind(agent)
+            .execute(&state.auth_db)
+            .await;
+        if let Err(e) = recorded {
+            tracing::warn!(error = %e, "login attempt not recorded");
+        }
+    });
+}
+
 #[tracing::instrument(skip_all)]
 async fn login(
     state: AppState,
@@ -301,6 +332,7 @@ async fn login(
     let hash = found.as_ref().map(|f| f.password_hash.clone());
     // Unknown email and wrong password: same answer, same work.
     let verified = auth::verify_password(&state, body.password.clone(), hash).await?;
+    record_login(&state, email, verified, headers, address);
     let Some(found) = found.filter(|_| verified) else {
         budget.failed(&state).await?;
         return Err(AppError::Unauthorized("Invalid email or password"));
@@ -416,6 +448,38 @@ async fn end_session(
         return Err(AppError::NotFound("Session"));
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginsQuery {
+    /// At most this many (1 to 200, default 50).
+    limit: Option<i32>,
+}
+
+/// The caller's latest login attempts, successful and failed, newest first.
+async fn logins(
+    State(state): State<AppState>,
+    AuthUser(claims): AuthUser,
+    AppQuery(query): AppQuery<LoginsQuery>,
+) -> AppResult<Json<Value>> {
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        return Err(AppError::Validation("limit must be 1 to 200".to_owned()));
+    }
+    let rows: Vec<(chrono::DateTime<chrono::Utc>, bool, String, String)> =
+        sqlx::query_as("SELECT at, succeeded, address, user_agent FROM app.login_history($1, $2)")
+            .bind(claims.sub)
+            .bind(limit)
+            .fetch_all(&state.auth_db)
+            .await?;
+    let logins: Vec<Value> = rows
+        .into_iter()
+        .map(|(at, succeeded, address, user_agent)| {
+            json!({"at": at, "succeeded": succeeded, "address": address, "user_agent": user_agent})
+        })
+        .collect();
+    Ok(Json(json!({ "logins": logins })))
 }
 
 async fn me(State(state): State<AppState>, AuthUser(claims): AuthUser) -> AppResult<Json<Value>> {
