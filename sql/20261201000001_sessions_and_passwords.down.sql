@@ -1,6 +1,6 @@
 DROP FUNCTION app.reset_password(bytea, text);
 DROP FUNCTION app.password_reset_email(bytea);
-DROP FUNCTION app.queue_password_reset_mail(bytea, text, text);
+DROP FUNCTION app.queue_password_reset_mail(bytea, text, text, text);
 DROP FUNCTION app.request_password_reset(text, bytea, interval);
 DROP FUNCTION app.rehash_password(uuid, text, text);
 DROP FUNCTION app.set_password(uuid, text, uuid);
@@ -14,3 +14,4 @@ DROP FUNCTION app.session_timeout(uuid);
 DROP TABLE app.password_resets;
 DROP TABLE app.spent_refresh_tokens;
 DROP TABLE app.sessions;
+ALTER TABLE app.email_outbox DROP COLUMN html;

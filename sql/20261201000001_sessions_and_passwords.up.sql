@@ -13,6 +13,9 @@
 -- default the owner) reaches them through the functions below only, and the
 -- application role not at all.
 
+-- Mail gets an HTML part beside its text (the mails below carry one).
+ALTER TABLE app.email_outbox ADD COLUMN html text CHECK (length(html) <= 200000);
+
 CREATE TABLE app.sessions (
     id              uuid        PRIMARY KEY,
     user_id         uuid        NOT NULL REFERENCES app.users (id) ON DELETE CASCADE,
@@ -241,7 +244,7 @@ $$;
 -- The reset mail, in the context of the tenant it is sent in the name of,
 -- to the address of the pending link `token` only: this function cannot
 -- mail anyone else.
-CREATE FUNCTION app.queue_password_reset_mail(token bytea, mail_subject text, mail_body text)
+CREATE FUNCTION app.queue_password_reset_mail(token bytea, mail_subject text, mail_body text, mail_html text)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -252,8 +255,8 @@ BEGIN
     IF address IS NULL THEN
         RAISE EXCEPTION 'no pending reset link' USING ERRCODE = 'P0002';
     END IF;
-    INSERT INTO app.email_outbox (recipient, template, subject, body)
-    VALUES (address, 'password_reset', mail_subject, mail_body);
+    INSERT INTO app.email_outbox (recipient, template, subject, body, html)
+    VALUES (address, 'password_reset', mail_subject, mail_body, mail_html);
 END
 $$;
 
@@ -294,7 +297,7 @@ REVOKE EXECUTE ON FUNCTION
     app.set_password(uuid, text, uuid),
     app.rehash_password(uuid, text, text),
     app.request_password_reset(text, bytea, interval),
-    app.queue_password_reset_mail(bytea, text, text),
+    app.queue_password_reset_mail(bytea, text, text, text),
     app.password_reset_email(bytea),
     app.reset_password(bytea, text)
 FROM PUBLIC;

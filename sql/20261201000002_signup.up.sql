@@ -56,7 +56,7 @@ $$;
 
 -- The verification mail, in the context of the signup's tenant, to the
 -- address of the pending link `token` only.
-CREATE FUNCTION app.queue_signup_mail(token bytea, mail_subject text, mail_body text) RETURNS void
+CREATE FUNCTION app.queue_signup_mail(token bytea, mail_subject text, mail_body text, mail_html text) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     address text;
@@ -67,8 +67,8 @@ BEGIN
     IF address IS NULL THEN
         RAISE EXCEPTION 'no pending signup' USING ERRCODE = 'P0002';
     END IF;
-    INSERT INTO app.email_outbox (recipient, template, subject, body)
-    VALUES (address, 'signup_verification', mail_subject, mail_body);
+    INSERT INTO app.email_outbox (recipient, template, subject, body, html)
+    VALUES (address, 'signup_verification', mail_subject, mail_body, mail_html);
 END
 $$;
 
@@ -111,7 +111,7 @@ $$;
 REVOKE EXECUTE ON FUNCTION
     app.signup_tenant(text),
     app.signup(text, text, uuid, bytea, interval),
-    app.queue_signup_mail(bytea, text, text),
+    app.queue_signup_mail(bytea, text, text, text),
     app.pending_signup(bytea),
     app.verify_signup(bytea, text)
 FROM PUBLIC;

@@ -13,6 +13,7 @@ pub mod error;
 pub mod extract;
 pub mod limits;
 pub mod mail;
+pub mod mail_templates;
 pub mod messaging;
 pub mod metrics;
 pub mod ops;

@@ -35,6 +35,8 @@ struct Mail {
     recipient: String,
     subject: String,
     body: String,
+    /// The HTML part beside the text, when the mail has one.
+    html: Option<String>,
 }
 
 /// An SMTP server and the address mail comes from.
@@ -82,13 +84,22 @@ impl Mailer {
                     .recipient
                     .parse()
                     .map_err(|e| MailError::Message(format!("recipient: {e}")))?;
-                let message = lettre::Message::builder()
+                let builder = lettre::Message::builder()
                     .from(smtp.from.clone())
                     .to(to)
-                    .subject(mail.subject.clone())
-                    .header(lettre::message::header::ContentType::TEXT_PLAIN)
-                    .body(mail.body.clone())
-                    .map_err(|e| MailError::Message(e.to_string()))?;
+                    .subject(mail.subject.clone());
+                let message = match &mail.html {
+                    Some(html) => {
+                        builder.multipart(lettre::message::MultiPart::alternative_plain_html(
+                            mail.body.clone(),
+                            html.clone(),
+                        ))
+                    }
+                    None => builder
+                        .header(lettre::message::header::ContentType::TEXT_PLAIN)
+                        .body(mail.body.clone()),
+                }
+                .map_err(|e| MailError::Message(e.to_string()))?;
                 smtp.transport.send(message).await?;
                 Ok(())
             }
@@ -101,13 +112,30 @@ impl Mailer {
                 let file = dir.join(format!("{}-{}.eml", mail.tenant_id, mail.id));
                 // Header values cannot carry line breaks.
                 let clean = |s: &str| s.replace(['\r', '\n'], " ");
-                let text = format!(
-                    "To: {}\r\nSubject: {}\r\nX-Tenant-ID: {}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{}",
+                let crlf = |s: &str| s.replace("\r\n", "\n").replace('\n', "\r\n");
+                let head = format!(
+                    "To: {}\r\nSubject: {}\r\nX-Tenant-ID: {}\r\nMIME-Version: 1.0\r\n",
                     clean(&mail.recipient),
                     clean(&mail.subject),
                     mail.tenant_id,
-                    mail.body.replace('\n', "\r\n")
                 );
+                let text = match &mail.html {
+                    None => format!(
+                        "{head}Content-Type: text/plain; charset=utf-8\r\n\r\n{}",
+                        crlf(&mail.body)
+                    ),
+                    Some(html) => {
+                        let boundary = format!("tenancy-{}-{}", mail.tenant_id, mail.id);
+                        format!(
+                            "{head}Content-Type: multipart/alternative; boundary=\"{boundary}\"\r\n\r\n\
+                             --{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{}\r\n\
+                             --{boundary}\r\nContent-Type: text/html; charset=utf-8\r\n\r\n{}\r\n\
+                             --{boundary}--\r\n",
+                            crlf(&mail.body),
+                            crlf(html)
+                        )
+                    }
+                };
                 // Write then rename, so a reader never sees half a message.
                 let partial = file.with_extension("eml.partial");
                 tokio::fs::write(&partial, text).await?;
@@ -123,10 +151,11 @@ impl Mailer {
 /// hour, so failing mail never holds up the rest.
 pub async fn send_pending(db: &PgPool, mailer: &Mailer) -> Result<usize, sqlx::Error> {
     let mut tx = db.begin().await?;
-    let batch: Vec<Mail> =
-        sqlx::query_as("SELECT tenant_id, id, recipient, subject, body FROM app.mail_due(50)")
-            .fetch_all(&mut *tx)
-            .await?;
+    let batch: Vec<Mail> = sqlx::query_as(
+        "SELECT tenant_id, id, recipient, subject, body, html FROM app.mail_due(50)",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
     let mut sent = 0;
     for mail in &batch {
         let outcome = mailer.deliver(mail).await;

@@ -28,31 +28,6 @@ pub struct NewTenant<'a> {
 
 const CATEGORIES: [&str; 4] = ["General", "Support", "Sales", "Billing"];
 
-/// (key, subject, body); `{tenant}`, `{owner_email}` and `{slug}` are filled in.
-const EMAIL_TEMPLATES: [(&str, &str, &str); 3] = [
-    (
-        "welcome",
-        "Welcome to {tenant}",
-        "Hello,\n\nthe {tenant} workspace is ready, and you ({owner_email}) are its owner.\nSign in and choose the tenant \"{slug}\" to get started.\n",
-    ),
-    (
-        "invitation",
-        "You are invited to {tenant}",
-        "Hello,\n\nyou have been invited to join {tenant}.\n",
-    ),
-    (
-        "password_reset",
-        "Reset your password for {tenant}",
-        "Hello,\n\nsomeone asked to reset your password. If it was not you, ignore this email.\n",
-    ),
-];
-
-fn render(text: &str, tenant: &str, owner_email: &str, slug: &str) -> String {
-    text.replace("{tenant}", tenant)
-        .replace("{owner_email}", owner_email)
-        .replace("{slug}", slug)
-}
-
 /// Maps the extension's refusals of a tenant (bad slug or name, duplicate
 /// slug) to a 4xx that says what was wrong.
 pub fn catalog_error(e: sqlx::Error) -> AppError {
@@ -168,8 +143,8 @@ pub async fn provision(
             .execute(&mut *tx)
             .await?;
     }
-    let display = new.display_name.unwrap_or(new.name).trim();
-    for (key, subject, body) in EMAIL_TEMPLATES {
+    // The tenant's own copies of the built-in templates, to edit.
+    for (key, subject, body) in crate::mail_templates::BUILT_IN {
         sqlx::query("INSERT INTO app.email_templates (key, subject, body) VALUES ($1, $2, $3)")
             .bind(key)
             .bind(subject)
@@ -190,13 +165,16 @@ pub async fn provision(
     if new.demo_data {
         demo_data(&mut tx, owner, workspace).await?;
     }
-    let (_, subject, body) = EMAIL_TEMPLATES[0];
+    let welcome =
+        crate::mail_templates::render(&mut tx, "welcome", new.owner_email.trim(), None).await?;
     sqlx::query(
-        "INSERT INTO app.email_outbox (recipient, template, subject, body) VALUES ($1, 'welcome', $2, $3)",
+        "INSERT INTO app.email_outbox (recipient, template, subject, body, html)
+         VALUES ($1, 'welcome', $2, $3, $4)",
     )
     .bind(new.owner_email.trim())
-    .bind(render(subject, display, new.owner_email.trim(), new.slug))
-    .bind(render(body, display, new.owner_email.trim(), new.slug))
+    .bind(welcome.subject)
+    .bind(welcome.text)
+    .bind(welcome.html)
     .execute(&mut *tx)
     .await?;
     crate::audit::record(

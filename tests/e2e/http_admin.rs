@@ -153,7 +153,7 @@ async fn creating_a_tenant_provisions_everything_and_sends_a_welcome_email() -> 
     );
     for (table, expected) in [
         ("app.categories", 4),
-        ("app.email_templates", 3),
+        ("app.email_templates", 4),
         ("app.tenant_config_versions", 1),
     ] {
         let n: i64 = sqlx::query_scalar(&format!(
@@ -191,6 +191,10 @@ async fn creating_a_tenant_provisions_everything_and_sends_a_welcome_email() -> 
     }
     assert!(text.contains("To: peter@initech.test"), "{text:?}");
     assert!(text.contains("Subject: Welcome to Initech"), "{text:?}");
+    assert!(
+        text.contains("multipart/alternative") && text.contains("Content-Type: text/html"),
+        "a plain-text and an HTML part: {text:?}"
+    );
     // The file is written before the row is stamped sent and committed.
     let mut sent: i64 = 0;
     for _ in 0..50 {
@@ -1224,7 +1228,10 @@ async fn welcome_mail_waits_for_a_down_smtp_server_and_is_delivered_once_it_is_u
         while out.read_line(&mut line).await.unwrap_or(0) > 0 {
             seen.push_str(&line);
             line.clear();
-            if seen.contains("Subject: Welcome to Initech") && seen.contains("peter@initech.test") {
+            if seen.contains("Subject: Welcome to Initech")
+                && seen.contains("peter@initech.test")
+                && seen.contains("text/html")
+            {
                 return true;
             }
         }
@@ -1232,7 +1239,11 @@ async fn welcome_mail_waits_for_a_down_smtp_server_and_is_delivered_once_it_is_u
     })
     .await
     .unwrap_or(false);
-    assert!(received, "the SMTP server got the welcome mail: {seen}");
+    assert!(
+        received,
+        "the SMTP server got the welcome mail, text and HTML: {seen}"
+    );
+    assert!(seen.contains("multipart/alternative"), "{seen}");
     let mut sent: i64 = 0;
     for _ in 0..50 {
         sent =
@@ -1401,5 +1412,110 @@ async fn a_forged_retention_never_purges_more_than_the_default_allows() -> TestR
         )
         .await?;
     assert_eq!(status, 422, "a forged version is not restored: {body}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn mail_is_the_tenants_own_in_its_locale_with_a_branded_html_part() -> TestResult {
+    let app = TestApp::spawn().await?;
+    let alice = app.login(ALICE).await?;
+    let gus = app.login(GUS).await?;
+    for (path, body) in [
+        ("/api/tenant/config", json!({"locale": "fr-FR"})),
+        (
+            "/api/tenant/branding",
+            json!({"display_name": "Acme <Corp>", "primary_color": "#FF0000"}),
+        ),
+        (
+            "/api/tenant/email-templates/invitation",
+            json!({"locale": "fr", "subject": "Invitation à {tenant}", "body": "Bonjour {email},\n\nrejoignez <b>{tenant}</b>."}),
+        ),
+    ] {
+        let (status, answer) = put(&app, path, &alice, body).await?;
+        assert_eq!(status, 200, "{path}: {answer}");
+    }
+    for (email, token) in [("new.fr@acme.test", &alice), ("new.en@globex.test", &gus)] {
+        let (status, _) = app
+            .post(
+                "/api/tenant/invitations",
+                token,
+                json!({"email": email, "role": "member"}),
+            )
+            .await?;
+        assert_eq!(status, 202);
+    }
+    let mut su = app.superuser().await?;
+    let mail = |email: &'static str| {
+        sqlx::query_as::<_, (String, String, Option<String>)>(
+            "SELECT subject, body, html FROM app.email_outbox WHERE recipient = $1",
+        )
+        .bind(email)
+    };
+    let (subject, text, html) = mail("new.fr@acme.test").fetch_one(&mut su).await?;
+    assert_eq!(subject, "Invitation à Acme <Corp>");
+    assert!(
+        text.starts_with("Bonjour new.fr@acme.test,\n\nrejoignez <b>Acme <Corp></b>."),
+        "{text}"
+    );
+    assert!(
+        text.contains("Accept the invitation: https://app.tenancy.test/accept-invitation?token=")
+    );
+    let html = html.unwrap_or_default();
+    assert!(
+        html.contains("rejoignez &lt;b&gt;Acme &lt;Corp&gt;&lt;/b&gt;."),
+        "{html}"
+    );
+    assert!(html.contains("#FF0000"), "the tenant's colour: {html}");
+    assert!(html.contains("<a href=\"https://app.tenancy.test/accept-invitation?token="));
+    // Globex keeps the built-in English text.
+    let (subject, text, _) = mail("new.en@globex.test").fetch_one(&mut su).await?;
+    assert_eq!(subject, "You are invited to Globex");
+    assert!(text.starts_with("Hello,"), "{text}");
+
+    // Only known keys and well-formed templates, by those who manage settings.
+    let bob = app.login(BOB).await?;
+    for (token, path, body, status) in [
+        (
+            &alice,
+            "/api/tenant/email-templates/nope",
+            json!({"subject": "s", "body": "b"}),
+            404,
+        ),
+        (
+            &alice,
+            "/api/tenant/email-templates/welcome",
+            json!({"subject": "a\nb", "body": "b"}),
+            422,
+        ),
+        (
+            &alice,
+            "/api/tenant/email-templates/welcome",
+            json!({"locale": "french", "subject": "s", "body": "b"}),
+            422,
+        ),
+        (
+            &bob,
+            "/api/tenant/email-templates/welcome",
+            json!({"subject": "s", "body": "b"}),
+            403,
+        ),
+    ] {
+        let (got, answer) = put(&app, path, token, body).await?;
+        assert_eq!(got, status, "{path}: {answer}");
+    }
+    let (status, _) = delete(
+        &app,
+        "/api/tenant/email-templates/invitation?locale=fr",
+        &alice,
+    )
+    .await?;
+    assert_eq!(status, 204);
+    let (_, list) = app.get("/api/tenant/email-templates", &alice).await?;
+    assert!(
+        list["templates"]
+            .as_array()
+            .is_some_and(|t| t.iter().all(|t| t["locale"] == "")),
+        "{list}"
+    );
     Ok(())
 }

@@ -43,6 +43,153 @@ pub fn router() -> Router<AppState> {
             "/api/tenant/branding",
             get(read_branding).put(update_branding),
         )
+        .route("/api/tenant/email-templates", get(list_templates))
+        .route(
+            "/api/tenant/email-templates/{key}",
+            axum::routing::put(put_template).delete(delete_template),
+        )
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+struct Template {
+    key: String,
+    locale: String,
+    subject: String,
+    body: String,
+}
+
+/// The tenant's mail templates (every key and locale it keeps).
+async fn list_templates(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    db: Db,
+) -> AppResult<Json<Value>> {
+    let mut db = db.lock().await?;
+    allow(&state, &tenant, &mut db, "tenant:manageSettings").await?;
+    let rows: Vec<Template> = sqlx::query_as(
+        "SELECT key, locale, subject, body FROM app.email_templates ORDER BY key, locale",
+    )
+    .fetch_all(db.conn()?)
+    .await?;
+    let keys: Vec<&str> = crate::mail_templates::BUILT_IN
+        .iter()
+        .map(|(k, ..)| *k)
+        .collect();
+    Ok(Json(json!({"templates": rows, "keys": keys})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TemplateBody {
+    #[serde(default)]
+    locale: String,
+    subject: String,
+    body: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LocaleQuery {
+    #[serde(default)]
+    locale: String,
+}
+
+/// A template key the service sends mail for; 404 for any other.
+fn template_key(key: &str) -> AppResult<&str> {
+    crate::mail_templates::BUILT_IN
+        .iter()
+        .map(|(k, ..)| *k)
+        .find(|k| *k == key)
+        .ok_or(AppError::NotFound("Template"))
+}
+
+fn template_locale(locale: &str) -> AppResult<()> {
+    let valid = locale.is_empty()
+        || tenant_config::validate(&Map::from_iter([("locale".to_owned(), json!(locale))])).is_ok();
+    if valid {
+        Ok(())
+    } else {
+        Err(AppError::Validation(
+            "locale must be empty, a language (fr) or a locale (fr-FR)".to_owned(),
+        ))
+    }
+}
+
+/// Sets the tenant's text for a mail, in one locale (`""`: every other).
+/// Text only: the HTML part is built from it in the tenant's branding.
+async fn put_template(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    db: Db,
+    AppPath(key): AppPath<String>,
+    AppJson(body): AppJson<TemplateBody>,
+) -> AppResult<Json<Template>> {
+    let key = template_key(&key)?;
+    template_locale(&body.locale)?;
+    let subject = body.subject.trim();
+    if subject.is_empty() || subject.chars().count() > 300 || subject.contains(['\r', '\n']) {
+        return Err(AppError::Validation(
+            "subject must be one line of 1 to 300 characters".to_owned(),
+        ));
+    }
+    if body.body.trim().is_empty() || body.body.chars().count() > 20_000 {
+        return Err(AppError::Validation(
+            "body must be 1 to 20000 characters".to_owned(),
+        ));
+    }
+    let mut db = db.lock().await?;
+    allow(&state, &tenant, &mut db, "tenant:manageSettings").await?;
+    let row: Template = sqlx::query_as(
+        "INSERT INTO app.email_templates (key, locale, subject, body) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (tenant_id, key, locale) DO UPDATE SET subject = EXCLUDED.subject, body = EXCLUDED.body
+         RETURNING key, locale, subject, body",
+    )
+    .bind(key)
+    .bind(&body.locale)
+    .bind(subject)
+    .bind(&body.body)
+    .fetch_one(db.conn()?)
+    .await?;
+    crate::audit::admin_action(
+        &mut db,
+        &tenant,
+        "email_template.updated",
+        Some(key),
+        json!({"locale": body.locale}),
+    )
+    .await?;
+    Ok(Json(row))
+}
+
+/// Removes the tenant's text for a mail in one locale: the next in line
+/// (its language, no locale, the built-in text) applies.
+async fn delete_template(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    db: Db,
+    AppPath(key): AppPath<String>,
+    crate::extract::AppQuery(query): crate::extract::AppQuery<LocaleQuery>,
+) -> AppResult<axum::http::StatusCode> {
+    let key = template_key(&key)?;
+    let mut db = db.lock().await?;
+    allow(&state, &tenant, &mut db, "tenant:manageSettings").await?;
+    let done = sqlx::query("DELETE FROM app.email_templates WHERE key = $1 AND locale = $2")
+        .bind(key)
+        .bind(&query.locale)
+        .execute(db.conn()?)
+        .await?;
+    if done.rows_affected() == 0 {
+        return Err(AppError::NotFound("Template"));
+    }
+    crate::audit::admin_action(
+        &mut db,
+        &tenant,
+        "email_template.deleted",
+        Some(key),
+        json!({"locale": query.locale}),
+    )
+    .await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
 }
 
 async fn allow(

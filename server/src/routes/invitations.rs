@@ -127,7 +127,7 @@ pub async fn invite(
     .bind(VALID_DAYS)
     .fetch_one(db.conn()?)
     .await?;
-    mail(state, tenant, db, invitation.id, &email, &token).await?;
+    mail(state, db, invitation.id, &email, &token).await?;
     crate::audit::record(
         db.conn()?,
         tenant.id,
@@ -140,50 +140,41 @@ pub async fn invite(
     Ok((StatusCode::ACCEPTED, Json(invitation)))
 }
 
-/// Queues the invitation mail from the tenant's own template. One text for
-/// new and existing accounts: the mail does not say which it is.
+/// Queues the invitation mail from the tenant's own template, in its
+/// locale and branding. One text for new and existing accounts: the mail
+/// does not say which it is.
 async fn mail(
     state: &AppState,
-    tenant: &Tenant,
     db: &mut DbGuard<'_>,
     invitation: Uuid,
     email: &str,
     token: &str,
 ) -> AppResult<()> {
-    let template: Option<(String, String)> =
-        sqlx::query_as("SELECT subject, body FROM app.email_templates WHERE key = 'invitation'")
-            .fetch_optional(db.conn()?)
-            .await?;
-    let (subject, body) = template.unwrap_or_else(|| {
-        (
-            "You are invited to {tenant}".to_owned(),
-            "Hello,\n\nyou have been invited to join {tenant}.\n".to_owned(),
-        )
-    });
-    let name = if tenant.display_name.is_empty() {
-        tenant.name.as_str()
-    } else {
-        tenant.display_name.as_str()
-    };
-    let fill = |text: &str| {
-        text.replace("{tenant}", name)
-            .replace("{slug}", &tenant.slug)
-            .replace("{email}", email)
-    };
     let link = format!(
         "{}/accept-invitation?token={token}",
         state.config.app_url.trim_end_matches('/')
     );
-    let body = format!(
-        "{}\nTo accept, open {link}\n(or send the token {token} to POST /auth/invitations/accept).\n\
+    let note = format!(
+        "(Or send the token {token} to POST /auth/invitations/accept.)\n\
          If you already have an account, confirm with your password; otherwise choose one.\n\
-         The link works once and expires in {VALID_DAYS} days.\n",
-        fill(&body)
+         The link works once and expires in {VALID_DAYS} days.\n"
     );
-    sqlx::query("SELECT app.queue_invitation_mail($1, $2, $3)")
+    let mail = crate::mail_templates::render(
+        db.conn()?,
+        "invitation",
+        email,
+        Some(crate::mail_templates::Action {
+            label: "Accept the invitation",
+            link: &link,
+            note: &note,
+        }),
+    )
+    .await?;
+    sqlx::query("SELECT app.queue_invitation_mail($1, $2, $3, $4)")
         .bind(invitation)
-        .bind(fill(&subject))
-        .bind(body)
+        .bind(mail.subject)
+        .bind(mail.text)
+        .bind(mail.html)
         .execute(db.conn()?)
         .await?;
     Ok(())
@@ -248,7 +239,7 @@ async fn resend(
     .bind(VALID_DAYS)
     .fetch_one(db.conn()?)
     .await?;
-    mail(&state, &tenant, &mut db, id, &email, &token).await?;
+    mail(&state, &mut db, id, &email, &token).await?;
     crate::audit::record(
         db.conn()?,
         tenant.id,

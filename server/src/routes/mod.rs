@@ -188,23 +188,26 @@ where
 }
 
 /// Queues a mail that carries a one-time link, in the context of `tenant`
-/// (for `user`), through `queue`: a function of the credential role that
-/// mails the address of the pending link `digest` and no other
-/// (`SELECT app.queue_..._mail($1, $2, $3)`: digest, subject, body).
+/// (for `user`): the tenant's template `key` for `email`, with `action`,
+/// through `queue`, a function of the credential role that mails the
+/// address of the pending link `digest` and no other
+/// (`SELECT app.queue_..._mail($1, $2, $3, $4)`: digest, subject, text, html).
 pub(crate) async fn queue_link_mail(
     state: &AppState,
     (tenant, user): (Uuid, Uuid),
     queue: &'static str,
     digest: [u8; 32],
-    subject: &str,
-    body: String,
+    (key, email): (&str, &str),
+    action: crate::mail_templates::Action<'_>,
 ) -> AppResult<()> {
     let mut tx = state.auth_db.begin().await?;
     crate::provision::enter_tenant(&mut tx, &state.keys, tenant, user).await?;
+    let mail = crate::mail_templates::render(&mut tx, key, email, Some(action)).await?;
     sqlx::query(queue)
         .bind(&digest[..])
-        .bind(subject)
-        .bind(body)
+        .bind(mail.subject)
+        .bind(mail.text)
+        .bind(mail.html)
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;

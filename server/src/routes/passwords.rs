@@ -162,20 +162,21 @@ async fn queue_reset_mail(
         "{}/reset-password?token={secret}",
         state.config.app_url.trim_end_matches('/')
     );
-    let body = format!(
-        "Hello,\n\nsomeone asked to reset the password of the account {recipient}.\n\
-         To choose a new password, open {link}\n\
-         (or send the token {secret} with your new password to POST /auth/password/reset).\n\
-         The link works once and expires in {RESET_VALID_MINUTES} minutes.\n\
-         If you did not ask for this, ignore this mail: your password stays as it is.\n"
+    let note = format!(
+        "(Or send the token {secret} with your new password to POST /auth/password/reset.)\n\
+         The link works once and expires in {RESET_VALID_MINUTES} minutes.\n"
     );
     crate::routes::queue_link_mail(
         state,
         (tenant, user),
-        "SELECT app.queue_password_reset_mail($1, $2, $3)",
+        "SELECT app.queue_password_reset_mail($1, $2, $3, $4)",
         digest,
-        "Reset your password",
-        body,
+        ("password_reset", recipient),
+        crate::mail_templates::Action {
+            label: "Choose a new password",
+            link: &link,
+            note: &note,
+        },
     )
     .await
 }

@@ -86,26 +86,28 @@ async fn signup(
             .fetch_one(&state.auth_db)
             .await?;
     if let Some(user) = user {
-        let link = format!(
-            "{}/verify-signup?token={secret}",
-            state.config.app_url.trim_end_matches('/')
-        );
-        let body = format!(
-            "Hello,\n\nto finish signing up as {email}, open {link}\n\
-             and confirm with the password you chose\n\
-             (or send the token {secret} with it to POST /auth/signup/verify).\n\
-             The link works once and expires in {VERIFY_VALID_HOURS} hours.\n\
-             If you did not sign up, ignore this mail: no account is made.\n"
-        );
         let state = state.clone();
         tokio::spawn(async move {
+            let link = format!(
+                "{}/verify-signup?token={secret}",
+                state.config.app_url.trim_end_matches('/')
+            );
+            let note = format!(
+                "Confirm with the password you chose.\n\
+                 (Or send the token {secret} with it to POST /auth/signup/verify.)\n\
+                 The link works once and expires in {VERIFY_VALID_HOURS} hours.\n"
+            );
             let queued = crate::routes::queue_link_mail(
                 &state,
                 (tenant, user),
-                "SELECT app.queue_signup_mail($1, $2, $3)",
+                "SELECT app.queue_signup_mail($1, $2, $3, $4)",
                 digest,
-                "Confirm your address",
-                body,
+                ("signup_verification", &email),
+                crate::mail_templates::Action {
+                    label: "Confirm your address",
+                    link: &link,
+                    note: &note,
+                },
             )
             .await;
             if let Err(e) = queued {
