@@ -143,6 +143,63 @@ BEGIN
 END
 $$;
 
+-- Removes a tenant for good: its rows in every protected table, its
+-- domains, its catalog row. Refused while the tenant is active (suspend or
+-- deactivate it first, so nothing writes meanwhile). Runs with the caller's
+-- rights under tenancy.bypass (audited): the caller needs DELETE on the
+-- protected tables. Tables are emptied in whatever order their foreign keys
+-- allow; rows still referenced from outside the protected tables stop it,
+-- and nothing is removed. Returns the number of rows it deleted (rows that
+-- go by ON DELETE CASCADE are not counted).
+CREATE FUNCTION tenancy.drop_tenant(tenant uuid) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    current_status text;
+    pending        regclass[];
+    t              regclass;
+    col            name;
+    progressed     boolean;
+    deleted        bigint := 0;
+    n              bigint;
+BEGIN
+    SELECT x.status INTO current_status FROM tenancy.tenants x WHERE x.id = tenant FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'tenant % does not exist', tenant USING ERRCODE = 'P0002';
+    END IF;
+    IF current_status = 'active' THEN
+        RAISE EXCEPTION 'tenant % is active', tenant
+            USING ERRCODE = '55000', HINT = 'Suspend or deactivate it (tenancy.set_tenant_status) before dropping it.';
+    END IF;
+    PERFORM tenancy.bypass(format('drop tenant %s', tenant));
+    -- Partitions and children go with their parents.
+    SELECT coalesce(array_agg(p.table_name), '{}') INTO pending
+    FROM tenancy.protected_tables p WHERE p.parent_table IS NULL;
+    LOOP
+        progressed := false;
+        FOREACH t IN ARRAY pending LOOP
+            SELECT p.tenant_column INTO col FROM tenancy.protected_tables p WHERE p.table_name = t;
+            BEGIN
+                EXECUTE format('DELETE FROM %s WHERE %I = $1', t, col) USING tenant;
+                GET DIAGNOSTICS n = ROW_COUNT;
+                deleted := deleted + n;
+                pending := array_remove(pending, t);
+                progressed := true;
+            EXCEPTION WHEN foreign_key_violation THEN
+                NULL;   -- still referenced by rows of a table not emptied yet
+            END;
+        END LOOP;
+        EXIT WHEN cardinality(pending) = 0 OR NOT progressed;
+    END LOOP;
+    IF cardinality(pending) > 0 THEN
+        RAISE EXCEPTION 'rows of tenant % are still referenced from outside the protected tables', tenant
+            USING ERRCODE = '23503', DETAIL = format('Tables not emptied: %s.', array_to_string(pending, ', '));
+    END IF;
+    DELETE FROM tenancy.domains d WHERE d.tenant_id = tenant;
+    DELETE FROM tenancy.tenants x WHERE x.id = tenant;
+    RETURN deleted;
+END
+$$;
+
 CREATE FUNCTION tenancy.normalize_host(host text) RETURNS text
 LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -755,6 +812,7 @@ $$;
 REVOKE EXECUTE ON FUNCTION
     tenancy.create_tenant(text, text, text, jsonb, text, text),
     tenancy.set_tenant_status(uuid, text),
+    tenancy.drop_tenant(uuid),
     tenancy.add_domain(uuid, text),
     tenancy.remove_domain(text),
     tenancy.set_setting(text, text),
@@ -771,6 +829,7 @@ FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION
     tenancy.create_tenant(text, text, text, jsonb, text, text),
     tenancy.set_tenant_status(uuid, text),
+    tenancy.drop_tenant(uuid),
     tenancy.add_domain(uuid, text),
     tenancy.remove_domain(text),
     tenancy.set_setting(text, text),
@@ -785,6 +844,9 @@ TO tenancy_admin;
 GRANT INSERT (slug, name, display_name, configuration, logo_url, primary_color),
       UPDATE (slug, name, display_name, configuration, logo_url, primary_color, status, updated_at)
     ON tenancy.tenants TO tenancy_admin;
+-- Removing tenants (tenancy.drop_tenant); a tenant that still has rows is
+-- held by their foreign keys.
+GRANT DELETE ON tenancy.tenants TO tenancy_admin;
 GRANT INSERT, DELETE ON tenancy.domains TO tenancy_admin;
 GRANT INSERT, UPDATE, DELETE ON tenancy.settings TO tenancy_admin;
 GRANT SELECT (kid, algorithm, created_at, retired_at),

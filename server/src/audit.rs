@@ -128,6 +128,10 @@ pub async fn run_purge(
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "audit purge failed"),
         }
+        // Tenants deleted by their owners, once their grace period is over.
+        if let Err(e) = crate::routes::deletion::purge_due(&state).await {
+            tracing::warn!(error = %e, "tenant removal failed");
+        }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = shutdown.changed() => return,

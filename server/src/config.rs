@@ -112,6 +112,10 @@ pub struct Config {
     /// How often audit entries past each tenant's retention are purged, in seconds (0: never).
     #[arg(long, env = "TENANCY_AUDIT_PURGE_SECS", default_value_t = 3600)]
     pub audit_purge_secs: u64,
+    /// Days a tenant its owner deleted can be restored before it and all
+    /// its rows are removed (the removal runs with the audit purge).
+    #[arg(long, env = "TENANCY_TENANT_DELETION_GRACE_DAYS", default_value_t = 30)]
+    pub tenant_deletion_grace_days: u32,
     /// How often open WebSockets re-check that their session is still valid, in seconds.
     #[arg(long, env = "TENANCY_WS_SESSION_CHECK_SECS", default_value_t = 5)]
     pub ws_session_check_secs: u64,

@@ -48,6 +48,7 @@ pub fn app(state: AppState) -> Router {
     let authenticated = Router::new()
         .merge(routes::auth::authenticated_router())
         .merge(routes::passwords::authenticated_router())
+        .merge(routes::deletion::authenticated_router())
         .merge(routes::admin::router())
         .merge(tenant_scoped)
         .route_layer(from_fn_with_state(state.clone(), auth::authenticate));

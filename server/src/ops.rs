@@ -78,7 +78,7 @@ pub async fn migrate(config: &Config) -> AppResult<()> {
         // Sessions and password resets are the credential role's alone.
         format!(
             "REVOKE ALL ON app.sessions, app.spent_refresh_tokens, app.password_resets, app.signups,
-             app.login_events FROM {quoted}"
+             app.login_events, app.tenant_deletions FROM {quoted}"
         ),
     ] {
         // One transaction: no moment in which the broad grant holds

@@ -200,3 +200,51 @@ async fn hosts_resolve_by_subdomain_then_custom_domain() -> TestResult {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn drop_tenant_removes_an_inactive_tenant_and_every_row_it_has() -> TestResult {
+    let db = TestDb::new().await?;
+    db.seed(db.acme, "launch").await?;
+    db.seed(db.globex, "rollout").await?;
+    let mut admin = db.connect(Role::Admin).await?;
+    let drop =
+        |tenant: Uuid| sqlx::query_scalar::<_, i64>("SELECT tenancy.drop_tenant($1)").bind(tenant);
+    // Active: refused, nothing removed.
+    let (code, message) = db_error(drop(db.acme).fetch_one(&mut admin).await);
+    assert_eq!(
+        (code.as_str(), message.as_str()),
+        ("55000", format!("tenant {} is active", db.acme).as_str())
+    );
+    // Not a tenancy_admin: refused.
+    let mut app = db.connect(Role::App).await?;
+    let (code, _) = db_error(drop(db.acme).fetch_one(&mut app).await);
+    assert_eq!(code, "42501");
+    // Inactive: its projects and tasks and its catalog row go; globex's stay.
+    sqlx::query("SELECT tenancy.set_tenant_status($1, 'inactive')")
+        .bind(db.acme)
+        .execute(&mut admin)
+        .await?;
+    let mut tx = sqlx::Connection::begin(&mut admin).await?;
+    let deleted = drop(db.acme).fetch_one(&mut *tx).await?;
+    tx.commit().await?;
+    // The project directly; its tasks by their ON DELETE CASCADE.
+    assert_eq!(deleted, 1, "rows deleted by drop_tenant itself");
+    let mut su = db.superuser().await?;
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT 'projects', count(*) FROM projects WHERE tenant_id = $1
+         UNION ALL SELECT 'tasks', count(*) FROM tasks WHERE tenant_id = $1
+         UNION ALL SELECT 'tenants', count(*) FROM tenancy.tenants WHERE id = $1",
+    )
+    .bind(db.acme)
+    .fetch_all(&mut su)
+    .await?;
+    assert!(rows.iter().all(|(_, n)| *n == 0), "{rows:?}");
+    let globex: i64 = sqlx::query_scalar("SELECT count(*) FROM tasks WHERE tenant_id = $1")
+        .bind(db.globex)
+        .fetch_one(&mut su)
+        .await?;
+    assert_eq!(globex, 2);
+    let (code, _) = db_error(drop(db.acme).fetch_one(&mut admin).await);
+    assert_eq!(code, "P0002", "gone");
+    Ok(())
+}

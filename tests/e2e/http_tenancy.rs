@@ -554,7 +554,7 @@ async fn single_tenant_deployments_refuse_a_second_tenant_per_user() -> TestResu
 #[tokio::test]
 async fn migrations_roll_back_and_forward() -> TestResult {
     let app = TestApp::spawn().await?;
-    tenancy_server::ops::migrate_down(&app.config, 13)
+    tenancy_server::ops::migrate_down(&app.config, 14)
         .await
         .map_err(|e| format!("{e:?}"))?;
     let mut su = app.superuser().await?;

@@ -153,6 +153,7 @@ impl TestApp {
             smtp_url: options.smtp_url.clone(),
             mail_from: "Tenancy Test <no-reply@tenancy.test>".to_owned(),
             audit_purge_secs: 0,
+            tenant_deletion_grace_days: 30,
         };
         ops::migrate(&config)
             .await

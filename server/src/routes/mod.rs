@@ -6,6 +6,7 @@ pub mod auth;
 pub mod boards;
 pub mod chat;
 pub mod config;
+pub mod deletion;
 pub mod health;
 pub mod invitations;
 pub mod members;

@@ -21,7 +21,10 @@ const BILLING_KEY: &str = "billing_email";
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/api/tenant", get(current))
+        .route(
+            "/api/tenant",
+            get(current).delete(crate::routes::deletion::request),
+        )
         .route("/api/tenant/settings", get(settings).put(update_settings))
         .route("/api/tenant/billing", put(update_billing))
 }

@@ -1,0 +1,169 @@
+//! An owner deletes their tenant: `DELETE /api/tenant` deactivates it at
+//! once (its members are refused, their WebSockets close) and schedules its
+//! removal after `TENANCY_TENANT_DELETION_GRACE_DAYS`; during that time an
+//! owner brings it back with `POST /api/tenants/{id}/restore`; after it,
+//! [`purge_due`] removes the tenant and every row it has
+//! (`tenancy.drop_tenant`). Each step is in the tenant's trail until the
+//! tenant is gone, and in the extension's audit log after.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::auth::AuthUser;
+use crate::authz::Resource;
+use crate::error::{AppError, AppResult};
+use crate::extract::AppPath;
+use crate::routes::authorize;
+use crate::state::AppState;
+use crate::tenant::{Db, Tenant};
+
+/// Routes of a signed-in user whose tenant may no longer be active.
+pub fn authenticated_router() -> Router<AppState> {
+    Router::new().route("/api/tenants/{id}/restore", post(restore))
+}
+
+/// A transaction of the owner role, bypassing isolation (audited).
+async fn bypass(
+    state: &AppState,
+    why: String,
+) -> AppResult<sqlx::Transaction<'static, sqlx::Postgres>> {
+    let mut tx = state.admin_db.begin().await?;
+    sqlx::query("SELECT tenancy.bypass($1)")
+        .bind(why)
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
+
+/// `DELETE /api/tenant`: owners only (`tenant:delete`).
+pub async fn request(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    db: Db,
+) -> AppResult<(StatusCode, Json<Value>)> {
+    {
+        let mut db = db.lock().await?;
+        authorize(
+            &state,
+            &tenant,
+            &mut db,
+            "tenant:delete",
+            Resource::Tenant(tenant.id),
+        )
+        .await?;
+    }
+    let days = state.config.tenant_deletion_grace_days;
+    let mut tx = bypass(
+        &state,
+        format!("owner {} deletes tenant {}", tenant.user_id, tenant.id),
+    )
+    .await?;
+    let purge_after: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
+        "INSERT INTO app.tenant_deletions (tenant, requested_by, purge_after)
+         VALUES ($1, $2, now() + make_interval(days => $3))
+         ON CONFLICT (tenant) DO UPDATE SET requested_by = EXCLUDED.requested_by
+         RETURNING purge_after",
+    )
+    .bind(tenant.id)
+    .bind(tenant.user_id)
+    .bind(i32::try_from(days).unwrap_or(i32::MAX))
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query("SELECT tenancy.set_tenant_status($1, 'inactive')")
+        .bind(tenant.id)
+        .execute(&mut *tx)
+        .await?;
+    crate::audit::record(
+        &mut tx,
+        tenant.id,
+        tenant.user_id,
+        "tenant.deletion_requested",
+        Some(&tenant.slug),
+        json!({"purge_after": purge_after}),
+    )
+    .await?;
+    tx.commit().await?;
+    crate::messaging::hub::evict(&state, tenant.id, None).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"tenant_id": tenant.id, "status": "inactive", "purge_after": purge_after})),
+    ))
+}
+
+/// Brings back a tenant its owner deleted, during the grace period. The
+/// caller must be an owner of it; anyone else gets 404.
+async fn restore(
+    State(state): State<AppState>,
+    AuthUser(claims): AuthUser,
+    AppPath(id): AppPath<Uuid>,
+) -> AppResult<Json<Value>> {
+    let role: Option<String> =
+        sqlx::query_scalar("SELECT role FROM app.user_tenants($1) WHERE tenant_id = $2")
+            .bind(claims.sub)
+            .bind(id)
+            .fetch_optional(&state.auth_db)
+            .await?;
+    if role.as_deref() != Some("owner") {
+        return Err(AppError::TenantNotFound);
+    }
+    let mut tx = bypass(&state, format!("owner {} restores tenant {id}", claims.sub)).await?;
+    let pending: Option<Uuid> = sqlx::query_scalar(
+        "DELETE FROM app.tenant_deletions WHERE tenant = $1 AND purge_after > now() RETURNING tenant",
+    )
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if pending.is_none() {
+        return Err(AppError::NotFound("Pending deletion"));
+    }
+    sqlx::query("SELECT tenancy.set_tenant_status($1, 'active')")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    crate::audit::record(
+        &mut tx,
+        id,
+        claims.sub,
+        "tenant.deletion_cancelled",
+        None,
+        json!({}),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Json(json!({"tenant_id": id, "status": "active"})))
+}
+
+/// Removes every tenant whose grace period is over, with all its rows; one
+/// tenant's failure never stops the others. Returns how many were removed.
+pub async fn purge_due(state: &AppState) -> AppResult<usize> {
+    let due: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT tenant FROM app.tenant_deletions WHERE purge_after <= now() ORDER BY purge_after",
+    )
+    .fetch_all(&state.admin_db)
+    .await?;
+    let mut removed = 0;
+    for tenant in due {
+        let dropped = async {
+            let mut tx = state.admin_db.begin().await?;
+            let rows: i64 = sqlx::query_scalar("SELECT tenancy.drop_tenant($1)")
+                .bind(tenant)
+                .fetch_one(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            AppResult::Ok(rows)
+        }
+        .await;
+        match dropped {
+            Ok(rows) => {
+                removed += 1;
+                tracing::info!(%tenant, rows, "tenant removed after its grace period");
+            }
+            Err(e) => tracing::warn!(%tenant, error = %e, "tenant removal failed; retried later"),
+        }
+    }
+    Ok(removed)
+}
