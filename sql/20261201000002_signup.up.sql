@@ -93,10 +93,14 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     found app.signups;
 BEGIN
+    -- The tenant must still be active and accept signups.
     UPDATE app.signups s SET used_at = now()
     WHERE s.token_hash = token AND s.used_at IS NULL AND s.expires_at > now()
       AND EXISTS (SELECT 1 FROM app.users u
                   WHERE u.id = s.user_id AND u.password_hash = 'unverified:' || checked_hash)
+      AND EXISTS (SELECT 1 FROM tenancy.tenants t
+                  WHERE t.id = s.tenant AND t.status = 'active'
+                    AND coalesce(t.configuration -> 'allow_public_signup' = 'true'::jsonb, false))
     RETURNING * INTO found;
     IF found.user_id IS NULL THEN
         RETURN;

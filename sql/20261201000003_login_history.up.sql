@@ -1,7 +1,7 @@
 -- Each account's own history of logins and failed logins (address, user
 -- agent, time), which its owner reads: a failed login they did not make is
--- how they learn someone tries their password. Kept to the latest 200 per
--- account. Owner-only, reached through the functions below.
+-- how they learn someone tries their password. The latest 200 successes
+-- and the latest 200 failures are kept per account. Owner-only, reached through the functions below.
 
 CREATE TABLE app.login_events (
     id         bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -26,9 +26,12 @@ BEGIN
     END IF;
     INSERT INTO app.login_events (user_id, succeeded, address, user_agent)
     VALUES (member, succeeded, left(coalesce(from_address, ''), 64), left(coalesce(agent, ''), 256));
-    DELETE FROM app.login_events e WHERE e.user_id = member AND e.id <= (
-        SELECT o.id FROM app.login_events o WHERE o.user_id = member
-        ORDER BY o.id DESC OFFSET 200 LIMIT 1);
+    -- Successes and failures are kept apart, so a flood of failed logins
+    -- cannot push a successful one out of the history.
+    DELETE FROM app.login_events e WHERE e.user_id = member AND e.succeeded = record_login.succeeded
+      AND e.id <= (SELECT o.id FROM app.login_events o
+                   WHERE o.user_id = member AND o.succeeded = record_login.succeeded
+                   ORDER BY o.id DESC OFFSET 200 LIMIT 1);
 END
 $$;
 
@@ -37,7 +40,7 @@ CREATE FUNCTION app.login_history(member uuid, max_rows integer)
 RETURNS TABLE (at timestamptz, succeeded boolean, address text, user_agent text)
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT e.at, e.succeeded, e.address, e.user_agent FROM app.login_events e
-    WHERE e.user_id = member ORDER BY e.id DESC LIMIT least(greatest(max_rows, 1), 200);
+    WHERE e.user_id = member ORDER BY e.id DESC LIMIT least(greatest(max_rows, 1), 400);
 $$;
 
 REVOKE EXECUTE ON FUNCTION

@@ -155,11 +155,12 @@ CREATE FUNCTION tenancy.drop_tenant(tenant uuid) RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     current_status text;
-    pending        regclass[];
+    tables         regclass[];
+    failed         regclass[];
     t              regclass;
     col            name;
-    progressed     boolean;
     deleted        bigint := 0;
+    pass_deleted   bigint;
     n              bigint;
 BEGIN
     SELECT x.status INTO current_status FROM tenancy.tenants x WHERE x.id = tenant FOR UPDATE;
@@ -172,27 +173,30 @@ BEGIN
     END IF;
     PERFORM tenancy.bypass(format('drop tenant %s', tenant));
     -- Partitions and children go with their parents.
-    SELECT coalesce(array_agg(p.table_name), '{}') INTO pending
+    SELECT coalesce(array_agg(p.table_name), '{}') INTO tables
     FROM tenancy.protected_tables p WHERE p.parent_table IS NULL;
+    -- Passes over every table until one deletes nothing: a table whose rows
+    -- are still referenced waits for the next pass, and rows that triggers
+    -- write while others are deleted go in a later one.
     LOOP
-        progressed := false;
-        FOREACH t IN ARRAY pending LOOP
+        pass_deleted := 0;
+        failed := '{}';
+        FOREACH t IN ARRAY tables LOOP
             SELECT p.tenant_column INTO col FROM tenancy.protected_tables p WHERE p.table_name = t;
             BEGIN
                 EXECUTE format('DELETE FROM %s WHERE %I = $1', t, col) USING tenant;
                 GET DIAGNOSTICS n = ROW_COUNT;
-                deleted := deleted + n;
-                pending := array_remove(pending, t);
-                progressed := true;
+                pass_deleted := pass_deleted + n;
             EXCEPTION WHEN foreign_key_violation THEN
-                NULL;   -- still referenced by rows of a table not emptied yet
+                failed := failed || t;
             END;
         END LOOP;
-        EXIT WHEN cardinality(pending) = 0 OR NOT progressed;
+        deleted := deleted + pass_deleted;
+        EXIT WHEN pass_deleted = 0;
     END LOOP;
-    IF cardinality(pending) > 0 THEN
+    IF cardinality(failed) > 0 THEN
         RAISE EXCEPTION 'rows of tenant % are still referenced from outside the protected tables', tenant
-            USING ERRCODE = '23503', DETAIL = format('Tables not emptied: %s.', array_to_string(pending, ', '));
+            USING ERRCODE = '23503', DETAIL = format('Tables not emptied: %s.', array_to_string(failed, ', '));
     END IF;
     DELETE FROM tenancy.domains d WHERE d.tenant_id = tenant;
     DELETE FROM tenancy.tenants x WHERE x.id = tenant;

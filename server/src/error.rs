@@ -160,7 +160,7 @@ impl From<sqlx::Error> for AppError {
                         AppError::Unavailable(format!("database: {e}"))
                     }
                     // A NUL character in text (PostgreSQL's text cannot hold one).
-                    Some("22021") => {
+                    Some("22021") | Some("22P05") => {
                         AppError::Validation("Text must not contain NUL characters".to_owned())
                     }
                     Some("23514") | Some("22001") | Some("22023") => {

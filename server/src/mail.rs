@@ -125,7 +125,8 @@ impl Mailer {
                         crlf(&mail.body)
                     ),
                     Some(html) => {
-                        let boundary = format!("tenancy-{}-{}", mail.tenant_id, mail.id);
+                        // Random, so no part can close it early.
+                        let boundary = format!("tenancy-{}", Uuid::new_v4().simple());
                         format!(
                             "{head}Content-Type: multipart/alternative; boundary=\"{boundary}\"\r\n\r\n\
                              --{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{}\r\n\

@@ -36,6 +36,16 @@ pub const BUILT_IN: [(&str, &str, &str); 4] = [
     ),
 ];
 
+/// The keys whose text a tenant may change. Password resets and address
+/// confirmations keep the service's own text (in the tenant's branding):
+/// anyone can have them sent to any address, so a tenant's text there
+/// would be a phishing mail in the platform's name.
+pub const EDITABLE: [&str; 2] = ["welcome", "invitation"];
+
+/// The longest a filled-in text may get; a longer one falls back to the
+/// built-in text, so no template can make mail undeliverable.
+const MAX_FILLED: usize = 40_000;
+
 /// A mail ready for the outbox.
 #[derive(Debug, Clone)]
 pub struct Rendered {
@@ -76,22 +86,26 @@ pub async fn render(
     .await?;
     let locale = locale.unwrap_or_default();
     let language = locale.split('-').next().unwrap_or_default().to_owned();
-    let own: Option<(String, String)> = sqlx::query_as(
+    let own: Option<(String, String)> = if !EDITABLE.contains(&key) {
+        None
+    } else {
+        sqlx::query_as(
         "SELECT subject, body FROM app.email_templates WHERE key = $1 AND locale IN ($2, $3, '')
          ORDER BY CASE locale WHEN $2 THEN 0 WHEN $3 THEN 1 ELSE 2 END LIMIT 1",
     )
-    .bind(key)
-    .bind(&locale)
-    .bind(&language)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let (subject, body) = own.unwrap_or_else(|| {
+        .bind(key)
+        .bind(&locale)
+        .bind(&language)
+        .fetch_optional(&mut *conn)
+        .await?
+    };
+    let built_in = || {
         BUILT_IN
             .iter()
             .find(|(k, ..)| *k == key)
             .map(|(_, s, b)| ((*s).to_owned(), (*b).to_owned()))
             .unwrap_or_default()
-    });
+    };
     let tenant = if display.trim().is_empty() {
         name
     } else {
@@ -102,7 +116,13 @@ pub async fn render(
             .replace("{email}", email)
             .replace("{slug}", &slug)
     };
-    let (subject, body) = (fill(&subject).replace(['\r', '\n'], " "), fill(&body));
+    let filled = |(subject, body): (String, String)| {
+        (fill(&subject).replace(['\r', '\n'], " "), fill(&body))
+    };
+    let (subject, body) = match own.map(filled) {
+        Some((subject, body)) if subject.len() + body.len() <= MAX_FILLED => (subject, body),
+        _ => filled(built_in()),
+    };
     Ok(compose(
         subject,
         &body,

@@ -73,7 +73,7 @@ pub fn effective(set: &Map<String, Value>) -> Map<String, Value> {
 fn check(rule: Rule, value: &Value) -> Result<(), String> {
     match (rule, value) {
         (Rule::Text { max }, Value::String(s))
-            if !s.trim().is_empty() && s.chars().count() <= max =>
+            if !s.trim().is_empty() && s.chars().count() <= max && !s.contains('\0') =>
         {
             Ok(())
         }

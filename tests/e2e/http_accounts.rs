@@ -922,6 +922,23 @@ mod signup {
                 app.login_body("late@example.test", NEW_PASSWORD).await?.0,
                 401
             );
+            // A link mailed before the tenant closed signups no longer works.
+            signup(&app, "closing@example.test", NEW_PASSWORD, "acme").await?;
+            let token = app
+                .mailed_token("closing@example.test", "signup_verification")
+                .await?;
+            let alice = app.login(ALICE).await?;
+            let (status, _) = app
+                .call(
+                    Method::PUT,
+                    "/api/tenant/config",
+                    Some(&alice),
+                    &[],
+                    Some(json!({"allow_public_signup": false})),
+                )
+                .await?;
+            assert_eq!(status, 200);
+            assert_eq!(verify(&app, &token, NEW_PASSWORD).await?.0, 404);
             let (status, _) = signup(&app, "x@example.test", NEW_PASSWORD, "globex").await?;
             assert_eq!(status, 403, "globex does not accept sign-ups");
             let (status, _) = signup(&app, "x@example.test", NEW_PASSWORD, "nope").await?;

@@ -859,14 +859,20 @@ async fn one_configuration_store_and_each_tenant_gets_its_own() -> TestResult {
     }
 
     // Settings written whole are checked and versioned like the rest.
-    let (status, body) = put(
-        &app,
-        "/api/tenant/settings",
-        &alice,
-        json!({"session_timeout_minutes": "soon"}),
-    )
-    .await?;
-    assert_eq!(status, 422, "{body}");
+    for (path, bad) in [
+        (
+            "/api/tenant/settings",
+            json!({"session_timeout_minutes": "soon"}),
+        ),
+        ("/api/tenant/settings", json!({"app_theme": "dark\u{0}"})),
+        (
+            "/api/tenant/config",
+            json!({"timezone": "Europe/Paris\u{0}"}),
+        ),
+    ] {
+        let (status, body) = put(&app, path, &alice, bad).await?;
+        assert_eq!(status, 422, "{path}: {body}");
+    }
     let (status, body) = put(
         &app,
         "/api/tenant/settings",
@@ -1499,6 +1505,19 @@ async fn mail_is_the_tenants_own_in_its_locale_with_a_branded_html_part() -> Tes
             json!({"subject": "s", "body": "b"}),
             403,
         ),
+        // Security mails keep the service's text: they go to any address.
+        (
+            &alice,
+            "/api/tenant/email-templates/password_reset",
+            json!({"subject": "s", "body": "b"}),
+            404,
+        ),
+        (
+            &alice,
+            "/api/tenant/email-templates/signup_verification",
+            json!({"subject": "s", "body": "b"}),
+            404,
+        ),
     ] {
         let (got, answer) = put(&app, path, token, body).await?;
         assert_eq!(got, status, "{path}: {answer}");
@@ -1552,6 +1571,36 @@ async fn an_owner_deletes_the_tenant_restores_it_and_after_the_grace_period_it_i
     }
     let (status, _) = app.get("/api/workspaces", &bob).await?;
     assert_eq!(status, 200, "back");
+
+    // A platform decision replaces the owner's deletion: suspended by the
+    // platform after the owner deleted it, the owner cannot undo that.
+    let root = app.login(ROOT).await?;
+    let (status, _) = delete(&app, "/api/tenant", &app.login(ALICE).await?).await?;
+    assert_eq!(status, 202);
+    let (status, _) = app
+        .call(
+            Method::POST,
+            &format!("/api/admin/tenants/{}/suspend", app.acme),
+            Some(&root),
+            &[],
+            None,
+        )
+        .await?;
+    assert_eq!(status, 200);
+    let (status, _) = app
+        .call(Method::POST, &restore, Some(&alice), &[], None)
+        .await?;
+    assert_eq!(status, 404, "no owner's deletion pending any more");
+    let (status, _) = app
+        .call(
+            Method::POST,
+            &format!("/api/admin/tenants/{}/reactivate", app.acme),
+            Some(&root),
+            &[],
+            None,
+        )
+        .await?;
+    assert_eq!(status, 200);
     let actions: Vec<String> = {
         let (_, page) = app.get("/api/tenant/audit?limit=100", &alice).await?;
         page["events"]

@@ -412,6 +412,11 @@ async fn set_status(
         .bind(status)
         .execute(&mut *tx)
         .await?;
+    // The platform's decision replaces an owner's pending deletion.
+    sqlx::query("DELETE FROM app.tenant_deletions WHERE tenant = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
     crate::audit::record(
         &mut tx,
         id,

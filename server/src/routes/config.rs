@@ -71,11 +71,9 @@ async fn list_templates(
     )
     .fetch_all(db.conn()?)
     .await?;
-    let keys: Vec<&str> = crate::mail_templates::BUILT_IN
-        .iter()
-        .map(|(k, ..)| *k)
-        .collect();
-    Ok(Json(json!({"templates": rows, "keys": keys})))
+    Ok(Json(
+        json!({"templates": rows, "keys": crate::mail_templates::EDITABLE}),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -94,11 +92,12 @@ struct LocaleQuery {
     locale: String,
 }
 
-/// A template key the service sends mail for; 404 for any other.
+/// A template key the tenant may change; 404 for any other (password
+/// resets and address confirmations keep the service's text).
 fn template_key(key: &str) -> AppResult<&str> {
-    crate::mail_templates::BUILT_IN
+    crate::mail_templates::EDITABLE
         .iter()
-        .map(|(k, ..)| *k)
+        .copied()
         .find(|k| *k == key)
         .ok_or(AppError::NotFound("Template"))
 }
@@ -132,7 +131,8 @@ async fn put_template(
             "subject must be one line of 1 to 300 characters".to_owned(),
         ));
     }
-    if body.body.trim().is_empty() || body.body.chars().count() > 20_000 {
+    if body.body.trim().is_empty() || body.body.chars().count() > 20_000 || body.body.contains('\0')
+    {
         return Err(AppError::Validation(
             "body must be 1 to 20000 characters".to_owned(),
         ));

@@ -65,7 +65,8 @@ pub async fn request(
     let purge_after: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
         "INSERT INTO app.tenant_deletions (tenant, requested_by, purge_after)
          VALUES ($1, $2, now() + make_interval(days => $3))
-         ON CONFLICT (tenant) DO UPDATE SET requested_by = EXCLUDED.requested_by
+         ON CONFLICT (tenant) DO UPDATE SET requested_by = EXCLUDED.requested_by,
+             requested_at = now(), purge_after = EXCLUDED.purge_after
          RETURNING purge_after",
     )
     .bind(tenant.id)
@@ -120,6 +121,16 @@ async fn restore(
     if pending.is_none() {
         return Err(AppError::NotFound("Pending deletion"));
     }
+    // Only the owner's own deletion is undone here: a tenant the platform
+    // suspended meanwhile stays suspended.
+    let status: String =
+        sqlx::query_scalar("SELECT status FROM tenancy.tenants WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+    if status != "inactive" {
+        return Err(AppError::TenantInactive);
+    }
     sqlx::query("SELECT tenancy.set_tenant_status($1, 'active')")
         .bind(id)
         .execute(&mut *tx)
@@ -137,6 +148,16 @@ async fn restore(
     Ok(Json(json!({"tenant_id": id, "status": "active"})))
 }
 
+async fn drop_stream(state: &AppState, tenant: Uuid) -> AppResult<()> {
+    let client = redis::Client::open(state.config.stream_redis_url())?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let _: i64 = redis::cmd("DEL")
+        .arg(crate::messaging::stream_key(tenant))
+        .query_async(&mut conn)
+        .await?;
+    Ok(())
+}
+
 /// Removes every tenant whose grace period is over, with all its rows; one
 /// tenant's failure never stops the others. Returns how many were removed.
 pub async fn purge_due(state: &AppState) -> AppResult<usize> {
@@ -147,21 +168,44 @@ pub async fn purge_due(state: &AppState) -> AppResult<usize> {
     .await?;
     let mut removed = 0;
     for tenant in due {
+        // The deletion must still be due and the tenant still deactivated by
+        // it (a platform status change clears the deletion), checked under
+        // the tenant row's lock.
         let dropped = async {
             let mut tx = state.admin_db.begin().await?;
+            let status: Option<String> =
+                sqlx::query_scalar("SELECT status FROM tenancy.tenants WHERE id = $1 FOR UPDATE")
+                    .bind(tenant)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let due: Option<Uuid> = sqlx::query_scalar(
+                "DELETE FROM app.tenant_deletions WHERE tenant = $1 AND purge_after <= now() RETURNING tenant",
+            )
+            .bind(tenant)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if due.is_none() || status.as_deref() != Some("inactive") {
+                tx.commit().await?;
+                return AppResult::Ok(None);
+            }
             let rows: i64 = sqlx::query_scalar("SELECT tenancy.drop_tenant($1)")
                 .bind(tenant)
                 .fetch_one(&mut *tx)
                 .await?;
             tx.commit().await?;
-            AppResult::Ok(rows)
+            AppResult::Ok(Some(rows))
         }
         .await;
         match dropped {
-            Ok(rows) => {
+            Ok(Some(rows)) => {
                 removed += 1;
                 tracing::info!(%tenant, rows, "tenant removed after its grace period");
+                // Its message stream too.
+                if let Err(e) = drop_stream(state, tenant).await {
+                    tracing::warn!(%tenant, error = %e, "tenant message stream not removed");
+                }
             }
+            Ok(None) => tracing::info!(%tenant, "tenant deletion no longer applies; not removed"),
             Err(e) => tracing::warn!(%tenant, error = %e, "tenant removal failed; retried later"),
         }
     }
