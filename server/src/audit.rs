@@ -83,12 +83,12 @@ pub async fn purge(state: &AppState) -> AppResult<u64> {
 async fn purge_tenant(state: &AppState, tenant: Uuid, default_days: i64) -> AppResult<u64> {
     let mut tx = state.admin_db.begin().await?;
     crate::provision::enter_tenant(&mut tx, &state.keys, tenant, Uuid::nil()).await?;
-    // The stored value is checked again: only 1 to 3650 days is ever used.
+    // From the configuration requests load, checked again: only 30 to 3650
+    // days is ever used, whatever was written there.
     let days: Option<i64> = sqlx::query_scalar(
-        "SELECT CASE WHEN value->>'audit_retention_days' ~ '^[0-9]{1,4}$'
-                     THEN least(greatest((value->>'audit_retention_days')::bigint, 1), 3650) END
-         FROM app.tenant_config_versions
-         WHERE kind = 'config' ORDER BY version DESC LIMIT 1",
+        "SELECT CASE WHEN configuration->>'audit_retention_days' ~ '^[0-9]{1,4}$'
+                     THEN least(greatest((configuration->>'audit_retention_days')::bigint, 30), 3650) END
+         FROM tenancy.current_tenant()",
     )
     .fetch_optional(&mut *tx)
     .await?

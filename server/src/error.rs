@@ -160,6 +160,14 @@ impl From<sqlx::Error> for AppError {
                         AppError::Unavailable(format!("database: {e}"))
                     }
                     // A NUL character in text (PostgreSQL's text cannot hold one).
+                    // A date or time PostgreSQL cannot hold (year -99999, say).
+                    Some("22008") => AppError::Validation("Date or time out of range".to_owned()),
+                    // Two changes that cannot both apply (deadlock, serialization):
+                    // the loser is told to try again; nothing of it was kept.
+                    Some("40P01") | Some("40001") => AppError::Conflict(
+                        "The change conflicted with another made at the same time; try again"
+                            .to_owned(),
+                    ),
                     Some("22021") | Some("22P05") => {
                         AppError::Validation("Text must not contain NUL characters".to_owned())
                     }

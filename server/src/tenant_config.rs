@@ -40,7 +40,8 @@ const KEYS: &[Key] = &[
     ),
     (
         "audit_retention_days",
-        Rule::Integer { min: 1, max: 3650 },
+        // At least 30 days: an admin cannot erase the trail of what they did.
+        Rule::Integer { min: 30, max: 3650 },
         || json!(365),
     ),
     ("support_email", Rule::EmailOrNull, || Value::Null),

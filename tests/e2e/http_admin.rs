@@ -760,6 +760,10 @@ async fn branding_is_validated_versioned_and_restorable() -> TestResult {
     for bad in [
         json!({"primary_color": "red"}),
         json!({"logo_url": "javascript:alert(1)"}),
+        // An https URL without markup only.
+        json!({"logo_url": "http://cdn.acme.test/logo.png"}),
+        json!({"logo_url": "https://x.test/\"><script>alert(1)</script>"}),
+        json!({"logo_url": "https://x.test/a b.png"}),
         json!({"display_name": "  "}),
         json!({"font": "Comic Sans"}),
         json!({}),
@@ -1124,16 +1128,24 @@ async fn the_audit_trail_is_per_tenant_filterable_and_purged_past_retention() ->
         .await?;
     assert_eq!(acme_only["events"].as_array().map(Vec::len), Some(2));
 
-    // Retention: acme keeps 1 day; two of its entries are older.
+    // Retention: at least 30 days; acme keeps 30, two of its entries are older.
+    let (status, _) = put(
+        &app,
+        "/api/tenant/config",
+        &erin,
+        json!({"audit_retention_days": 29}),
+    )
+    .await?;
+    assert_eq!(status, 422, "an admin cannot erase the trail");
     put(
         &app,
         "/api/tenant/config",
         &erin,
-        json!({"audit_retention_days": 1}),
+        json!({"audit_retention_days": 30}),
     )
     .await?;
     let mut su = app.superuser().await?;
-    sqlx::query("UPDATE app.audit_events SET created_at = now() - interval '3 days' WHERE action = 'config.updated' AND details->'changes'->'locale' IS NOT NULL")
+    sqlx::query("UPDATE app.audit_events SET created_at = now() - interval '40 days' WHERE action = 'config.updated' AND details->'changes'->'locale' IS NOT NULL")
         .execute(&mut su)
         .await?;
     let state = tenancy_server::AppState::connect(app.config.clone())

@@ -467,3 +467,60 @@ async fn the_service_refuses_to_start_with_a_broken_policy_file() -> TestResult 
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_workspace_admin_who_is_a_tenant_member_cannot_demote_the_owner() -> TestResult {
+    // Alice (owner) makes bob (a tenant member) admin of her workspace.
+    let app = TestApp::spawn().await?;
+    let (alice, bob, _, ws, _) = workspace_with_roles(&app).await?;
+    let path = |token: &str| {
+        format!(
+            "/api/workspaces/{ws}/members/{}",
+            sub(token).as_str().unwrap_or_default()
+        )
+    };
+    let (status, body) = app
+        .call(
+            Method::PATCH,
+            &path(&bob),
+            Some(&alice),
+            &[],
+            Some(json!({"role": "admin"})),
+        )
+        .await?;
+    assert_eq!(status, 200, "{body}");
+    for (method, body) in [
+        (Method::PATCH, Some(json!({"role": "viewer"}))),
+        (Method::DELETE, None),
+    ] {
+        let (status, answer) = app
+            .call(method.clone(), &path(&alice), Some(&bob), &[], body)
+            .await?;
+        assert_eq!(status, 403, "{method}: {answer}");
+    }
+    let (_, members) = app
+        .get(&format!("/api/workspaces/{ws}/members"), &alice)
+        .await?;
+    let alices: Vec<&Value> = members
+        .as_array()
+        .map(|m| m.iter().filter(|m| m["email"] == ALICE).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        alices.first().map(|m| &m["role"]),
+        Some(&json!("admin")),
+        "{members}"
+    );
+    // Another member of the workspace he may manage.
+    let dave = app.login(DAVE).await?;
+    let (status, _) = app
+        .call(
+            Method::PATCH,
+            &path(&dave),
+            Some(&bob),
+            &[],
+            Some(json!({"role": "member"})),
+        )
+        .await?;
+    assert_eq!(status, 200);
+    Ok(())
+}

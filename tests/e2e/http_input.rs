@@ -182,3 +182,20 @@ async fn health_and_readiness() -> TestResult {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn dates_out_of_range_are_422() -> TestResult {
+    let app = TestApp::spawn().await?;
+    let erin = app.login(tenancy_tests::server::ERIN).await?;
+    for query in [
+        "since=-99999-01-01T00:00:00Z",
+        "until=-99999-12-31T00:00:00Z",
+    ] {
+        let (status, body) = app
+            .get(&format!("/api/tenant/audit?{query}"), &erin)
+            .await?;
+        assert_eq!(status, 422, "{query}: {body}");
+        assert_eq!(body["error"], "Date or time out of range", "{query}");
+    }
+    Ok(())
+}

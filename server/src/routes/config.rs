@@ -539,6 +539,17 @@ async fn update_branding(
             "nothing to update: give display_name, logo_url and/or primary_color".to_owned(),
         ));
     }
+    if let Some(logo) = body.logo_url.as_deref().filter(|l| !l.is_empty()) {
+        let markup = logo
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || "<>\"'`\\".contains(c));
+        if !logo.starts_with("https://") || logo.len() > 2048 || markup {
+            return Err(AppError::Validation(
+                "logo_url must be an https URL of at most 2048 characters, without spaces, quotes or angle brackets"
+                    .to_owned(),
+            ));
+        }
+    }
     let mut db = db.lock().await?;
     allow(&state, &tenant, &mut db, "tenant:manageSettings").await?;
     let before = current_branding(&mut db).await?;

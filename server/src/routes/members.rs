@@ -167,6 +167,33 @@ async fn keep_an_owner(db: &mut DbGuard<'_>, user: Uuid) -> AppResult<()> {
     Ok(())
 }
 
+/// A workspace admin may manage the workspace's members, but the tenant's
+/// owners only if the caller may manage owners (an owner): a workspace
+/// admin who is a plain member of the tenant cannot demote or remove them.
+async fn spare_owners(
+    state: &AppState,
+    tenant: &Tenant,
+    db: &mut DbGuard<'_>,
+    user: Uuid,
+) -> AppResult<()> {
+    let role: Option<String> =
+        sqlx::query_scalar("SELECT role FROM app.tenant_memberships WHERE user_id = $1")
+            .bind(user)
+            .fetch_optional(db.conn()?)
+            .await?;
+    if role.as_deref() == Some("owner") && user != tenant.user_id {
+        authorize(
+            state,
+            tenant,
+            db,
+            "tenant:manageOwners",
+            Resource::Tenant(tenant.id),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ChangeRole {
@@ -354,6 +381,7 @@ async fn change_workspace(
         resource,
     )
     .await?;
+    spare_owners(&state, &tenant, &mut db, user).await?;
     let done = sqlx::query(
         "UPDATE app.workspace_members SET role = $3 WHERE workspace_id = $1 AND user_id = $2",
     )
@@ -393,6 +421,7 @@ async fn remove_workspace(
         resource,
     )
     .await?;
+    spare_owners(&state, &tenant, &mut db, user).await?;
     let done =
         sqlx::query("DELETE FROM app.workspace_members WHERE workspace_id = $1 AND user_id = $2")
             .bind(workspace)
