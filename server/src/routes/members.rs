@@ -182,14 +182,7 @@ async fn spare_owners(
             .fetch_optional(db.conn()?)
             .await?;
     if role.as_deref() == Some("owner") && user != tenant.user_id {
-        authorize(
-            state,
-            tenant,
-            db,
-            "tenant:manageOwners",
-            Resource::Tenant(tenant.id),
-        )
-        .await?;
+        authorize_role_change(state, tenant, db, &["owner"]).await?;
     }
     Ok(())
 }
