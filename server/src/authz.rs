@@ -163,7 +163,31 @@ fn type_name(name: &str) -> Result<EntityTypeName, AuthzError> {
     })
 }
 
+/// The policies shipped with the service (`policies/`), compiled in.
+const EMBEDDED_SCHEMA: &str = include_str!("../../policies/tenancy.cedarschema");
+const EMBEDDED_POLICIES: &str = include_str!("../../policies/tenancy.cedar");
+
 impl Authz {
+    /// The policies built into the binary, or those in `dir` when an
+    /// operator overrides them (`TENANCY_POLICY_DIR`).
+    pub fn load_or_embedded(dir: Option<&Path>) -> Result<Self, AuthzError> {
+        match dir {
+            Some(dir) => Self::load(dir),
+            None => Self::embedded(),
+        }
+    }
+
+    /// The policies built into the binary (the files in `policies/` when
+    /// it was built).
+    pub fn embedded() -> Result<Self, AuthzError> {
+        Self::from_sources(
+            &format!("(built in) {SCHEMA_FILE}"),
+            EMBEDDED_SCHEMA,
+            &format!("(built in) {POLICY_FILE}"),
+            EMBEDDED_POLICIES,
+        )
+    }
+
     /// Loads `tenancy.cedarschema` and `tenancy.cedar` from `dir`.
     pub fn load(dir: &Path) -> Result<Self, AuthzError> {
         let read = |name: &str| {

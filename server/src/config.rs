@@ -75,9 +75,10 @@ pub struct Config {
     /// Database connections of the application pool.
     #[arg(long, env = "TENANCY_DB_POOL", default_value_t = 16)]
     pub db_pool_size: u32,
-    /// Folder with tenancy.cedarschema and tenancy.cedar.
-    #[arg(long, env = "TENANCY_POLICY_DIR", default_value = "policies")]
-    pub policy_dir: std::path::PathBuf,
+    /// Folder with tenancy.cedarschema and tenancy.cedar that replace the
+    /// policies built into the binary (unset: the built-in ones).
+    #[arg(long, env = "TENANCY_POLICY_DIR")]
+    pub policy_dir: Option<std::path::PathBuf>,
     /// Require every user to belong to exactly one tenant (set at migrate time).
     #[arg(long, env = "TENANCY_SINGLE_TENANT_USERS", default_value_t = false)]
     pub single_tenant_users: bool,

@@ -39,6 +39,9 @@ pub enum AppError {
     /// 409: a limit of the tenant's plan is reached (message names it).
     #[error("{0}")]
     LimitReached(String),
+    /// 405: the route exists, not with this method.
+    #[error("Method not allowed")]
+    MethodNotAllowed,
     /// 413: the body is larger than the configured limit.
     #[error("Request body too large")]
     PayloadTooLarge,
@@ -74,6 +77,7 @@ impl AppError {
             AppError::TenantNotFound | AppError::NotFound(_) => StatusCode::NOT_FOUND,
             AppError::Conflict(_) | AppError::LimitReached(_) => StatusCode::CONFLICT,
             AppError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             AppError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             AppError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -94,6 +98,7 @@ impl AppError {
             AppError::Conflict(_) => "conflict",
             AppError::LimitReached(_) => "limit_reached",
             AppError::Validation(_) => "validation_failed",
+            AppError::MethodNotAllowed => "method_not_allowed",
             AppError::PayloadTooLarge => "payload_too_large",
             AppError::RateLimited(_) => "rate_limited",
             AppError::RequestTimeout => "request_timeout",

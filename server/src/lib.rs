@@ -60,6 +60,7 @@ pub fn app(state: AppState) -> Router {
         .merge(routes::signup::public_router())
         .merge(authenticated)
         .fallback(|| async { error::AppError::NotFound("Route") })
+        .method_not_allowed_fallback(|| async { error::AppError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .layer(from_fn_with_state(state.clone(), limits::guard))
         .layer(TraceLayer::new_for_http())

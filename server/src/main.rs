@@ -209,9 +209,7 @@ async fn serve(config: Config) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-    let state = AppState::connect(config)
-        .await
-        .map_err(|e| format!("{e:?}"))?;
+    let state = AppState::connect(config).await.map_err(|e| e.to_string())?;
     tracing::info!(addr = ?listener.local_addr().ok(), "listening");
     tenancy_server::serve(listener, state)
         .await
@@ -249,9 +247,7 @@ async fn worker(
 }
 
 async fn relay(config: Config) -> Result<(), String> {
-    let relay = Relay::connect(&config)
-        .await
-        .map_err(|e| format!("{e:?}"))?;
+    let relay = Relay::connect(&config).await.map_err(|e| e.to_string())?;
     tracing::info!("relay starting");
     relay.run(stop_on_signal()).await;
     Ok(())

@@ -94,7 +94,7 @@ fn with_timeouts(config: &Config, url: &str) -> AppResult<PgConnectOptions> {
 impl AppState {
     /// Loads the policies (refusing invalid ones) and connects to PostgreSQL and Redis.
     pub async fn connect(config: Config) -> Result<Self, StartupError> {
-        let authz = Arc::new(Authz::load(&config.policy_dir)?);
+        let authz = Arc::new(Authz::load_or_embedded(config.policy_dir.as_deref())?);
         let db = PgPoolOptions::new()
             .max_connections(config.db_pool_size)
             .acquire_timeout(Duration::from_secs(3))

@@ -443,17 +443,18 @@ async fn the_service_refuses_to_start_with_a_broken_policy_file() -> TestResult 
         uuid::Uuid::new_v4().simple()
     ));
     std::fs::create_dir_all(&dir)?;
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
     std::fs::copy(
-        app.config.policy_dir.join("tenancy.cedarschema"),
+        shipped.join("tenancy.cedarschema"),
         dir.join("tenancy.cedarschema"),
     )?;
-    let mut policies = std::fs::read_to_string(app.config.policy_dir.join("tenancy.cedar"))?;
+    let mut policies = std::fs::read_to_string(shipped.join("tenancy.cedar"))?;
     let line = policies.lines().count() + 3; // a blank line, the @id, then the faulty rule
     policies.push_str("\n@id(\"typo\")\npermit (principal, action, resource is Tenancy::Task) when { resource.tennant == principal.tenant };\n");
     std::fs::write(dir.join("tenancy.cedar"), policies)?;
 
     let mut config = app.config.clone();
-    config.policy_dir = dir.clone();
+    config.policy_dir = Some(dir.clone());
     let outcome = tenancy_server::AppState::connect(config).await;
     let message = match outcome {
         Ok(_) => String::from("started"),
@@ -462,6 +463,22 @@ async fn the_service_refuses_to_start_with_a_broken_policy_file() -> TestResult 
     let expected = format!("{}:{line}:", dir.join("tenancy.cedar").display());
     assert!(
         message.starts_with("invalid authorization policies: ") && message.contains(&expected),
+        "{message}"
+    );
+    // A missing override folder is one line naming the file.
+    let mut config = app.config.clone();
+    config.policy_dir = Some(dir.join("missing"));
+    let message = match tenancy_server::AppState::connect(config).await {
+        Ok(_) => String::from("started"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        message.contains(
+            &dir.join("missing")
+                .join("tenancy.cedarschema")
+                .display()
+                .to_string()
+        ) && !message.contains('\n'),
         "{message}"
     );
     std::fs::remove_dir_all(&dir)?;

@@ -199,3 +199,25 @@ async fn dates_out_of_range_are_422() -> TestResult {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_method_a_route_does_not_take_is_405_with_a_json_body() -> TestResult {
+    let app = TestApp::spawn().await?;
+    let alice = app.login(ALICE).await?;
+    for (method, path, token) in [
+        (Method::DELETE, "/api/workspaces", Some(alice.as_str())),
+        (Method::PUT, "/auth/token", None),
+        (Method::PATCH, "/healthz", None),
+    ] {
+        let (status, body) = app.call(method.clone(), path, token, &[], None).await?;
+        assert_eq!(
+            (status, body),
+            (
+                405,
+                json!({"error": "Method not allowed", "code": "method_not_allowed"})
+            ),
+            "{method} {path}"
+        );
+    }
+    Ok(())
+}

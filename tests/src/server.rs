@@ -140,7 +140,8 @@ impl TestApp {
             login_concurrency: 2,
             db_pool_size: 8,
             single_tenant_users: options.single_tenant_users,
-            policy_dir: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies"),
+            // The policies built into the service.
+            policy_dir: None,
             stream_redis_url: options.stream_redis_url.clone(),
             relay: options.relay,
             message_rate_per_minute: options.message_rate_per_minute,
