@@ -120,6 +120,10 @@ pub struct Config {
     /// How often open WebSockets re-check that their session is still valid, in seconds.
     #[arg(long, env = "TENANCY_WS_SESSION_CHECK_SECS", default_value_t = 5)]
     pub ws_session_check_secs: u64,
+    /// Origins browsers may call the API from (comma-separated, e.g.
+    /// `https://app.example.com`); none: no cross-origin access.
+    #[arg(long, env = "TENANCY_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
     /// Public address of the application, for links in mail (invitations).
     #[arg(long, env = "TENANCY_APP_URL", default_value = "http://localhost:8080")]
     pub app_url: String,

@@ -221,3 +221,51 @@ async fn a_method_a_route_does_not_take_is_405_with_a_json_body() -> TestResult 
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn browsers_get_cross_origin_access_from_the_configured_origins_only() -> TestResult {
+    let app = TestApp::spawn().await?;
+    let preflight = |origin: &'static str| {
+        app.client
+            .request(Method::OPTIONS, app.url("/api/workspaces"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization, content-type, x-tenant-id",
+            )
+            .send()
+    };
+    let allowed = preflight("https://app.tenancy.test").await?;
+    assert!(allowed.status().is_success(), "{}", allowed.status());
+    let header = |r: &reqwest::Response, name: &str| {
+        r.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_lowercase()
+    };
+    assert_eq!(
+        header(&allowed, "access-control-allow-origin"),
+        "https://app.tenancy.test"
+    );
+    assert!(header(&allowed, "access-control-allow-headers").contains("authorization"));
+    assert!(header(&allowed, "access-control-allow-methods").contains("post"));
+    let refused = preflight("https://evil.test").await?;
+    assert_eq!(header(&refused, "access-control-allow-origin"), "");
+    // The actual request carries the header too.
+    let alice = app.login(ALICE).await?;
+    let response = app
+        .client
+        .get(app.url("/api/workspaces"))
+        .bearer_auth(&alice)
+        .header("origin", "https://app.tenancy.test")
+        .send()
+        .await?;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        header(&response, "access-control-allow-origin"),
+        "https://app.tenancy.test"
+    );
+    Ok(())
+}

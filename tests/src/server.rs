@@ -150,6 +150,7 @@ impl TestApp {
             limits: options.limits.clone(),
             metrics_token: Some(METRICS_TOKEN.to_owned()),
             app_url: "https://app.tenancy.test".to_owned(),
+            cors_origins: vec!["https://app.tenancy.test".to_owned()],
             mail_dir: options.mail_dir.clone(),
             smtp_url: options.smtp_url.clone(),
             mail_from: "Tenancy Test <no-reply@tenancy.test>".to_owned(),
