@@ -18,7 +18,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for AppJson<T> {
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(value)) => Ok(AppJson(value)),
             Err(rejection) => Err(match rejection {
-                JsonRejection::JsonDataError(e) => AppError::Validation(e.body_text()),
+                JsonRejection::JsonDataError(e) => AppError::Validation(data_error(&e.body_text())),
                 JsonRejection::JsonSyntaxError(_) => {
                     AppError::BadRequest("Malformed JSON body".to_owned())
                 }
@@ -34,6 +34,17 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for AppJson<T> {
             }),
         }
     }
+}
+
+/// What was wrong with a well-formed body, in the service's words: the
+/// field and the problem, without the extractor's preamble or the parser's
+/// line and column.
+fn data_error(text: &str) -> String {
+    let text = text
+        .strip_prefix("Failed to deserialize the JSON body into the target type: ")
+        .unwrap_or(text);
+    let text = text.rfind(" at line ").map_or(text, |i| &text[..i]);
+    format!("Invalid request body: {text}")
 }
 
 /// `Path<T>` with our error body on rejection (a malformed UUID is a 400).
@@ -68,5 +79,22 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for AppQuery<T> {
             }
             Err(other) => Err(AppError::BadRequest(other.body_text())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::data_error;
+
+    #[test]
+    fn body_errors_name_the_field_not_the_parser() {
+        assert_eq!(
+            data_error("Failed to deserialize the JSON body into the target type: name: invalid type: integer `42`, expected a string at line 1 column 11"),
+            "Invalid request body: name: invalid type: integer `42`, expected a string"
+        );
+        assert_eq!(
+            data_error("Failed to deserialize the JSON body into the target type: missing field `name` at line 1 column 2"),
+            "Invalid request body: missing field `name`"
+        );
     }
 }
