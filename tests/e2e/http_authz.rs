@@ -541,3 +541,51 @@ async fn a_workspace_admin_who_is_a_tenant_member_cannot_demote_the_owner() -> T
     assert_eq!(status, 200);
     Ok(())
 }
+
+#[tokio::test]
+async fn two_owners_removing_each_other_leave_one_owner_and_no_500() -> TestResult {
+    for _ in 0..4 {
+        let app = TestApp::spawn().await?;
+        let alice = app.login(ALICE).await?;
+        let erin = app.login(ERIN).await?;
+        let (status, body) = app
+            .call(
+                Method::PATCH,
+                &format!(
+                    "/api/tenant/members/{}",
+                    sub(&erin).as_str().unwrap_or_default()
+                ),
+                Some(&alice),
+                &[],
+                Some(json!({"role": "owner"})),
+            )
+            .await?;
+        assert_eq!(status, 200, "{body}");
+        let path = |other: &str| {
+            format!(
+                "/api/tenant/members/{}",
+                sub(other).as_str().unwrap_or_default()
+            )
+        };
+        let (to_erin, to_alice) = (path(&erin), path(&alice));
+        let (a, e) = tokio::join!(
+            app.call(Method::DELETE, &to_erin, Some(&alice), &[], None),
+            app.call(Method::DELETE, &to_alice, Some(&erin), &[], None)
+        );
+        let mut statuses = vec![a?.0, e?.0];
+        statuses.sort();
+        assert_eq!(statuses[0], 204, "one removal happens: {statuses:?}");
+        assert!(
+            matches!(statuses[1], 403 | 409),
+            "the other is refused, never a 5xx: {statuses:?}"
+        );
+        let owners: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM app.tenant_memberships WHERE tenant_id = $1 AND role = 'owner'",
+        )
+        .bind(app.acme)
+        .fetch_one(&mut app.superuser().await?)
+        .await?;
+        assert_eq!(owners, 1);
+    }
+    Ok(())
+}
