@@ -144,15 +144,23 @@ async fn a_message_goes_to_its_tenant_stream_with_tenant_user_and_session() -> T
         "nothing in the other tenant's stream"
     );
 
-    // The outbox row is stamped with the entry id.
-    let stamped = count(
-        &app,
-        &format!(
-            "SELECT count(*) FROM app.message_outbox WHERE published_at IS NOT NULL AND stream_id = '{}'",
-            acme[0].0
-        ),
-    )
-    .await?;
+    // The outbox row is stamped with the entry id (the relay stamps it
+    // once the entry is in the stream: wait for it).
+    let mut stamped = 0;
+    for _ in 0..50 {
+        stamped = count(
+            &app,
+            &format!(
+                "SELECT count(*) FROM app.message_outbox WHERE published_at IS NOT NULL AND stream_id = '{}'",
+                acme[0].0
+            ),
+        )
+        .await?;
+        if stamped == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(stamped, 1);
 
     // A globex message lands in globex's stream only.
