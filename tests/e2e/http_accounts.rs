@@ -608,6 +608,36 @@ mod stolen_access_token {
     }
 
     #[tokio::test]
+    async fn keeps_a_revoked_super_admin_flag_by_switching_tenants() -> TestResult {
+        let app = TestApp::spawn().await?;
+        let mut su = app.superuser().await?;
+        let flag = |on: bool| {
+            sqlx::query("UPDATE app.users SET is_super_admin = $1 WHERE email = $2")
+                .bind(on)
+                .bind(CAROL)
+        };
+        flag(true).execute(&mut su).await?;
+        let (access, _) = session(&app, CAROL, PASSWORD).await?;
+        assert_eq!(claims(&access)["super_admin"], true);
+        flag(false).execute(&mut su).await?;
+        let (status, body) = app
+            .post(
+                "/auth/switch-tenant",
+                &access,
+                json!({ "tenant_id": app.acme }),
+            )
+            .await?;
+        assert_eq!(status, 200, "{body}");
+        let switched = body["access_token"].as_str().unwrap_or_default();
+        assert_eq!(
+            claims(switched)["super_admin"],
+            Value::Null,
+            "read again, not copied"
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
     async fn revives_a_logged_out_session_with_a_late_switch() -> TestResult {
         // Logout leaves a marker that no token issue overwrites, and the
         // session itself is ended in the database.

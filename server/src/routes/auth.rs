@@ -361,7 +361,13 @@ async fn switch_tenant(
     AuthUser(claims): AuthUser,
     AppJson(body): AppJson<SwitchRequest>,
 ) -> AppResult<Json<Value>> {
-    let tenants = memberships(&state, claims.sub).await?;
+    // The account as it is now (a super admin demoted since the last
+    // token stays demoted), with its memberships.
+    let account = lookup(&state, &claims.email)
+        .await?
+        .filter(|a| a.user_id == claims.sub)
+        .ok_or(AppError::Unauthorized("Session has ended"))?;
+    let tenants = account.tenants;
     let Some(selected) = tenants.iter().find(|m| m.id == body.tenant_id) else {
         tracing::warn!(user_id = %claims.sub, tenant_id = %body.tenant_id, "switch to a tenant the user is not a member of");
         return Err(AppError::Forbidden("You are not a member of this tenant"));
@@ -371,8 +377,8 @@ async fn switch_tenant(
     }
     let subject = subject(
         claims.sub,
-        claims.email.clone(),
-        claims.super_admin,
+        account.email,
+        account.super_admin,
         &tenants,
         Some(selected),
     );
