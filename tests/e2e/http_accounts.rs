@@ -22,6 +22,14 @@ async fn session(app: &TestApp, email: &str, password: &str) -> TestResult<(Stri
     Ok(tokens(&body))
 }
 
+/// The session id of an access token.
+fn sid(access: &str) -> String {
+    claims(access)["sid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 fn tokens(body: &Value) -> (String, String) {
     let text = |k: &str| body[k].as_str().unwrap_or_default().to_owned();
     (text("access_token"), text("refresh_token"))
@@ -226,10 +234,7 @@ mod sessions {
         assert_eq!(current.len(), 1);
         assert_eq!(current[0]["id"], claims(&laptop)["sid"]);
 
-        let phone_sid = claims(&phone)["sid"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
+        let phone_sid = sid(&phone);
         let (status, _) = app
             .call(
                 Method::DELETE,
@@ -260,10 +265,7 @@ mod sessions {
         // session goes on with its refresh token.
         let app = TestApp::spawn().await?;
         let (access, refresh_token) = session(&app, ALICE, PASSWORD).await?;
-        let sid = claims(&access)["sid"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
+        let sid = sid(&access);
         let redis = redis::Client::open(app.config.redis_url.as_str())?;
         let mut redis = redis.get_multiplexed_async_connection().await?;
         let _: () = redis::cmd("DEL")
@@ -571,10 +573,7 @@ mod stolen_access_token {
     /// the database has ended; returns the answer's status.
     async fn switch_after(app: &TestApp, end_session: &str) -> TestResult<u16> {
         let (access, _) = session(app, CAROL, PASSWORD).await?;
-        let sid = claims(&access)["sid"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
+        let sid = sid(&access);
         sqlx::query(&format!(
             "UPDATE app.sessions SET {end_session} WHERE id = $1::uuid"
         ))
@@ -643,10 +642,7 @@ mod stolen_access_token {
         // session itself is ended in the database.
         let app = TestApp::spawn().await?;
         let (access, refresh_token) = session(&app, CAROL, PASSWORD).await?;
-        let sid = claims(&access)["sid"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
+        let sid = sid(&access);
         assert_eq!(app.post("/auth/logout", &access, json!({})).await?.0, 204);
         let redis = redis::Client::open(app.config.redis_url.as_str())?;
         let mut redis = redis.get_multiplexed_async_connection().await?;
@@ -676,10 +672,7 @@ mod tenant_member {
         let app = TestApp::spawn().await?;
         let (alice, _) = session(&app, ALICE, PASSWORD).await?;
         let (bob, _) = session(&app, BOB, PASSWORD).await?;
-        let sid = claims(&alice)["sid"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
+        let sid = sid(&alice);
         let (status, body) = app
             .call(
                 Method::DELETE,

@@ -72,19 +72,13 @@ async fn platform(state: &AppState, user: &AuthUser, action: &'static str) -> Ap
     Err(AppError::Denied)
 }
 
-/// Opens an owner transaction that may read and write every tenant's rows,
-/// through `tenancy.bypass` (written to the extension's audit log with the reason).
+/// A bypass transaction of a platform admin (see [`crate::routes::bypass`]).
 async fn bypass(
     state: &AppState,
     admin: Uuid,
     why: &str,
 ) -> AppResult<sqlx::Transaction<'static, sqlx::Postgres>> {
-    let mut tx = state.admin_db.begin().await?;
-    sqlx::query("SELECT tenancy.bypass($1)")
-        .bind(format!("platform admin {admin}: {why}"))
-        .execute(&mut *tx)
-        .await?;
-    Ok(tx)
+    crate::routes::bypass(state, format!("platform admin {admin}: {why}")).await
 }
 
 #[derive(Serialize, sqlx::FromRow)]

@@ -17,26 +17,13 @@ use crate::auth::AuthUser;
 use crate::authz::Resource;
 use crate::error::{AppError, AppResult};
 use crate::extract::AppPath;
-use crate::routes::authorize;
+use crate::routes::{authorize, bypass};
 use crate::state::AppState;
 use crate::tenant::{Db, Tenant};
 
 /// Routes of a signed-in user whose tenant may no longer be active.
 pub fn authenticated_router() -> Router<AppState> {
     Router::new().route("/api/tenants/{id}/restore", post(restore))
-}
-
-/// A transaction of the owner role, bypassing isolation (audited).
-async fn bypass(
-    state: &AppState,
-    why: String,
-) -> AppResult<sqlx::Transaction<'static, sqlx::Postgres>> {
-    let mut tx = state.admin_db.begin().await?;
-    sqlx::query("SELECT tenancy.bypass($1)")
-        .bind(why)
-        .execute(&mut *tx)
-        .await?;
-    Ok(tx)
 }
 
 /// `DELETE /api/tenant`: owners only (`tenant:delete`).

@@ -214,3 +214,18 @@ pub(crate) async fn queue_link_mail(
     tx.commit().await?;
     Ok(())
 }
+
+/// Opens an owner transaction that may read and write every tenant's rows,
+/// through `tenancy.bypass(why)` (written to the extension's audit log with
+/// the reason).
+pub(crate) async fn bypass(
+    state: &AppState,
+    why: String,
+) -> AppResult<sqlx::Transaction<'static, sqlx::Postgres>> {
+    let mut tx = state.admin_db.begin().await?;
+    sqlx::query("SELECT tenancy.bypass($1)")
+        .bind(why)
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
