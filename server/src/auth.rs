@@ -454,6 +454,10 @@ pub async fn authenticate(
     // (counted before any database work, whatever the tenant).
     let budget = state.config.limits.user_requests_per_minute;
     let budget_key = format!("throttle:user:{}", claims.sub);
+    if let Some(left) = state.refusals.refused(&budget_key) {
+        crate::metrics::throttled("user_budget", None);
+        return Err(AppError::RateLimited(left));
+    }
     let mut pipe = redis::pipe();
     pipe.get(session_key(claims.sid));
     if budget > 0 {
@@ -476,8 +480,10 @@ pub async fn authenticate(
         return Err(AppError::Unauthorized("Token has been revoked"));
     }
     if used.is_some_and(|n| n > i64::from(budget)) {
+        let left = ttl.unwrap_or(60).clamp(1, 60) as u64;
+        state.refusals.remember(&budget_key, left);
         crate::metrics::throttled("user_budget", None);
-        return Err(AppError::RateLimited(ttl.unwrap_or(60).clamp(1, 60) as u64));
+        return Err(AppError::RateLimited(left));
     }
     request.extensions_mut().insert(AuthUser(claims));
     Ok(next.run(request).await)

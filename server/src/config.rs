@@ -117,6 +117,17 @@ pub struct Config {
     /// its rows are removed (the removal runs with the audit purge).
     #[arg(long, env = "TENANCY_TENANT_DELETION_GRACE_DAYS", default_value_t = 30)]
     pub tenant_deletion_grace_days: u32,
+    /// Lets anyone sign up for a new tenant of their own
+    /// (`POST /auth/signup/tenant`), which exists once their address is verified.
+    #[arg(long, env = "TENANCY_PLATFORM_SIGNUP", default_value_t = false)]
+    pub platform_signup: bool,
+    /// The plan of tenants created by signup.
+    #[arg(long, env = "TENANCY_PLATFORM_SIGNUP_PLAN", default_value = "free")]
+    pub platform_signup_plan: String,
+    /// The DNS server that custom-domain proofs are looked up at (`ip:port`);
+    /// none: the system's resolvers (/etc/resolv.conf).
+    #[arg(long, env = "TENANCY_DNS_SERVER")]
+    pub dns_server: Option<std::net::SocketAddr>,
     /// How often open WebSockets re-check that their session is still valid, in seconds.
     #[arg(long, env = "TENANCY_WS_SESSION_CHECK_SECS", default_value_t = 5)]
     pub ws_session_check_secs: u64,
@@ -177,6 +188,10 @@ pub struct Limits {
     /// minutes, after which that address waits out the window.
     #[arg(long, env = "TENANCY_LOGIN_FAILURES", default_value_t = Limits::DEFAULT.login_failures)]
     pub login_failures: u32,
+    /// Milliseconds a 429 is held back (at most its Retry-After), holding no
+    /// request slot: a client retrying at once is slowed, not served. 0: none.
+    #[arg(long, env = "TENANCY_THROTTLE_DELAY_MS", default_value_t = Limits::DEFAULT.throttle_delay_ms)]
+    pub throttle_delay_ms: u64,
     /// Open WebSockets per user, per instance.
     #[arg(long, env = "TENANCY_WS_PER_USER", default_value_t = Limits::DEFAULT.ws_per_user)]
     pub ws_per_user: usize,
@@ -199,6 +214,7 @@ impl Limits {
         user_requests_per_minute: 1200,
         logins_per_address: 30,
         login_failures: 10,
+        throttle_delay_ms: 1000,
         ws_per_user: 8,
         ws_per_tenant: 1000,
     };
@@ -208,6 +224,7 @@ impl Limits {
         user_requests_per_minute: 0,
         logins_per_address: 0,
         login_failures: 0,
+        throttle_delay_ms: 0,
         ..Limits::DEFAULT
     };
 }

@@ -39,6 +39,7 @@ pub fn app(state: AppState) -> Router {
         .merge(routes::workspaces::router())
         .merge(routes::members::router())
         .merge(routes::invitations::router())
+        .merge(routes::domains::router())
         .merge(routes::boards::router())
         .merge(routes::tasks::router())
         .merge(routes::chat::router())

@@ -9,6 +9,10 @@
 //! - [`count`]: budgets in Redis (shared by every instance), counted before
 //!   any database work: per user, per client address and per account on
 //!   login.
+//! - [`Refusals`]: a spent budget is remembered in the instance until its
+//!   window ends, so a client hammering past its budget is refused without
+//!   a Redis round trip, and the refusal is held back (`guard`) so that a
+//!   client which ignores Retry-After cannot turn refusals into a flood.
 //! - [`sample`]: repeated denials become one audit row per power of ten.
 //!
 //! The connection cap and the header timeout live in [`crate::serve`].
@@ -33,7 +37,7 @@ use crate::state::AppState;
 /// Caps requests in progress, reads the body before anything else runs, and
 /// bounds the whole request.
 pub async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let Ok(_slot) = state.in_flight.clone().try_acquire_owned() else {
+    let Ok(slot) = state.in_flight.clone().try_acquire_owned() else {
         return AppError::Busy("This instance is at capacity").into_response();
     };
     let limits = &state.config.limits;
@@ -74,6 +78,21 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
             .with_label_values(&[route.as_str()])
             .observe(started.elapsed().as_secs_f64());
     });
+    // A refused budget is answered late, holding no request slot: a client
+    // that retries at once is slowed to one attempt per delay, at the cost
+    // of a timer instead of a round of work.
+    if response.status() == axum::http::StatusCode::TOO_MANY_REQUESTS {
+        drop(slot);
+        let retry_after = response
+            .headers()
+            .get(axum::http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(1);
+        let delay =
+            Duration::from_millis(limits.throttle_delay_ms).min(Duration::from_secs(retry_after));
+        tokio::time::sleep(delay).await;
+    }
     response
 }
 
@@ -227,12 +246,57 @@ pub async fn count(
     if limit == 0 {
         return Ok(());
     }
+    if let Some(left) = state.refusals.refused(key) {
+        crate::metrics::throttled(reason, None);
+        return Err(AppError::RateLimited(left));
+    }
     let (used, ttl) = incr(state, key, window).await?;
     if used > i64::from(limit) {
+        let left = ttl.clamp(1, window as i64) as u64;
+        state.refusals.remember(key, left);
         crate::metrics::throttled(reason, None);
-        return Err(AppError::RateLimited(ttl.clamp(1, window as i64) as u64));
+        return Err(AppError::RateLimited(left));
     }
     Ok(())
+}
+
+/// Budgets this instance has seen spent, each until its window ends (what
+/// Redis said, never longer): repeated attempts past a budget are refused
+/// without a round trip. Another instance learns of a spent budget on its
+/// own first attempt; a budget raised meanwhile takes effect with the next
+/// window.
+#[derive(Default)]
+pub struct Refusals {
+    until: Mutex<HashMap<String, std::time::Instant>>,
+}
+
+/// Spent budgets remembered before expired ones are dropped.
+const REFUSALS_REMEMBERED: usize = 10_000;
+
+impl Refusals {
+    /// Seconds left (at least 1) if `key`'s budget is known to be spent.
+    pub fn refused(&self, key: &str) -> Option<u64> {
+        let until = *self.lock().get(key)?;
+        let left = until.checked_duration_since(std::time::Instant::now())?;
+        Some(left.as_secs().max(1))
+    }
+
+    /// `key`'s budget is spent for `seconds` more.
+    pub fn remember(&self, key: &str, seconds: u64) {
+        let now = std::time::Instant::now();
+        let mut until = self.lock();
+        if until.len() >= REFUSALS_REMEMBERED {
+            until.retain(|_, t| *t > now);
+            if until.len() >= REFUSALS_REMEMBERED {
+                until.clear();
+            }
+        }
+        until.insert(key.to_owned(), now + Duration::from_secs(seconds));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, std::time::Instant>> {
+        self.until.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// Increments `key`, expiring `window` seconds after its first increment;

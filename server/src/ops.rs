@@ -78,8 +78,10 @@ pub async fn migrate(config: &Config) -> AppResult<()> {
         // Sessions and password resets are the credential role's alone.
         format!(
             "REVOKE ALL ON app.sessions, app.spent_refresh_tokens, app.password_resets, app.signups,
-             app.login_events, app.tenant_deletions FROM {quoted}"
+             app.login_events, app.tenant_deletions, app.tenant_signups FROM {quoted}"
         ),
+        // A claim is verified by the owner role alone, after the DNS check.
+        format!("REVOKE UPDATE ON app.domain_claims FROM {quoted}"),
     ] {
         // One transaction: no moment in which the broad grant holds
         // without the revocations that narrow it.

@@ -121,12 +121,28 @@ pub async fn provision(
         .bind(new.owner_email)
         .fetch_one(&mut *tx)
         .await?;
-    enter_tenant(&mut tx, &state.keys, tenant, owner).await?;
+    populate(state, &mut tx, tenant, owner, actor, new).await?;
+    tx.commit().await?;
+    Ok((tenant, owner))
+}
+
+/// Everything a tenant starts with, written through its own context on
+/// the owner role's transaction `tx`, in which the tenant's catalog row
+/// exists and is active.
+pub async fn populate(
+    state: &AppState,
+    tx: &mut PgConnection,
+    tenant: Uuid,
+    owner: Uuid,
+    actor: Uuid,
+    new: &NewTenant<'_>,
+) -> AppResult<()> {
+    enter_tenant(tx, &state.keys, tenant, owner).await?;
     sqlx::query("INSERT INTO app.tenant_plans (plan) VALUES ($1)")
         .bind(new.plan)
         .execute(&mut *tx)
         .await?;
-    let workspace = owner_and_workspace(&mut tx, owner).await?;
+    let workspace = owner_and_workspace(tx, owner).await?;
 
     for (scope, role, permissions) in state.authz.role_permissions() {
         sqlx::query("INSERT INTO app.tenant_roles (scope, role, permissions) VALUES ($1, $2, $3)")
@@ -163,10 +179,10 @@ pub async fn provision(
     .execute(&mut *tx)
     .await?;
     if new.demo_data {
-        demo_data(&mut tx, owner, workspace).await?;
+        demo_data(tx, owner, workspace).await?;
     }
     let welcome =
-        crate::mail_templates::render(&mut tx, "welcome", new.owner_email.trim(), None).await?;
+        crate::mail_templates::render(tx, "welcome", new.owner_email.trim(), None).await?;
     sqlx::query(
         "INSERT INTO app.email_outbox (recipient, template, subject, body, html)
          VALUES ($1, 'welcome', $2, $3, $4)",
@@ -178,7 +194,7 @@ pub async fn provision(
     .execute(&mut *tx)
     .await?;
     crate::audit::record(
-        &mut tx,
+        tx,
         tenant,
         actor,
         "tenant.created",
@@ -186,8 +202,7 @@ pub async fn provision(
         json!({"slug": new.slug, "plan": new.plan, "owner_email": new.owner_email.trim(), "demo_data": new.demo_data}),
     )
     .await?;
-    tx.commit().await?;
-    Ok((tenant, owner))
+    Ok(())
 }
 
 /// A board with a few tasks in the first workspace, to look around.

@@ -59,6 +59,8 @@ pub struct AppState {
     pub in_flight: Arc<Semaphore>,
     /// Each tenant's share of `db`.
     pub shares: Arc<Shares>,
+    /// Budgets known to be spent (see [`crate::limits::Refusals`]).
+    pub refusals: Arc<crate::limits::Refusals>,
 }
 
 /// A Redis connection manager with short timeouts and few retries: with
@@ -129,6 +131,7 @@ impl AppState {
         Ok(Self {
             in_flight,
             shares,
+            refusals: Arc::default(),
             auth_db,
             config: Arc::new(config),
             db,

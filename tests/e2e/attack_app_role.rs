@@ -563,10 +563,49 @@ mod service_schema {
             "SELECT * FROM app.pending_signup('\\x00')".to_owned(),
             "SELECT * FROM app.verify_signup('\\x00', '$argon2id$')".to_owned(),
             format!("SELECT app.signup('a@b.test', '$argon2id$', {nil}, '\\x00', '1 hour')"),
+            "SELECT token_hash, password_hash FROM app.tenant_signups".to_owned(),
+            "UPDATE app.tenant_signups SET expires_at = now() + interval '1 year'".to_owned(),
         ] {
             let (code, message) = db_error(sqlx::raw_sql(&sql).execute(&mut attacker).await);
             assert_eq!(code, "42501", "{sql}: {message}");
         }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn maps_a_custom_domain_without_proving_it() -> TestResult {
+        // A claim is the tenant's to write; marking it verified and mapping
+        // the domain are the owner role's, after the DNS check.
+        let app = TestApp::spawn().await?;
+        let owner = user_id(&app, ALICE).await?;
+        let mut attacker = app.app_role().await?;
+        let mut tx = attacker.begin().await?;
+        use_token(&mut tx, &app.context_token(app.acme, owner)).await?;
+        sqlx::query(
+            "INSERT INTO app.domain_claims (domain, token) VALUES ('portal.victim.example', repeat('a', 32))",
+        )
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        for sql in [
+            "UPDATE app.domain_claims SET verified_at = now()".to_owned(),
+            format!("SELECT tenancy.add_domain('{}', 'portal.victim.example')", app.acme),
+            format!(
+                "INSERT INTO tenancy.domains (domain, tenant_id) VALUES ('portal.victim.example', '{}')",
+                app.acme
+            ),
+        ] {
+            let mut tx = attacker.begin().await?;
+            use_token(&mut tx, &app.context_token(app.acme, owner)).await?;
+            let (code, message) = db_error(sqlx::raw_sql(&sql).execute(&mut *tx).await);
+            assert_eq!(code, "42501", "{sql}: {message}");
+        }
+        let mapped: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM tenancy.resolve_tenant('portal.victim.example')",
+        )
+        .fetch_one(&mut app.superuser().await?)
+        .await?;
+        assert_eq!(mapped, 0);
         Ok(())
     }
 

@@ -229,6 +229,58 @@ mod tenant_member {
     }
 
     #[tokio::test]
+    async fn retries_at_once_past_its_budget() -> TestResult {
+        let app = spawn_with(Limits {
+            user_requests_per_minute: 2,
+            throttle_delay_ms: 1500,
+            max_in_flight: 1,
+            ..Limits::UNTHROTTLED
+        })
+        .await?;
+        let (bob, alice) = (app.login(BOB).await?, app.login(ALICE).await?);
+        for _ in 0..2 {
+            assert_eq!(app.get("/api/workspaces", &bob).await?.0, 200);
+        }
+        // The refusal comes late...
+        let started = Instant::now();
+        let refused = tokio::spawn({
+            let (client, url, bob) = (app.client.clone(), app.url("/api/workspaces"), bob.clone());
+            async move { client.get(url).bearer_auth(bob).send().await }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // ...and holds no request slot meanwhile: the instance takes one
+        // request at a time and would answer another 503 at once.
+        let (status, _) = app.get("/api/workspaces", &alice).await?;
+        assert_eq!(status, 200);
+        assert!(!refused.is_finished(), "alice was served during the delay");
+        let response = refused.await??;
+        assert_eq!(response.status().as_u16(), 429);
+        assert!(
+            started.elapsed() >= Duration::from_millis(1400),
+            "the 429 was held back"
+        );
+        tenancy_tests::server::assert_retry_after(&response);
+        // Further attempts are refused by the instance without counting
+        // them again in Redis.
+        for _ in 0..2 {
+            assert_eq!(app.get("/api/workspaces", &bob).await?.0, 429);
+        }
+        let sub = tenancy_tests::server::claims(&bob)["sub"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let mut redis = redis::Client::open(app.config.redis_url.as_str())?
+            .get_multiplexed_async_connection()
+            .await?;
+        let counted: i64 = redis::cmd("GET")
+            .arg(format!("throttle:user:{sub}"))
+            .query_async(&mut redis)
+            .await?;
+        assert_eq!(counted, 3);
+        Ok(())
+    }
+
+    #[tokio::test]
     async fn lists_a_whole_board_in_one_request() -> TestResult {
         let app = spawn_with(Limits::UNTHROTTLED).await?;
         let alice = app.login(ALICE).await?;

@@ -970,3 +970,148 @@ mod signup {
         }
     }
 }
+
+/// Signup for a tenant of one's own, where the operator enables it.
+mod platform_signup {
+    use super::*;
+    use tenancy_tests::server::Options;
+
+    async fn spawn() -> TestResult<TestApp> {
+        TestApp::spawn_with(Options {
+            platform_signup: true,
+            ..Options::default()
+        })
+        .await
+    }
+
+    async fn signup(app: &TestApp, email: &str, slug: &str) -> TestResult<(u16, Value)> {
+        app.call(
+            Method::POST,
+            "/auth/signup/tenant",
+            None,
+            &[],
+            Some(json!({"email": email, "password": NEW_PASSWORD, "slug": slug, "name": "New Co"})),
+        )
+        .await
+    }
+
+    async fn verify(app: &TestApp, token: &str, password: &str) -> TestResult<(u16, Value)> {
+        app.call(
+            Method::POST,
+            "/auth/signup/tenant/verify",
+            None,
+            &[],
+            Some(json!({ "token": token, "password": password })),
+        )
+        .await
+    }
+
+    async fn status_of(app: &TestApp, slug: &str) -> TestResult<Option<String>> {
+        let mut su = app.superuser().await?;
+        Ok(
+            sqlx::query_scalar("SELECT status FROM tenancy.tenants WHERE slug = $1")
+                .bind(slug)
+                .fetch_optional(&mut su)
+                .await?,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_new_tenant_exists_once_its_owner_verifies() -> TestResult {
+        let app = spawn().await?;
+        let founder = "founder@newco.test";
+        let (status, body) = signup(&app, founder, "newco").await?;
+        assert_eq!(status, 202, "{body}");
+        // Reserved, not usable: inactive, and the address cannot log in.
+        assert_eq!(status_of(&app, "newco").await?.as_deref(), Some("inactive"));
+        assert_eq!(app.login_body(founder, NEW_PASSWORD).await?.0, 401);
+        let (status, body) = signup(&app, "other@example.test", "newco").await?;
+        assert_eq!(status, 409, "the slug is taken: {body}");
+
+        let token = app.mailed_token(founder, "signup_verification").await?;
+        assert_eq!(verify(&app, &token, "not-the-chosen-one-9").await?.0, 401);
+        let (status, created) = verify(&app, &token, NEW_PASSWORD).await?;
+        assert_eq!(status, 201, "{created}");
+        assert_eq!(created["role"], "owner");
+        assert_eq!(status_of(&app, "newco").await?.as_deref(), Some("active"));
+        // Single use.
+        assert_eq!(verify(&app, &token, NEW_PASSWORD).await?.0, 404);
+
+        let (status, login) = app.login_body(founder, NEW_PASSWORD).await?;
+        assert_eq!(status, 200, "{login}");
+        let token = login["access_token"].as_str().unwrap_or_default();
+        let (status, tenant) = app.get("/api/tenant", token).await?;
+        assert_eq!((status, tenant["slug"].clone()), (200, json!("newco")));
+        // Provisioned like any tenant: a first workspace, the owner's.
+        let (status, workspaces) = app.get("/api/workspaces", token).await?;
+        assert_eq!(status, 200);
+        assert_eq!(workspaces[0]["name"], "General", "{workspaces}");
+        // The scheduled removal of the unverified tenant is cancelled.
+        let mut su = app.superuser().await?;
+        let pending: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM app.tenant_deletions d JOIN tenancy.tenants t ON t.id = d.tenant
+             WHERE t.slug = 'newco'",
+        )
+        .fetch_one(&mut su)
+        .await?;
+        assert_eq!(pending, 0);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn is_refused_unless_the_operator_enables_it() -> TestResult {
+        let app = TestApp::spawn().await?;
+        let (status, _) = signup(&app, "founder@newco.test", "newco").await?;
+        assert_eq!(status, 403);
+        assert_eq!(status_of(&app, "newco").await?, None);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn an_unverified_tenant_is_removed_when_its_link_expires() -> TestResult {
+        let app = spawn().await?;
+        assert_eq!(signup(&app, "late@newco.test", "lateco").await?.0, 202);
+        let mut su = app.superuser().await?;
+        sqlx::raw_sql(
+            "UPDATE app.tenant_deletions SET purge_after = now() - interval '1 second';
+             UPDATE app.tenant_signups SET expires_at = now() - interval '1 second'",
+        )
+        .execute(&mut su)
+        .await?;
+        let state = tenancy_server::AppState::connect(app.config.clone())
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        let removed = tenancy_server::routes::deletion::purge_due(&state)
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        assert_eq!(removed, 1);
+        assert_eq!(status_of(&app, "lateco").await?, None);
+        // The slug is free again.
+        assert_eq!(signup(&app, "late@newco.test", "lateco").await?.0, 202);
+        Ok(())
+    }
+
+    /// Someone signs up with the address of an existing account.
+    mod anonymous_client {
+        use super::*;
+
+        #[tokio::test]
+        async fn makes_an_existing_account_owner_without_its_password() -> TestResult {
+            let app = spawn().await?;
+            // The answer is the same as for a new address.
+            let (status, body) = signup(&app, BOB, "bobco").await?;
+            assert_eq!(status, 202, "{body}");
+            let token = app.mailed_token(BOB, "signup_verification").await?;
+            // The password chosen at signup does not confirm for bob...
+            let (status, body) = verify(&app, &token, NEW_PASSWORD).await?;
+            assert_eq!(status, 401, "{body}");
+            assert_eq!(status_of(&app, "bobco").await?.as_deref(), Some("inactive"));
+            // ...bob's own does, and leaves his password as it was.
+            let (status, created) = verify(&app, &token, PASSWORD).await?;
+            assert_eq!(status, 201, "{created}");
+            assert_eq!(app.login_body(BOB, PASSWORD).await?.0, 200);
+            assert_eq!(app.login_body(BOB, NEW_PASSWORD).await?.0, 401);
+            Ok(())
+        }
+    }
+}

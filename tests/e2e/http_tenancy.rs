@@ -554,7 +554,7 @@ async fn single_tenant_deployments_refuse_a_second_tenant_per_user() -> TestResu
 #[tokio::test]
 async fn migrations_roll_back_and_forward() -> TestResult {
     let app = TestApp::spawn().await?;
-    tenancy_server::ops::migrate_down(&app.config, 14)
+    tenancy_server::ops::migrate_down(&app.config, 16)
         .await
         .map_err(|e| format!("{e:?}"))?;
     let mut su = app.superuser().await?;
@@ -571,6 +571,6 @@ async fn migrations_roll_back_and_forward() -> TestResult {
     )
     .fetch_one(&mut su)
     .await?;
-    assert_eq!(tables, 17, "every tenant-owned table protected again");
+    assert_eq!(tables, 18, "every tenant-owned table protected again");
     Ok(())
 }

@@ -21,6 +21,7 @@ mod http_accounts;
 mod http_admin;
 mod http_auth;
 mod http_authz;
+mod http_domains;
 mod http_faults;
 mod http_input;
 mod http_invitations;

@@ -46,6 +46,10 @@ pub struct Options {
     /// Budgets and timeouts (default: no per-user or login budgets, which
     /// every test's clients on 127.0.0.1 would share through one Redis).
     pub limits: tenancy_server::config::Limits,
+    /// The DNS server custom-domain proofs are looked up at.
+    pub dns_server: Option<std::net::SocketAddr>,
+    /// Whether anyone may sign up for a tenant of their own.
+    pub platform_signup: bool,
 }
 
 impl Default for Options {
@@ -60,6 +64,8 @@ impl Default for Options {
             mail_dir: None,
             smtp_url: None,
             limits: tenancy_server::config::Limits::UNTHROTTLED,
+            dns_server: None,
+            platform_signup: false,
         }
     }
 }
@@ -156,6 +162,9 @@ impl TestApp {
             mail_from: "Tenancy Test <no-reply@tenancy.test>".to_owned(),
             audit_purge_secs: 0,
             tenant_deletion_grace_days: 30,
+            dns_server: options.dns_server,
+            platform_signup: options.platform_signup,
+            platform_signup_plan: "free".to_owned(),
         };
         ops::migrate(&config)
             .await

@@ -7,6 +7,7 @@ pub mod boards;
 pub mod chat;
 pub mod config;
 pub mod deletion;
+pub mod domains;
 pub mod health;
 pub mod invitations;
 pub mod members;

@@ -1,5 +1,7 @@
 //! Public signup into a tenant that allows it (`allow_public_signup` in its
-//! configuration): `POST /auth/signup` and `POST /auth/signup/verify`.
+//! configuration): `POST /auth/signup` and `POST /auth/signup/verify`; and,
+//! where the operator enables it, signup for a new tenant of one's own:
+//! `POST /auth/signup/tenant` and `POST /auth/signup/tenant/verify`.
 //!
 //! The answer to a signup is the same whether or not the address has an
 //! account. A new account cannot log in until the link mailed to it is
@@ -29,6 +31,8 @@ pub fn public_router() -> Router<AppState> {
     Router::new()
         .route("/auth/signup", post(signup))
         .route("/auth/signup/verify", post(verify))
+        .route("/auth/signup/tenant", post(signup_tenant))
+        .route("/auth/signup/tenant/verify", post(verify_tenant))
 }
 
 #[derive(Deserialize)]
@@ -38,6 +42,25 @@ struct SignupRequest {
     password: String,
     /// The tenant's slug.
     tenant: String,
+}
+
+/// The signup's address, trimmed, once it and the password are acceptable
+/// and the client's address is within its budget.
+async fn checked(
+    state: &AppState,
+    address: &str,
+    email: &str,
+    password: &str,
+) -> AppResult<String> {
+    let email = email.trim().to_owned();
+    if !crate::routes::members::valid_email(&email) {
+        return Err(AppError::Validation(
+            "email must be an email address".to_owned(),
+        ));
+    }
+    crate::password::check(password, &email)?;
+    throttle(state, address).await?;
+    Ok(email)
 }
 
 /// Signups and verifications from one address, within the login budget.
@@ -57,14 +80,7 @@ async fn signup(
     ClientAddress(address): ClientAddress,
     AppJson(body): AppJson<SignupRequest>,
 ) -> AppResult<(StatusCode, Json<Value>)> {
-    let email = body.email.trim().to_owned();
-    if !crate::routes::members::valid_email(&email) {
-        return Err(AppError::Validation(
-            "email must be an email address".to_owned(),
-        ));
-    }
-    crate::password::check(&body.password, &email)?;
-    throttle(&state, &address).await?;
+    let email = checked(&state, &address, &body.email, &body.password).await?;
     let tenant: Option<Uuid> = sqlx::query_scalar("SELECT app.signup_tenant($1)")
         .bind(body.tenant.trim())
         .fetch_one(&state.auth_db)
@@ -180,5 +196,223 @@ async fn verify(
     tx.commit().await?;
     Ok(Json(
         json!({"tenant_id": tenant, "user_id": user, "email": email, "role": "member"}),
+    ))
+}
+
+/// Where the operator enables it (`TENANCY_PLATFORM_SIGNUP`): anyone signs
+/// up for a tenant of their own. The slug is reserved at once (an inactive
+/// tenant, removed with the link's expiry if nobody verifies); the link
+/// mailed to the address activates and provisions it with that person as
+/// owner. The answer does not depend on whether the address has an
+/// account: a new address confirms with the password chosen here, an
+/// existing account with its own (so nobody is made owner of a tenant
+/// without their consent).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantSignupRequest {
+    email: String,
+    password: String,
+    /// The tenant's slug (its subdomain).
+    slug: String,
+    /// The tenant's name (default: the slug).
+    name: Option<String>,
+}
+
+async fn signup_tenant(
+    State(state): State<AppState>,
+    ClientAddress(address): ClientAddress,
+    AppJson(body): AppJson<TenantSignupRequest>,
+) -> AppResult<(StatusCode, Json<Value>)> {
+    if !state.config.platform_signup {
+        return Err(AppError::Forbidden(
+            "Signing up for a new tenant is not enabled",
+        ));
+    }
+    let email = checked(&state, &address, &body.email, &body.password).await?;
+    let slug = body.slug.trim().to_owned();
+    let name = body
+        .name
+        .as_deref()
+        .map(str::trim)
+        .unwrap_or(&slug)
+        .to_owned();
+    let password = body.password;
+    let hash = tokio::task::spawn_blocking(move || auth::hash_password(&password))
+        .await
+        .map_err(AppError::internal)??;
+    let (secret, digest) = auth::new_secret();
+    let mut tx = state.admin_db.begin().await?;
+    let tenant: Uuid = sqlx::query_scalar("SELECT tenancy.create_tenant($1, $2, $2)")
+        .bind(&slug)
+        .bind(&name)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(crate::provision::catalog_error)?;
+    sqlx::query(
+        "INSERT INTO app.tenant_signups (token_hash, tenant, email, password_hash, expires_at)
+         VALUES ($1, $2, $3, $4, now() + make_interval(hours => $5))",
+    )
+    .bind(&digest[..])
+    .bind(tenant)
+    .bind(&email)
+    .bind(&hash)
+    .bind(VERIFY_VALID_HOURS)
+    .execute(&mut *tx)
+    .await?;
+    // Not verified in time: removed like a tenant its owner deleted.
+    sqlx::query(
+        "INSERT INTO app.tenant_deletions (tenant, purge_after)
+         VALUES ($1, now() + make_interval(hours => $2))",
+    )
+    .bind(tenant)
+    .bind(VERIFY_VALID_HOURS)
+    .execute(&mut *tx)
+    .await?;
+    // The mail goes out through the new tenant's own outbox, written in
+    // its context while it is still active; then it waits, inactive.
+    crate::provision::enter_tenant(&mut tx, &state.keys, tenant, Uuid::nil()).await?;
+    let link = format!(
+        "{}/verify-tenant-signup?token={secret}",
+        state.config.app_url.trim_end_matches('/')
+    );
+    let note = format!(
+        "This creates the tenant {slug}. Confirm with the password you chose (or, if you \
+         already have an account, with its password).\n\
+         (Or send the token {secret} with it to POST /auth/signup/tenant/verify.)\n\
+         The link works once and expires in {VERIFY_VALID_HOURS} hours.\n"
+    );
+    let mail = crate::mail_templates::render(
+        &mut tx,
+        "signup_verification",
+        &email,
+        Some(crate::mail_templates::Action {
+            label: "Confirm and create your tenant",
+            link: &link,
+            note: &note,
+        }),
+    )
+    .await?;
+    sqlx::query(
+        "INSERT INTO app.email_outbox (recipient, template, subject, body, html)
+         VALUES ($1, 'signup_verification', $2, $3, $4)",
+    )
+    .bind(&email)
+    .bind(mail.subject)
+    .bind(mail.text)
+    .bind(mail.html)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("SELECT tenancy.set_tenant_status($1, 'inactive')")
+        .bind(tenant)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "slug": slug,
+            "message": "Check your mail: open the link in it to create your tenant."
+        })),
+    ))
+}
+
+/// Uses a tenant signup link: a new address with the password chosen at
+/// signup, an existing account with its own. The tenant becomes active,
+/// provisioned, with the person as its owner.
+async fn verify_tenant(
+    State(state): State<AppState>,
+    ClientAddress(address): ClientAddress,
+    AppJson(body): AppJson<VerifyRequest>,
+) -> AppResult<(StatusCode, Json<Value>)> {
+    throttle(&state, &address).await?;
+    let token = body.token.trim();
+    if !auth::is_secret(token) {
+        return Err(NO_LINK);
+    }
+    crate::password::bounded(&body.password, "password")?;
+    let digest = tenancy_token::digest(token);
+    let pending: Option<(Uuid, String, String)> = sqlx::query_as(
+        "SELECT tenant, email, password_hash FROM app.tenant_signups
+         WHERE token_hash = $1 AND used_at IS NULL AND expires_at > now()",
+    )
+    .bind(&digest[..])
+    .fetch_optional(&state.admin_db)
+    .await?;
+    let (tenant, email, chosen) = pending.ok_or(NO_LINK)?;
+    // An account with a password of its own confirms with it; any other
+    // address with the password chosen at signup.
+    let own: Option<String> = sqlx::query_scalar(
+        "SELECT password_hash FROM app.users
+         WHERE lower(email) = lower($1) AND password_hash LIKE '$argon2%'",
+    )
+    .bind(&email)
+    .fetch_optional(&state.admin_db)
+    .await?;
+    let existing = own.is_some();
+    if !auth::verify_password(&state, body.password, Some(own.unwrap_or(chosen.clone()))).await? {
+        return Err(AppError::Unauthorized(if existing {
+            "The password is not this account's"
+        } else {
+            "The password is not the one chosen at signup"
+        }));
+    }
+    let mut tx = state.admin_db.begin().await?;
+    let used: Option<Uuid> = sqlx::query_scalar(
+        "UPDATE app.tenant_signups SET used_at = now()
+         WHERE token_hash = $1 AND used_at IS NULL AND expires_at > now() RETURNING tenant",
+    )
+    .bind(&digest[..])
+    .fetch_optional(&mut *tx)
+    .await?;
+    if used.is_none() {
+        return Err(NO_LINK);
+    }
+    let owner: Uuid =
+        match sqlx::query_scalar::<_, Option<Uuid>>("SELECT app.claim_account($1, $2)")
+            .bind(&email)
+            .bind(&chosen)
+            .fetch_one(&mut *tx)
+            .await?
+        {
+            Some(owner) => owner,
+            None => {
+                sqlx::query_scalar("SELECT app.ensure_user($1)")
+                    .bind(&email)
+                    .fetch_one(&mut *tx)
+                    .await?
+            }
+        };
+    sqlx::query("DELETE FROM app.tenant_deletions WHERE tenant = $1")
+        .bind(tenant)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("SELECT tenancy.set_tenant_status($1, 'active')")
+        .bind(tenant)
+        .execute(&mut *tx)
+        .await?;
+    let slug: String = sqlx::query_scalar("SELECT slug FROM tenancy.tenants WHERE id = $1")
+        .bind(tenant)
+        .fetch_one(&mut *tx)
+        .await?;
+    crate::provision::populate(
+        &state,
+        &mut tx,
+        tenant,
+        owner,
+        owner,
+        &crate::provision::NewTenant {
+            slug: &slug,
+            name: &slug,
+            display_name: None,
+            plan: &state.config.platform_signup_plan,
+            owner_email: &email,
+            demo_data: false,
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"tenant_id": tenant, "slug": slug, "user_id": owner, "role": "owner"})),
     ))
 }
