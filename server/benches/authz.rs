@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use criterion::{black_box, Criterion};
-use tenancy_server::authz::{Authz, Kind, Principal, Resource, ACTIONS};
+use tenancy_server::authz::{Action, Authz, Kind, Principal, Resource, TenantRole, WorkspaceRole};
 use uuid::Uuid;
 
 const USERS: usize = 1_000;
@@ -34,7 +34,7 @@ impl Lcg {
 struct Setup {
     authz: Authz,
     principals: Vec<Principal>,
-    requests: Vec<(usize, &'static str, Resource)>,
+    requests: Vec<(usize, Action, Resource)>,
 }
 
 fn setup() -> Setup {
@@ -48,13 +48,19 @@ fn setup() -> Setup {
     let mut rng = Lcg(42);
     let principals = (0..USERS)
         .map(|u| {
-            let tenant_role =
-                ["owner", "admin", "member", "member", "member", "member"][rng.next(6)].to_owned();
-            let workspace_roles: HashMap<Uuid, String> = (0..rng.next(20) + 1)
+            let tenant_role = [
+                TenantRole::Owner,
+                TenantRole::Admin,
+                TenantRole::Member,
+                TenantRole::Member,
+                TenantRole::Member,
+                TenantRole::Member,
+            ][rng.next(6)];
+            let workspace_roles: HashMap<Uuid, WorkspaceRole> = (0..rng.next(20) + 1)
                 .map(|_| {
                     (
                         workspaces[rng.next(WORKSPACES)],
-                        ["admin", "member", "viewer"][rng.next(3)].to_owned(),
+                        WorkspaceRole::ALL[rng.next(3)],
                     )
                 })
                 .collect();
@@ -69,7 +75,8 @@ fn setup() -> Setup {
         .collect();
     let requests = (0..4_096)
         .map(|i| {
-            let (action, kind) = ACTIONS[rng.next(ACTIONS.len())];
+            let action = Action::ALL[rng.next(Action::ALL.len())];
+            let kind = action.kind();
             // One request in ten targets another tenant.
             let owner = if rng.next(10) == 0 { other } else { tenant };
             let workspace = workspaces[rng.next(WORKSPACES)];
@@ -109,7 +116,7 @@ fn percentiles(setup: &Setup) {
         let start = Instant::now();
         let decision = setup
             .authz
-            .decide(&setup.principals[*user], action, resource);
+            .decide(&setup.principals[*user], *action, resource);
         times.push(start.elapsed());
         allowed += usize::from(black_box(decision).allowed);
     }
@@ -136,7 +143,7 @@ fn main() {
             black_box(
                 setup
                     .authz
-                    .decide(&setup.principals[*user], action, resource),
+                    .decide(&setup.principals[*user], *action, resource),
             )
         })
     });

@@ -44,44 +44,216 @@ pub enum Kind {
     Task,
 }
 
-/// Every action of the schema with the kind of resource it applies to.
-pub const ACTIONS: &[(&str, Kind)] = &[
-    ("tenant:view", Kind::Tenant),
-    ("tenant:update", Kind::Tenant),
-    ("tenant:delete", Kind::Tenant),
-    ("tenant:manageUsers", Kind::Tenant),
-    ("tenant:manageOwners", Kind::Tenant),
-    ("tenant:manageSettings", Kind::Tenant),
-    ("tenant:manageBilling", Kind::Tenant),
-    ("tenant:viewAudit", Kind::Tenant),
-    ("workspace:create", Kind::Tenant),
-    ("workspace:view", Kind::Workspace),
-    ("workspace:update", Kind::Workspace),
-    ("workspace:archive", Kind::Workspace),
-    ("workspace:delete", Kind::Workspace),
-    ("workspace:manageMembers", Kind::Workspace),
-    ("board:create", Kind::Workspace),
-    ("board:view", Kind::Board),
-    ("board:update", Kind::Board),
-    ("board:delete", Kind::Board),
-    ("task:create", Kind::Board),
-    ("task:view", Kind::Task),
-    ("task:update", Kind::Task),
-    ("task:delete", Kind::Task),
-    ("platform:manageTenants", Kind::Platform),
-    ("platform:viewTenants", Kind::Platform),
-];
+/// Every action of the schema (`Tenancy::Action::"<as_str>"`): a handler
+/// names one of these, never a string, and a test holds this list and the
+/// schema's equal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    TenantView,
+    TenantUpdate,
+    TenantDelete,
+    TenantManageUsers,
+    TenantManageOwners,
+    TenantManageSettings,
+    TenantManageBilling,
+    TenantViewAudit,
+    WorkspaceCreate,
+    WorkspaceView,
+    WorkspaceUpdate,
+    WorkspaceArchive,
+    WorkspaceDelete,
+    WorkspaceManageMembers,
+    BoardCreate,
+    BoardView,
+    BoardUpdate,
+    BoardDelete,
+    TaskCreate,
+    TaskView,
+    TaskUpdate,
+    TaskDelete,
+    PlatformManageTenants,
+    PlatformViewTenants,
+}
+
+impl Action {
+    pub const ALL: [Action; 24] = [
+        Action::TenantView,
+        Action::TenantUpdate,
+        Action::TenantDelete,
+        Action::TenantManageUsers,
+        Action::TenantManageOwners,
+        Action::TenantManageSettings,
+        Action::TenantManageBilling,
+        Action::TenantViewAudit,
+        Action::WorkspaceCreate,
+        Action::WorkspaceView,
+        Action::WorkspaceUpdate,
+        Action::WorkspaceArchive,
+        Action::WorkspaceDelete,
+        Action::WorkspaceManageMembers,
+        Action::BoardCreate,
+        Action::BoardView,
+        Action::BoardUpdate,
+        Action::BoardDelete,
+        Action::TaskCreate,
+        Action::TaskView,
+        Action::TaskUpdate,
+        Action::TaskDelete,
+        Action::PlatformManageTenants,
+        Action::PlatformViewTenants,
+    ];
+
+    /// The action's id in the policies.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::TenantView => "tenant:view",
+            Action::TenantUpdate => "tenant:update",
+            Action::TenantDelete => "tenant:delete",
+            Action::TenantManageUsers => "tenant:manageUsers",
+            Action::TenantManageOwners => "tenant:manageOwners",
+            Action::TenantManageSettings => "tenant:manageSettings",
+            Action::TenantManageBilling => "tenant:manageBilling",
+            Action::TenantViewAudit => "tenant:viewAudit",
+            Action::WorkspaceCreate => "workspace:create",
+            Action::WorkspaceView => "workspace:view",
+            Action::WorkspaceUpdate => "workspace:update",
+            Action::WorkspaceArchive => "workspace:archive",
+            Action::WorkspaceDelete => "workspace:delete",
+            Action::WorkspaceManageMembers => "workspace:manageMembers",
+            Action::BoardCreate => "board:create",
+            Action::BoardView => "board:view",
+            Action::BoardUpdate => "board:update",
+            Action::BoardDelete => "board:delete",
+            Action::TaskCreate => "task:create",
+            Action::TaskView => "task:view",
+            Action::TaskUpdate => "task:update",
+            Action::TaskDelete => "task:delete",
+            Action::PlatformManageTenants => "platform:manageTenants",
+            Action::PlatformViewTenants => "platform:viewTenants",
+        }
+    }
+
+    /// The kind of resource the action applies to.
+    pub fn kind(self) -> Kind {
+        match self {
+            Action::TenantView => Kind::Tenant,
+            Action::TenantUpdate => Kind::Tenant,
+            Action::TenantDelete => Kind::Tenant,
+            Action::TenantManageUsers => Kind::Tenant,
+            Action::TenantManageOwners => Kind::Tenant,
+            Action::TenantManageSettings => Kind::Tenant,
+            Action::TenantManageBilling => Kind::Tenant,
+            Action::TenantViewAudit => Kind::Tenant,
+            Action::WorkspaceCreate => Kind::Tenant,
+            Action::WorkspaceView => Kind::Workspace,
+            Action::WorkspaceUpdate => Kind::Workspace,
+            Action::WorkspaceArchive => Kind::Workspace,
+            Action::WorkspaceDelete => Kind::Workspace,
+            Action::WorkspaceManageMembers => Kind::Workspace,
+            Action::BoardCreate => Kind::Workspace,
+            Action::BoardView => Kind::Board,
+            Action::BoardUpdate => Kind::Board,
+            Action::BoardDelete => Kind::Board,
+            Action::TaskCreate => Kind::Board,
+            Action::TaskView => Kind::Task,
+            Action::TaskUpdate => Kind::Task,
+            Action::TaskDelete => Kind::Task,
+            Action::PlatformManageTenants => Kind::Platform,
+            Action::PlatformViewTenants => Kind::Platform,
+        }
+    }
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Action {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Action::ALL
+            .into_iter()
+            .find(|a| a.as_str() == s)
+            .ok_or_else(|| format!("unknown action {s:?}"))
+    }
+}
+
+/// A member's role in a tenant (`none`: not a member, as for a super admin
+/// acting on the platform). The schema's `Tenancy::TenantRole` enumerates
+/// the same names, so a policy naming another fails validation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TenantRole {
+    Owner,
+    Admin,
+    Member,
+    None,
+}
+
+impl TenantRole {
+    pub const ALL: [TenantRole; 4] = [
+        TenantRole::Owner,
+        TenantRole::Admin,
+        TenantRole::Member,
+        TenantRole::None,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TenantRole::Owner => "owner",
+            TenantRole::Admin => "admin",
+            TenantRole::Member => "member",
+            TenantRole::None => "none",
+        }
+    }
+
+    /// The role named `s` (as stored in `app.tenant_memberships.role`).
+    pub fn parse(s: &str) -> Option<TenantRole> {
+        TenantRole::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+/// A tenant member's role in one workspace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkspaceRole {
+    Admin,
+    Member,
+    Viewer,
+}
+
+impl WorkspaceRole {
+    pub const ALL: [WorkspaceRole; 3] = [
+        WorkspaceRole::Admin,
+        WorkspaceRole::Member,
+        WorkspaceRole::Viewer,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkspaceRole::Admin => "admin",
+            WorkspaceRole::Member => "member",
+            WorkspaceRole::Viewer => "viewer",
+        }
+    }
+
+    /// The role named `s` (as stored in `app.workspace_members.role`).
+    pub fn parse(s: &str) -> Option<WorkspaceRole> {
+        WorkspaceRole::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
 
 /// The caller, inside the tenant of the request.
 #[derive(Debug, Clone)]
 pub struct Principal {
     pub user: Uuid,
     pub tenant: Uuid,
-    /// owner | admin | member | none
-    pub tenant_role: String,
+    pub tenant_role: TenantRole,
     pub super_admin: bool,
-    /// workspace id -> admin | member | viewer
-    pub workspace_roles: HashMap<Uuid, String>,
+    pub workspace_roles: HashMap<Uuid, WorkspaceRole>,
 }
 
 /// The resource of a request, with the tenant (and workspace) it belongs to.
@@ -122,6 +294,7 @@ struct Types {
     task: EntityTypeName,
     platform: EntityTypeName,
     action: EntityTypeName,
+    tenant_role: EntityTypeName,
 }
 
 pub struct Authz {
@@ -257,6 +430,7 @@ impl Authz {
             task: type_name("Tenancy::Task")?,
             platform: type_name("Tenancy::Platform")?,
             action: type_name("Tenancy::Action")?,
+            tenant_role: type_name("Tenancy::TenantRole")?,
         };
         Ok(Self {
             policies,
@@ -276,14 +450,14 @@ impl Authz {
     fn workspace_set(
         &self,
         principal: &Principal,
-        role: &str,
+        role: WorkspaceRole,
         scope: Option<Uuid>,
     ) -> RestrictedExpression {
         RestrictedExpression::new_set(
             principal
                 .workspace_roles
                 .iter()
-                .filter(|(ws, r)| r.as_str() == role && scope == Some(**ws))
+                .filter(|(ws, r)| **r == role && scope == Some(**ws))
                 .map(|(ws, _)| {
                     RestrictedExpression::new_entity_uid(
                         self.uid(&self.types.workspace, ws.to_string()),
@@ -313,7 +487,9 @@ impl Authz {
             ),
             (
                 "tenant_role".to_owned(),
-                RestrictedExpression::new_string(principal.tenant_role.clone()),
+                RestrictedExpression::new_entity_uid(
+                    self.uid(&self.types.tenant_role, principal.tenant_role.as_str()),
+                ),
             ),
             (
                 "super_admin".to_owned(),
@@ -321,15 +497,15 @@ impl Authz {
             ),
             (
                 "workspace_admin".to_owned(),
-                self.workspace_set(principal, "admin", scope),
+                self.workspace_set(principal, WorkspaceRole::Admin, scope),
             ),
             (
                 "workspace_member".to_owned(),
-                self.workspace_set(principal, "member", scope),
+                self.workspace_set(principal, WorkspaceRole::Member, scope),
             ),
             (
                 "workspace_viewer".to_owned(),
-                self.workspace_set(principal, "viewer", scope),
+                self.workspace_set(principal, WorkspaceRole::Viewer, scope),
             ),
         ]);
         let user =
@@ -398,7 +574,7 @@ impl Authz {
 
     /// Decides `action` by `principal` on `resource`. Anything that keeps
     /// the request from being evaluated is a deny, with the reason in `errors`.
-    pub fn decide(&self, principal: &Principal, action: &str, resource: &Resource) -> Decision {
+    pub fn decide(&self, principal: &Principal, action: Action, resource: &Resource) -> Decision {
         let deny = |error: String| Decision {
             allowed: false,
             policies: Vec::new(),
@@ -408,10 +584,9 @@ impl Authz {
             Ok(parts) => parts,
             Err(e) => return deny(e),
         };
-        let action_uid = self.uid(&self.types.action, action);
+        let action_uid = self.uid(&self.types.action, action.as_str());
         // No per-request schema check: principal and resource types come
-        // from `Resource`, and ACTIONS is tested against the schema; an action
-        // the policies do not know simply matches no permit.
+        // from `Resource`, and `Action::ALL` is tested against the schema.
         let request = match Request::new(
             principal_uid,
             action_uid,
@@ -445,7 +620,7 @@ impl Authz {
     }
 
     /// The role-by-action table, computed by asking the policies themselves.
-    pub fn permission_matrix(&self) -> Vec<(&'static str, Vec<bool>)> {
+    pub fn permission_matrix(&self) -> Vec<(Action, Vec<bool>)> {
         let tenant = Uuid::from_u128(1);
         let workspace = Uuid::from_u128(2);
         let resource = |kind: Kind| match kind {
@@ -466,25 +641,26 @@ impl Authz {
                 workspace,
             },
         };
-        ACTIONS
-            .iter()
-            .map(|(action, kind)| {
+        Action::ALL
+            .into_iter()
+            .map(|action| {
                 let row = MATRIX_ROLES
                     .iter()
                     .map(|(_, tenant_role, ws_role, super_admin)| {
                         let principal = Principal {
                             user: Uuid::from_u128(10),
                             tenant,
-                            tenant_role: (*tenant_role).to_owned(),
+                            tenant_role: *tenant_role,
                             super_admin: *super_admin,
                             workspace_roles: ws_role
-                                .map(|r| HashMap::from([(workspace, r.to_owned())]))
+                                .map(|r| HashMap::from([(workspace, r)]))
                                 .unwrap_or_default(),
                         };
-                        self.decide(&principal, action, &resource(*kind)).allowed
+                        self.decide(&principal, action, &resource(action.kind()))
+                            .allowed
                     })
                     .collect();
-                (*action, row)
+                (action, row)
             })
             .collect()
     }
@@ -499,14 +675,14 @@ impl Authz {
             .enumerate()
             .filter_map(|(column, (_, tenant_role, ws_role, super_admin))| {
                 let (scope, role) = match (ws_role, *super_admin, *tenant_role) {
-                    (_, true, _) | (None, false, "none") => return None,
-                    (Some(ws), false, _) => ("workspace", *ws),
-                    (None, false, role) => ("tenant", role),
+                    (_, true, _) | (None, false, TenantRole::None) => return None,
+                    (Some(ws), false, _) => ("workspace", ws.as_str()),
+                    (None, false, role) => ("tenant", role.as_str()),
                 };
                 let allowed = matrix
                     .iter()
                     .filter(|(_, row)| row.get(column).copied().unwrap_or(false))
-                    .map(|(action, _)| *action)
+                    .map(|(action, _)| action.as_str())
                     .collect();
                 Some((scope, role, allowed))
             })
@@ -542,13 +718,28 @@ fn line_of_offset(src: &str, offset: usize) -> usize {
 /// Columns of the permission matrix: (name, tenant role, workspace role on
 /// the resource's workspace, super admin). Workspace roles are held by a
 /// tenant member.
-pub const MATRIX_ROLES: &[(&str, &str, Option<&str>, bool)] = &[
-    ("tenant owner", "owner", None, false),
-    ("tenant admin", "admin", None, false),
-    ("tenant member", "member", None, false),
-    ("workspace admin", "member", Some("admin"), false),
-    ("workspace member", "member", Some("member"), false),
-    ("workspace viewer", "member", Some("viewer"), false),
-    ("non-member", "none", None, false),
-    ("super admin", "none", None, true),
+pub const MATRIX_ROLES: &[(&str, TenantRole, Option<WorkspaceRole>, bool)] = &[
+    ("tenant owner", TenantRole::Owner, None, false),
+    ("tenant admin", TenantRole::Admin, None, false),
+    ("tenant member", TenantRole::Member, None, false),
+    (
+        "workspace admin",
+        TenantRole::Member,
+        Some(WorkspaceRole::Admin),
+        false,
+    ),
+    (
+        "workspace member",
+        TenantRole::Member,
+        Some(WorkspaceRole::Member),
+        false,
+    ),
+    (
+        "workspace viewer",
+        TenantRole::Member,
+        Some(WorkspaceRole::Viewer),
+        false,
+    ),
+    ("non-member", TenantRole::None, None, false),
+    ("super admin", TenantRole::None, None, true),
 ];

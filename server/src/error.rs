@@ -45,6 +45,12 @@ pub enum AppError {
     /// 413: the body is larger than the configured limit.
     #[error("Request body too large")]
     PayloadTooLarge,
+    /// 414: the request target is longer than the service reads.
+    #[error("Request URI too long")]
+    UriTooLong,
+    /// 431: more or larger headers than the service reads.
+    #[error("Request headers too large")]
+    HeadersTooLarge,
     /// 429: too many requests; retry after this many seconds.
     #[error("Rate limit exceeded; retry in {0} seconds")]
     RateLimited(u64),
@@ -79,6 +85,8 @@ impl AppError {
             AppError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             AppError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::UriTooLong => StatusCode::URI_TOO_LONG,
+            AppError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             AppError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             AppError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             AppError::Unavailable(_) | AppError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -100,6 +108,8 @@ impl AppError {
             AppError::Validation(_) => "validation_failed",
             AppError::MethodNotAllowed => "method_not_allowed",
             AppError::PayloadTooLarge => "payload_too_large",
+            AppError::UriTooLong => "uri_too_long",
+            AppError::HeadersTooLarge => "headers_too_large",
             AppError::RateLimited(_) => "rate_limited",
             AppError::RequestTimeout => "request_timeout",
             AppError::Busy(_) => "busy",

@@ -32,33 +32,66 @@ use tower_http::trace::TraceLayer;
 pub use config::Config;
 pub use state::AppState;
 
+/// The routes of the service by the layers they pass: public, signed in
+/// (`authenticate`), and tenant-scoped (`authenticate`, then `tenant_scope`).
+struct Table {
+    public: routes::Routes,
+    authenticated: routes::Routes,
+    tenant_scoped: routes::Routes,
+}
+
+fn table() -> Table {
+    use routes::*;
+    Table {
+        public: Routes::default()
+            .merge(health::router())
+            .merge(auth::public_router())
+            .merge(invitations::public_router())
+            .merge(passwords::public_router())
+            .merge(signup::public_router()),
+        authenticated: Routes::default()
+            .merge(auth::authenticated_router())
+            .merge(passwords::authenticated_router())
+            .merge(deletion::authenticated_router())
+            .merge(admin::router()),
+        tenant_scoped: Routes::default()
+            .merge(tenant::router())
+            .merge(workspaces::router())
+            .merge(members::router())
+            .merge(invitations::router())
+            .merge(domains::router())
+            .merge(boards::router())
+            .merge(tasks::router())
+            .merge(chat::router())
+            .merge(config::router())
+            .merge(audit::router()),
+    }
+}
+
+/// Every route path the service serves (axum's syntax: `/api/boards/{id}`).
+pub fn route_paths() -> Vec<&'static str> {
+    let table = table();
+    [table.public, table.authenticated, table.tenant_scoped]
+        .iter()
+        .flat_map(|routes| routes.paths().iter().copied())
+        .collect()
+}
+
 /// The whole HTTP application; tests serve it on port 0.
 pub fn app(state: AppState) -> Router {
-    let tenant_scoped = Router::new()
-        .merge(routes::tenant::router())
-        .merge(routes::workspaces::router())
-        .merge(routes::members::router())
-        .merge(routes::invitations::router())
-        .merge(routes::domains::router())
-        .merge(routes::boards::router())
-        .merge(routes::tasks::router())
-        .merge(routes::chat::router())
-        .merge(routes::config::router())
-        .merge(routes::audit::router())
+    let table = table();
+    let tenant_scoped = table
+        .tenant_scoped
+        .into_router()
         .route_layer(from_fn_with_state(state.clone(), tenant::tenant_scope));
-    let authenticated = Router::new()
-        .merge(routes::auth::authenticated_router())
-        .merge(routes::passwords::authenticated_router())
-        .merge(routes::deletion::authenticated_router())
-        .merge(routes::admin::router())
+    let authenticated = table
+        .authenticated
+        .into_router()
         .merge(tenant_scoped)
         .route_layer(from_fn_with_state(state.clone(), auth::authenticate));
-    Router::new()
-        .merge(routes::health::router())
-        .merge(routes::auth::public_router())
-        .merge(routes::invitations::public_router())
-        .merge(routes::passwords::public_router())
-        .merge(routes::signup::public_router())
+    table
+        .public
+        .into_router()
         .merge(authenticated)
         .fallback(|| async { error::AppError::NotFound("Route") })
         .method_not_allowed_fallback(|| async { error::AppError::MethodNotAllowed })
@@ -173,7 +206,10 @@ async fn accept(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(limits.header_timeout_secs.max(1)));
+        .header_read_timeout(Duration::from_secs(limits.header_timeout_secs.max(1)))
+        // Above the service's own limits (crate::limits::MAX_HEADERS...),
+        // which answer with a JSON body; these only catch the absurd.
+        .max_headers(4 * crate::limits::MAX_HEADERS);
     builder.http2().timer(TokioTimer::new());
     tokio::pin!(shutdown);
     loop {

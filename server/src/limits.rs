@@ -42,6 +42,19 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
     };
     let limits = &state.config.limits;
     let (parts, body) = request.into_parts();
+    // Refused here, under the connection's own limits (which only catch
+    // what is far larger), so that the answer has the service's JSON body.
+    if parts.uri.path_and_query().map_or(0, |p| p.as_str().len()) > MAX_URI_BYTES {
+        return AppError::UriTooLong.into_response();
+    }
+    let header_bytes: usize = parts
+        .headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if parts.headers.len() > MAX_HEADERS || header_bytes > MAX_HEADER_BYTES {
+        return AppError::HeadersTooLarge.into_response();
+    }
     let read = Limited::new(body, state.config.max_body_bytes).collect();
     let bytes = match tokio::time::timeout(secs(limits.body_timeout_secs), read).await {
         Err(_) => return AppError::RequestTimeout.into_response(),
@@ -95,6 +108,12 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
     }
     response
 }
+
+/// The longest request target the service reads (414 beyond).
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+/// The most headers, and header bytes, a request may carry (431 beyond).
+pub const MAX_HEADERS: usize = 100;
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 
 fn secs(n: u64) -> Duration {
     Duration::from_secs(n.max(1))

@@ -41,7 +41,7 @@ pub struct Tenant {
     pub default_workspace_id: Option<Uuid>,
     pub super_admin: bool,
     /// workspace id -> admin | member | viewer, read through the tenant's context.
-    pub workspace_roles: std::collections::HashMap<Uuid, String>,
+    pub workspace_roles: std::collections::HashMap<Uuid, crate::authz::WorkspaceRole>,
 }
 
 impl Tenant {
@@ -50,7 +50,9 @@ impl Tenant {
         crate::authz::Principal {
             user: self.user_id,
             tenant: self.id,
-            tenant_role: self.role.clone(),
+            // The membership's role (the database allows only these names).
+            tenant_role: crate::authz::TenantRole::parse(&self.role)
+                .unwrap_or(crate::authz::TenantRole::None),
             super_admin: self.super_admin,
             workspace_roles: self.workspace_roles.clone(),
         }
@@ -226,6 +228,17 @@ pub async fn tenant_scope(
         .ok_or(AppError::Unauthorized("Missing bearer token"))?;
     let (tenant_id, source) = resolve(&state, request.headers(), &user).await?;
     let user_id = user.0.sub;
+    // A tenant whose API budget this instance has seen spent is refused
+    // before it takes a slot of the pool or a round trip: its members'
+    // excess costs the others nothing. Only for tokens issued for this
+    // tenant, so that an outsider learns nothing of another tenant's use.
+    let api_key = api_budget_key(tenant_id);
+    if user.0.tenant_id == Some(tenant_id) {
+        if let Some(left) = state.refusals.refused(&api_key) {
+            crate::metrics::throttled("tenant_api", Some(tenant_id));
+            return Err(AppError::RateLimited(left));
+        }
+    }
     // The tenant's share of the pool, held until its transaction ends: one
     // tenant's load waits in its own line, not in everyone's.
     let _share = state
@@ -294,8 +307,7 @@ pub async fn tenant_scope(
         .resize(tenant_id, row.try_get("concurrent_requests")?);
     let api_limit: Option<i32> = row.try_get("api_requests_per_minute")?;
     if let Some(limit) = api_limit {
-        let key = format!("ratelimit:api:{{{tenant_id}}}");
-        rate_limit(&state, &key, limit, "tenant_api").await?;
+        rate_limit(&state, &api_key, limit, "tenant_api").await?;
     }
     let tenant = Tenant {
         id: tenant_id,
@@ -325,6 +337,11 @@ pub async fn tenant_scope(
         }
     }
     Ok(response)
+}
+
+/// The Redis key of `tenant`'s API budget (its plan's requests per minute).
+fn api_budget_key(tenant: Uuid) -> String {
+    format!("ratelimit:api:{{{tenant}}}")
 }
 
 /// Counts one request against a per-minute budget kept in Redis (shared by

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use tenancy_server::authz::{
-    Authz, AuthzError, Principal, Resource, ACTIONS, POLICY_FILE, SCHEMA_FILE,
+    Action, Authz, AuthzError, Principal, Resource, TenantRole, WorkspaceRole, POLICY_FILE,
+    SCHEMA_FILE,
 };
 use uuid::Uuid;
 
@@ -106,17 +107,27 @@ fn every_case_file_decides_as_its_folder_says() {
             let principal = Principal {
                 user: Uuid::from_u128(1),
                 tenant: names.id(&case.principal.tenant),
-                tenant_role: case.principal.tenant_role.clone(),
+                tenant_role: TenantRole::parse(&case.principal.tenant_role)
+                    .unwrap_or_else(|| panic!("{}: unknown tenant role", path.display())),
                 super_admin: case.principal.super_admin,
                 workspace_roles: case
                     .principal
                     .workspace_roles
                     .iter()
-                    .map(|(ws, role)| (names.id(ws), role.clone()))
+                    .map(|(ws, role)| {
+                        let role = WorkspaceRole::parse(role).unwrap_or_else(|| {
+                            panic!("{}: unknown workspace role {role}", path.display())
+                        });
+                        (names.id(ws), role)
+                    })
                     .collect(),
             };
             let resource = resource(&mut names, &case.resource);
-            let decision = authz.decide(&principal, &case.action, &resource);
+            let action: Action = case
+                .action
+                .parse()
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let decision = authz.decide(&principal, action, &resource);
             assert!(
                 decision.errors.is_empty(),
                 "{}: {:?}",
@@ -157,7 +168,7 @@ fn the_readme_matrix_is_what_the_policies_decide() {
 
 #[test]
 fn the_action_list_matches_the_schema() {
-    let mut ours: Vec<String> = ACTIONS.iter().map(|(a, _)| (*a).to_owned()).collect();
+    let mut ours: Vec<String> = Action::ALL.iter().map(|a| a.as_str().to_owned()).collect();
     ours.sort();
     assert_eq!(ours, authz().schema_actions());
 }
@@ -167,19 +178,24 @@ fn cross_tenant_is_denied_for_every_role_and_action() {
     let authz = authz();
     let (home, other) = (Uuid::from_u128(1), Uuid::from_u128(2));
     let workspace = Uuid::from_u128(3);
-    for role in ["owner", "admin", "member"] {
-        for ws_role in [None, Some("admin"), Some("member"), Some("viewer")] {
+    for role in [TenantRole::Owner, TenantRole::Admin, TenantRole::Member] {
+        for ws_role in [
+            None,
+            Some(WorkspaceRole::Admin),
+            Some(WorkspaceRole::Member),
+            Some(WorkspaceRole::Viewer),
+        ] {
             let principal = Principal {
                 user: Uuid::from_u128(9),
                 tenant: home,
-                tenant_role: role.to_owned(),
+                tenant_role: role,
                 super_admin: true,
                 workspace_roles: ws_role
-                    .map(|r| HashMap::from([(workspace, r.to_owned())]))
+                    .map(|r| HashMap::from([(workspace, r)]))
                     .unwrap_or_default(),
             };
-            for (action, kind) in ACTIONS {
-                let resource = match kind {
+            for action in Action::ALL {
+                let resource = match action.kind() {
                     tenancy_server::authz::Kind::Platform => continue,
                     tenancy_server::authz::Kind::Tenant => Resource::Tenant(other),
                     tenancy_server::authz::Kind::Workspace => Resource::Workspace {
@@ -200,7 +216,7 @@ fn cross_tenant_is_denied_for_every_role_and_action() {
                 let decision = authz.decide(&principal, action, &resource);
                 assert!(
                     !decision.allowed,
-                    "{role}/{ws_role:?} {action} across tenants"
+                    "{role:?}/{ws_role:?} {action} across tenants"
                 );
                 assert!(
                     decision
@@ -249,4 +265,32 @@ fn a_broken_policy_file_is_refused_with_file_and_line() {
         matches!(&twice, AuthzError::Invalid { line: 3, .. }),
         "{twice}"
     );
+}
+
+#[test]
+fn a_policy_naming_a_role_that_does_not_exist_is_refused() {
+    // A typo in a role was a string comparison that never matched; the
+    // enumerated TenantRole makes it a validation error at start-up.
+    let typo = load_broken(
+        "@id(\"ok\")\npermit (principal, action, resource);\n@id(\"typo\")\npermit (principal, action, resource)\nwhen { principal.tenant_role == Tenancy::TenantRole::\"onwer\" };\n",
+    );
+    assert!(
+        matches!(&typo, AuthzError::Invalid { line: 5, .. }),
+        "the typo's line is named: {typo}"
+    );
+    // And the same comparison against a string no longer validates.
+    let string = load_broken(
+        "@id(\"s\")\npermit (principal, action, resource)\nwhen { principal.tenant_role == \"owner\" };\n",
+    );
+    assert!(matches!(&string, AuthzError::Invalid { .. }), "{string}");
+    // Every role the service uses is one the schema enumerates.
+    for role in TenantRole::ALL {
+        let policy = format!(
+            "@id(\"r\")\npermit (principal, action, resource)\nwhen {{ principal.tenant_role == Tenancy::TenantRole::\"{}\" }};\n",
+            role.as_str()
+        );
+        let schema = std::fs::read_to_string(dir().join(SCHEMA_FILE)).unwrap();
+        Authz::from_sources(SCHEMA_FILE, &schema, POLICY_FILE, &policy)
+            .unwrap_or_else(|e| panic!("{role:?}: {e}"));
+    }
 }

@@ -11,6 +11,10 @@
 //! (env: ROUNDS=5 SECONDS=5 CONCURRENCY_B=8 FLOOD=32 SLOW=64 LOGIN_FLOOD=8).
 //! Prints each round and the medians: B's throughput under the flood as a
 //! ratio of B alone (goal >= 0.8) and its p99 as a multiple (goal <= 2).
+//! Plans: A is on `A_PLAN` (default `free`, the plan tenants created through
+//! the admin API start on: 120 API requests a minute), B on `B_PLAN`
+//! (default `enterprise`: no API limit); `none` leaves a tenant without a
+//! plan, as the CLI creates it.
 //! The service runs with its default limits except the per-user budget
 //! (`USER_BUDGET` requests per minute, default 0: off). B is one user
 //! driven as fast as it is answered, far beyond any per-user budget, so
@@ -24,7 +28,7 @@ use std::time::Duration;
 use serde_json::json;
 use tenancy_server::config::Limits;
 use tenancy_tests::load::load;
-use tenancy_tests::server::{Options, TestApp, ALICE, BOB, DAVE, ERIN, GUS};
+use tenancy_tests::server::{Options, TestApp, ALICE, BOB, DAVE, ERIN, GUS, ROOT};
 use tenancy_tests::{env_or, median};
 use tokio::io::AsyncWriteExt;
 
@@ -136,6 +140,9 @@ async fn main() -> BenchResult {
     let rounds = env_or("ROUNDS", 5);
     let seconds = env_or("SECONDS", 5);
     let concurrency = env_or("CONCURRENCY_B", 8) as usize;
+    let plan =
+        |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_owned());
+    let (a_plan, b_plan) = (plan("A_PLAN", "free"), plan("B_PLAN", "enterprise"));
     let app = TestApp::spawn_with(Options {
         limits: Limits {
             user_requests_per_minute: env_or("USER_BUDGET", 0) as u32,
@@ -151,6 +158,24 @@ async fn main() -> BenchResult {
         acme.push(app.login(email).await?);
     }
     let a_board = board(&app, &acme[0], 500).await?;
+    // Plans once the data is seeded (the free plan's API limit would stop it).
+    let root = app.login(ROOT).await?;
+    for (tenant, plan) in [(app.acme, &a_plan), (app.globex, &b_plan)] {
+        if plan.as_str() != "none" {
+            let (status, body) = app
+                .call(
+                    reqwest::Method::PUT,
+                    &format!("/api/admin/tenants/{tenant}"),
+                    Some(&root),
+                    &[],
+                    Some(json!({ "plan": plan })),
+                )
+                .await?;
+            if status != 200 {
+                return Err(format!("plan {plan}: {status} {body}").into());
+            }
+        }
+    }
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency)
         .build()?;
@@ -158,11 +183,13 @@ async fn main() -> BenchResult {
 
     println!(
         "== {rounds} interleaved rounds, {seconds}s per phase, B: {concurrency} clients; \
-         flood: FLOOD={} SLOW={} LOGIN_FLOOD={}; USER_BUDGET={}/min",
+         flood: FLOOD={} SLOW={} LOGIN_FLOOD={}; USER_BUDGET={}/min; A_PLAN={} B_PLAN={}",
         env_or("FLOOD", 32),
         env_or("SLOW", 64),
         env_or("LOGIN_FLOOD", 8),
-        app.config.limits.user_requests_per_minute
+        app.config.limits.user_requests_per_minute,
+        a_plan,
+        b_plan,
     );
     let (mut solo_rps, mut solo99, mut noisy_rps, mut noisy99) = (vec![], vec![], vec![], vec![]);
     for round in 1..=rounds {

@@ -281,6 +281,42 @@ mod tenant_member {
     }
 
     #[tokio::test]
+    async fn keeps_sending_past_the_tenants_api_budget() -> TestResult {
+        let app = spawn_with(Limits::UNTHROTTLED).await?;
+        let root = app.login(tenancy_tests::server::ROOT).await?;
+        let (status, body) = app
+            .call(
+                reqwest::Method::PUT,
+                &format!("/api/admin/tenants/{}", app.acme),
+                Some(&root),
+                &[],
+                Some(json!({"plan": "pro", "limits": {"api_requests_per_minute": 3}})),
+            )
+            .await?;
+        assert_eq!(status, 200, "{body}");
+        let bob = app.login(BOB).await?;
+        let mut statuses = Vec::new();
+        for _ in 0..7 {
+            statuses.push(app.get("/api/workspaces", &bob).await?.0);
+        }
+        assert_eq!(statuses, [200, 200, 200, 429, 429, 429, 429]);
+        // Once the instance knows the budget is spent, acme's excess is
+        // refused before any round trip: counted once, not per attempt.
+        let mut redis = redis::Client::open(app.config.redis_url.as_str())?
+            .get_multiplexed_async_connection()
+            .await?;
+        let counted: i64 = redis::cmd("GET")
+            .arg(format!("ratelimit:api:{{{}}}", app.acme))
+            .query_async(&mut redis)
+            .await?;
+        assert_eq!(counted, 4);
+        // Another tenant is not held to acme's budget.
+        let (status, _) = app.get("/api/workspaces", &app.login(GUS).await?).await?;
+        assert_eq!(status, 200);
+        Ok(())
+    }
+
+    #[tokio::test]
     async fn lists_a_whole_board_in_one_request() -> TestResult {
         let app = spawn_with(Limits::UNTHROTTLED).await?;
         let alice = app.login(ALICE).await?;

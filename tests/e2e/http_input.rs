@@ -223,6 +223,50 @@ async fn a_method_a_route_does_not_take_is_405_with_a_json_body() -> TestResult 
 }
 
 #[tokio::test]
+async fn an_overlong_uri_or_too_many_headers_get_json_errors() -> TestResult {
+    let app = TestApp::spawn().await?;
+    let alice = app.login(ALICE).await?;
+    let long = format!("/api/workspaces?q={}", "a".repeat(10 * 1024));
+    let (status, body) = app
+        .call(Method::GET, &long, Some(&alice), &[], None)
+        .await?;
+    assert_eq!(
+        (status, body),
+        (
+            414,
+            json!({"error": "Request URI too long", "code": "uri_too_long"})
+        )
+    );
+    let names: Vec<String> = (0..150).map(|i| format!("x-filler-{i}")).collect();
+    let many: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "1")).collect();
+    let (status, body) = app
+        .call(Method::GET, "/api/workspaces", Some(&alice), &many, None)
+        .await?;
+    assert_eq!(
+        (status, body),
+        (
+            431,
+            json!({"error": "Request headers too large", "code": "headers_too_large"})
+        )
+    );
+    let big = "b".repeat(40 * 1024);
+    let (status, body) = app
+        .call(
+            Method::GET,
+            "/healthz",
+            None,
+            &[("x-big", big.as_str())],
+            None,
+        )
+        .await?;
+    assert_eq!(
+        (status, body["code"].clone()),
+        (431, json!("headers_too_large"))
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn browsers_get_cross_origin_access_from_the_configured_origins_only() -> TestResult {
     let app = TestApp::spawn().await?;
     let preflight = |origin: &'static str| {

@@ -26,6 +26,7 @@ mod http_faults;
 mod http_input;
 mod http_invitations;
 mod http_messaging;
+mod http_routes;
 mod http_tenancy;
 mod isolation;
 mod pooling;

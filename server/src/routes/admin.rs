@@ -11,7 +11,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -19,14 +19,15 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::auth::AuthUser;
-use crate::authz::{Principal, Resource};
+use crate::authz::{Action, Principal, Resource, TenantRole};
 use crate::error::{AppError, AppResult};
 use crate::extract::{AppJson, AppPath, AppQuery};
 use crate::provision::{provision, NewTenant};
+use crate::routes::Routes;
 use crate::state::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
+pub fn router() -> Routes {
+    Routes::default()
         .route("/api/admin/tenants", get(list).post(create))
         .route(
             "/api/admin/tenants/{id}",
@@ -39,7 +40,7 @@ pub fn router() -> Router<AppState> {
 
 /// The caller, if the policies let them do `action` on the platform; a
 /// denial is logged in the extension's audit log and answered 403.
-async fn platform(state: &AppState, user: &AuthUser, action: &'static str) -> AppResult<Uuid> {
+async fn platform(state: &AppState, user: &AuthUser, action: Action) -> AppResult<Uuid> {
     let id = user.0.sub;
     let super_admin = user.0.super_admin
         && sqlx::query_scalar::<_, bool>("SELECT is_super_admin FROM app.users WHERE id = $1")
@@ -50,7 +51,7 @@ async fn platform(state: &AppState, user: &AuthUser, action: &'static str) -> Ap
     let principal = Principal {
         user: id,
         tenant: Uuid::nil(),
-        tenant_role: "none".to_owned(),
+        tenant_role: TenantRole::None,
         super_admin,
         workspace_roles: Default::default(),
     };
@@ -58,12 +59,12 @@ async fn platform(state: &AppState, user: &AuthUser, action: &'static str) -> Ap
     if decision.allowed {
         return Ok(id);
     }
-    tracing::warn!(user_id = %id, action, "platform action denied");
+    tracing::warn!(user_id = %id, action = %action, "platform action denied");
     // Sampled like tenant denials: the 1st, 10th, 100th... with a count.
     if let Some(count) = crate::limits::sample(state, &format!("platform:{id}:{action}")).await? {
         sqlx::query("SELECT tenancy.write_audit('platform.denied', NULL, NULL, $1)")
             .bind(
-                json!({"user_id": id, "email": user.0.email, "action": action,
+                json!({"user_id": id, "email": user.0.email, "action": action.as_str(),
                          "policies": decision.policies, "count": count}),
             )
             .execute(&state.admin_db)
@@ -150,7 +151,7 @@ async fn create(
     user: AuthUser,
     AppJson(body): AppJson<CreateTenant>,
 ) -> AppResult<(StatusCode, Json<Value>)> {
-    let admin = platform(&state, &user, "platform:manageTenants").await?;
+    let admin = platform(&state, &user, Action::PlatformManageTenants).await?;
     if !crate::routes::members::valid_email(body.owner_email.trim()) {
         return Err(AppError::Validation(
             "owner_email must be an email address".to_owned(),
@@ -190,7 +191,7 @@ async fn list(
     user: AuthUser,
     AppQuery(query): AppQuery<ListQuery>,
 ) -> AppResult<Json<Value>> {
-    let admin = platform(&state, &user, "platform:viewTenants").await?;
+    let admin = platform(&state, &user, Action::PlatformViewTenants).await?;
     if let Some(status) = &query.status {
         if !matches!(status.as_str(), "active" | "suspended" | "inactive") {
             return Err(AppError::Validation(
@@ -232,7 +233,7 @@ async fn read(
     user: AuthUser,
     AppPath(id): AppPath<Uuid>,
 ) -> AppResult<Json<Value>> {
-    let admin = platform(&state, &user, "platform:viewTenants").await?;
+    let admin = platform(&state, &user, Action::PlatformViewTenants).await?;
     let mut tx = bypass(&state, admin, "read a tenant").await?;
     let tenant = fetch(&mut tx, id).await?;
     tx.commit().await?;
@@ -269,7 +270,7 @@ async fn update(
     AppPath(id): AppPath<Uuid>,
     AppJson(body): AppJson<UpdateTenant>,
 ) -> AppResult<Json<Value>> {
-    let admin = platform(&state, &user, "platform:manageTenants").await?;
+    let admin = platform(&state, &user, Action::PlatformManageTenants).await?;
     if body.name.is_none()
         && body.display_name.is_none()
         && body.plan.is_none()
@@ -398,7 +399,7 @@ async fn set_status(
     status: &'static str,
     action: &'static str,
 ) -> AppResult<Json<Value>> {
-    let admin = platform(state, user, "platform:manageTenants").await?;
+    let admin = platform(state, user, Action::PlatformManageTenants).await?;
     let mut tx = bypass(state, admin, action).await?;
     let before = fetch(&mut tx, id).await?;
     sqlx::query("SELECT tenancy.set_tenant_status($1, $2)")
@@ -459,7 +460,7 @@ async fn audit(
     user: AuthUser,
     AppQuery(query): AppQuery<crate::routes::audit::AuditQuery>,
 ) -> AppResult<Json<Value>> {
-    let admin = platform(&state, &user, "platform:viewTenants").await?;
+    let admin = platform(&state, &user, Action::PlatformViewTenants).await?;
     let mut tx = bypass(&state, admin, "read the audit trail").await?;
     let page = crate::routes::audit::page(&mut tx, &query).await?;
     tx.commit().await?;

@@ -5,22 +5,23 @@
 
 use axum::extract::State;
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::authz::Resource;
+use crate::authz::{Action, Resource};
 use crate::error::{AppError, AppResult};
 use crate::extract::AppQuery;
 use crate::routes::authorize;
+use crate::routes::Routes;
 use crate::state::AppState;
 use crate::tenant::{Db, Tenant};
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/api/tenant/audit", get(tenant_audit))
+pub fn router() -> Routes {
+    Routes::default().route("/api/tenant/audit", get(tenant_audit))
 }
 
 #[derive(Deserialize)]
@@ -99,7 +100,7 @@ async fn tenant_audit(
         &state,
         &tenant,
         &mut db,
-        "tenant:viewAudit",
+        Action::TenantViewAudit,
         Resource::Tenant(tenant.id),
     )
     .await?;

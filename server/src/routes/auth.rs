@@ -11,7 +11,7 @@ use axum::extract::{FromRequest, Request, State};
 use axum::http::header::{CONTENT_TYPE, USER_AGENT};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{delete, get, post};
-use axum::{Form, Json, Router};
+use axum::{Form, Json};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sqlx::Row;
@@ -21,18 +21,19 @@ use crate::auth::{self, AuthUser, TenantRef, TokenSubject};
 use crate::error::{AppError, AppResult};
 use crate::extract::{AppJson, AppPath, AppQuery};
 use crate::limits::{ClientAddress, LoginBudget};
+use crate::routes::Routes;
 use crate::state::AppState;
 
 /// Routes that need no token.
-pub fn public_router() -> Router<AppState> {
-    Router::new()
+pub fn public_router() -> Routes {
+    Routes::default()
         .route("/auth/token", post(token))
         .route("/auth/refresh", post(refresh))
 }
 
 /// Routes that need a valid token but no tenant.
-pub fn authenticated_router() -> Router<AppState> {
-    Router::new()
+pub fn authenticated_router() -> Routes {
+    Routes::default()
         .route("/auth/switch-tenant", post(switch_tenant))
         .route("/auth/logout", post(logout))
         .route("/auth/logout-all", post(logout_all))

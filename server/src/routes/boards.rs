@@ -2,21 +2,23 @@
 
 use axum::http::StatusCode;
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use axum::extract::State;
 
+use crate::authz::Action;
 use crate::error::{AppError, AppResult};
 use crate::extract::{AppJson, AppPath};
+use crate::routes::Routes;
 use crate::routes::{authorize, board_resource, delete_row, valid_name, workspace_resource};
 use crate::state::AppState;
 use crate::tenant::{Db, Tenant};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
+pub fn router() -> Routes {
+    Routes::default()
         .route("/api/workspaces/{id}/boards", get(list).post(create))
         .route("/api/boards/{id}", get(read).patch(update).delete(remove))
 }
@@ -39,7 +41,7 @@ async fn list(
 ) -> AppResult<Json<Vec<Board>>> {
     let mut db = db.lock().await?;
     let resource = workspace_resource(&mut db, &tenant, workspace).await?;
-    authorize(&state, &tenant, &mut db, "workspace:view", resource).await?;
+    authorize(&state, &tenant, &mut db, Action::WorkspaceView, resource).await?;
     let rows = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM app.boards WHERE workspace_id = $1 ORDER BY created_at, id"
     ))
@@ -65,7 +67,7 @@ async fn create(
     let name = valid_name("name", &body.name, 200)?;
     let mut db = db.lock().await?;
     let resource = workspace_resource(&mut db, &tenant, workspace).await?;
-    authorize(&state, &tenant, &mut db, "board:create", resource).await?;
+    authorize(&state, &tenant, &mut db, Action::BoardCreate, resource).await?;
     let board = sqlx::query_as(&format!(
         "INSERT INTO app.boards (workspace_id, name) VALUES ($1, $2) RETURNING {COLUMNS}"
     ))
@@ -84,7 +86,7 @@ async fn read(
 ) -> AppResult<Json<Board>> {
     let mut db = db.lock().await?;
     let resource = board_resource(&mut db, &tenant, id).await?;
-    authorize(&state, &tenant, &mut db, "board:view", resource).await?;
+    authorize(&state, &tenant, &mut db, Action::BoardView, resource).await?;
     sqlx::query_as(&format!("SELECT {COLUMNS} FROM app.boards WHERE id = $1"))
         .bind(id)
         .fetch_optional(db.conn()?)
@@ -103,7 +105,7 @@ async fn update(
     let name = valid_name("name", &body.name, 200)?;
     let mut db = db.lock().await?;
     let resource = board_resource(&mut db, &tenant, id).await?;
-    authorize(&state, &tenant, &mut db, "board:update", resource).await?;
+    authorize(&state, &tenant, &mut db, Action::BoardUpdate, resource).await?;
     sqlx::query_as(&format!(
         "UPDATE app.boards SET name = $2 WHERE id = $1 RETURNING {COLUMNS}"
     ))
@@ -123,6 +125,6 @@ async fn remove(
 ) -> AppResult<StatusCode> {
     let mut db = db.lock().await?;
     let resource = board_resource(&mut db, &tenant, id).await?;
-    authorize(&state, &tenant, &mut db, "board:delete", resource).await?;
+    authorize(&state, &tenant, &mut db, Action::BoardDelete, resource).await?;
     delete_row(&mut db, "app.boards", id, "Board").await
 }

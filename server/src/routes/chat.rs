@@ -12,7 +12,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -22,14 +22,15 @@ use crate::error::{AppError, AppResult};
 use crate::extract::{AppJson, AppPath, AppQuery};
 use crate::messaging::hub::{Outgoing, Registration};
 use crate::routes::valid_name;
+use crate::routes::Routes;
 use crate::state::AppState;
 use crate::tenant::{Db, Tenant};
 
 /// Longest message, in characters (the database checks it too).
 pub const MAX_CONTENT_CHARS: usize = 4000;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
+pub fn router() -> Routes {
+    Routes::default()
         .route(
             "/api/chat/sessions",
             get(list_sessions).post(create_session),

@@ -16,22 +16,23 @@
 
 use axum::extract::State;
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
-use crate::authz::Resource;
+use crate::authz::{Action, Resource};
 use crate::error::{AppError, AppResult};
 use crate::extract::{AppJson, AppPath};
 use crate::routes::authorize;
+use crate::routes::Routes;
 use crate::state::AppState;
 use crate::tenant::{Db, DbGuard, Tenant};
 use crate::tenant_config;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
+pub fn router() -> Routes {
+    Routes::default()
         .route("/api/tenant/config", get(read_config).put(update_config))
         .route("/api/tenant/config/versions", get(versions))
         .route("/api/tenant/config/versions/{version}", get(version))
@@ -65,7 +66,7 @@ async fn list_templates(
     db: Db,
 ) -> AppResult<Json<Value>> {
     let mut db = db.lock().await?;
-    allow(&state, &tenant, &mut db, "tenant:manageSettings").await?;
+    allow(&state, &tenant, &mut db, Action::TenantManageSettings).await?;
     let rows: Vec<Template> = sqlx::query_as(
         "SELECT key, locale, subject, body FROM app.email_templates ORDER BY key, locale",
     )
@@ -138,7 +139,7 @@ async fn put_template(
         ));
     }
     let mut db = db.lock().await?;
-    allow(&state, &tenant, &mut db, "tenant:manageSettings").await?;
+    allow(&state, &tenant, &mut db, Action::TenantManageSettings).await?;
     let row: Template = sqlx::query_as(
         "INSERT INTO app.email_templates (key, locale, subject, body) VALUES ($1, $2, $3, $4)
          ON CONFLICT (tenant_id, key, locale) DO UPDATE SET subject = EXCLUDED.subject, body = EXCLUDED.body
@@ -172,7 +173,7 @@ async fn delete_template(
 ) -> AppResult<axum::http::StatusCode> {
     let key = template_key(&key)?;
     let mut db = db.lock().await?;
-    allow(&state, &tenant, &mut db, "tenant:manageSettings").await?;
+    allow(&state, &tenant, &mut db, Action::TenantManageSettings).await?;
     let done = sqlx::query("DELETE FROM app.email_templates WHERE key = $1 AND locale = $2")
         .bind(key)
         .bind(&query.locale)
@@ -196,7 +197,7 @@ async fn allow(
     state: &AppState,
     tenant: &Tenant,
     db: &mut DbGuard<'_>,
-    action: &'static str,
+    action: Action,
 ) -> AppResult<()> {
     authorize(state, tenant, db, action, Resource::Tenant(tenant.id)).await
 }
@@ -335,7 +336,7 @@ async fn read_config(
     db: Db,
 ) -> AppResult<Json<Value>> {
     let mut db = db.lock().await?;
-    allow(&state, &tenant, &mut db, "tenant:manageSettings").await?;
+    allow(&state, &tenant, &mut db, Action::TenantManageSettings).await?;
     let (version, config) = current_config(&mut db).await?;
     Ok(Json(json!({"version": version, "config": config})))
 }
@@ -358,7 +359,7 @@ async fn update_config(
     }
     tenant_config::validate(&update).map_err(AppError::Validation)?;
     let mut db = db.lock().await?;
-    allow(&state, &tenant, &mut db, "tenant:manageSettings").await?;
+    allow(&state, &tenant, &mut db, Action::TenantManageSettings).await?;
     let (_, before) = current_config(&mut db).await?;
     let mut after = before.clone();
     after.extend(update);
@@ -384,7 +385,7 @@ async fn versions(
     db: Db,
 ) -> AppResult<Json<Vec<Version>>> {
     let mut db = db.lock().await?;
-    allow(&state, &tenant, &mut db, "tenant:manageSettings").await?;
+    allow(&state, &tenant, &mut db, Action::TenantManageSettings).await?;
     let rows = sqlx::query_as(
         "SELECT version, kind, changes, changed_by, changed_at, restored_from
          FROM app.tenant_config_versions ORDER BY version DESC",
@@ -441,7 +442,7 @@ async fn version(
     AppPath(number): AppPath<i32>,
 ) -> AppResult<Json<Value>> {
     let mut db = db.lock().await?;
-    allow(&state, &tenant, &mut db, "tenant:manageSettings").await?;
+    allow(&state, &tenant, &mut db, Action::TenantManageSettings).await?;
     Ok(Json(load_version(&mut db, number).await?.2))
 }
 
@@ -452,7 +453,7 @@ async fn restore(
     AppPath(number): AppPath<i32>,
 ) -> AppResult<Json<Value>> {
     let mut db = db.lock().await?;
-    allow(&state, &tenant, &mut db, "tenant:manageSettings").await?;
+    allow(&state, &tenant, &mut db, Action::TenantManageSettings).await?;
     let (kind, value, _) = load_version(&mut db, number).await?;
     let (before, after) = if kind == "branding" {
         let before = current_branding(&mut db).await?;
@@ -492,7 +493,7 @@ async fn read_branding(
     db: Db,
 ) -> AppResult<Json<Map<String, Value>>> {
     let mut db = db.lock().await?;
-    allow(&state, &tenant, &mut db, "tenant:view").await?;
+    allow(&state, &tenant, &mut db, Action::TenantView).await?;
     Ok(Json(current_branding(&mut db).await?))
 }
 
@@ -551,7 +552,7 @@ async fn update_branding(
         }
     }
     let mut db = db.lock().await?;
-    allow(&state, &tenant, &mut db, "tenant:manageSettings").await?;
+    allow(&state, &tenant, &mut db, Action::TenantManageSettings).await?;
     let before = current_branding(&mut db).await?;
     let after = apply_branding(
         &mut db,

@@ -9,21 +9,22 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
 use crate::auth::AuthUser;
-use crate::authz::Resource;
+use crate::authz::{Action, Resource};
 use crate::error::{AppError, AppResult};
 use crate::extract::AppPath;
+use crate::routes::Routes;
 use crate::routes::{authorize, bypass};
 use crate::state::AppState;
 use crate::tenant::{Db, Tenant};
 
 /// Routes of a signed-in user whose tenant may no longer be active.
-pub fn authenticated_router() -> Router<AppState> {
-    Router::new().route("/api/tenants/{id}/restore", post(restore))
+pub fn authenticated_router() -> Routes {
+    Routes::default().route("/api/tenants/{id}/restore", post(restore))
 }
 
 /// `DELETE /api/tenant`: owners only (`tenant:delete`).
@@ -38,7 +39,7 @@ pub async fn request(
             &state,
             &tenant,
             &mut db,
-            "tenant:delete",
+            Action::TenantDelete,
             Resource::Tenant(tenant.id),
         )
         .await?;

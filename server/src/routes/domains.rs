@@ -16,7 +16,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Utc};
 use hickory_resolver::config::{NameServerConfigGroup, ResolverConfig};
 use hickory_resolver::name_server::TokioConnectionProvider;
@@ -24,9 +24,10 @@ use hickory_resolver::Resolver;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::authz::Resource;
+use crate::authz::{Action, Resource};
 use crate::error::{AppError, AppResult};
 use crate::extract::{AppJson, AppPath};
+use crate::routes::Routes;
 use crate::routes::{authorize, bypass};
 use crate::state::AppState;
 use crate::tenant::{Db, DbGuard, Tenant};
@@ -37,8 +38,8 @@ pub const MAX_CLAIMS: i64 = 20;
 /// The label under the domain where the proof is published.
 pub const CHALLENGE_LABEL: &str = "_tenancy-challenge";
 
-pub fn router() -> Router<AppState> {
-    Router::new()
+pub fn router() -> Routes {
+    Routes::default()
         .route("/api/tenant/domains", get(list).post(claim))
         .route(
             "/api/tenant/domains/{domain}",
@@ -100,7 +101,7 @@ async fn authorize_domains(
         state,
         tenant,
         db,
-        "tenant:update",
+        Action::TenantUpdate,
         Resource::Tenant(tenant.id),
     )
     .await

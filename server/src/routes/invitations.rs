@@ -12,7 +12,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sqlx::Row;
@@ -21,6 +21,7 @@ use uuid::Uuid;
 use crate::error::{AppError, AppResult};
 use crate::extract::{AppJson, AppPath};
 use crate::limits::ClientAddress;
+use crate::routes::Routes;
 use crate::state::AppState;
 use crate::tenant::{Db, DbGuard, Tenant};
 
@@ -28,16 +29,16 @@ use crate::tenant::{Db, DbGuard, Tenant};
 pub const VALID_DAYS: i32 = 7;
 
 /// Routes of the tenant's admins (inside the tenant layer).
-pub fn router() -> Router<AppState> {
-    Router::new()
+pub fn router() -> Routes {
+    Routes::default()
         .route("/api/tenant/invitations", get(list).post(create))
         .route("/api/tenant/invitations/{id}", delete(revoke))
         .route("/api/tenant/invitations/{id}/resend", post(resend))
 }
 
 /// The invitee's route (no token: the link is the credential).
-pub fn public_router() -> Router<AppState> {
-    Router::new().route("/auth/invitations/accept", post(accept))
+pub fn public_router() -> Routes {
+    Routes::default().route("/auth/invitations/accept", post(accept))
 }
 
 #[derive(Serialize, sqlx::FromRow)]

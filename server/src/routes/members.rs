@@ -4,21 +4,22 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, patch};
-use axum::{Json, Router};
+use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::authz::Resource;
+use crate::authz::{Action, Resource};
 use crate::error::{AppError, AppResult};
 use crate::extract::{AppJson, AppPath};
 use crate::routes::invitations::{invite, Invitation, InviteRequest};
+use crate::routes::Routes;
 use crate::routes::{authorize, workspace_resource};
 use crate::state::AppState;
 use crate::tenant::{Db, DbGuard, Tenant};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
+pub fn router() -> Routes {
+    Routes::default()
         .route("/api/tenant/members", get(list_tenant).post(add_tenant))
         .route(
             "/api/tenant/members/{user_id}",
@@ -79,7 +80,7 @@ async fn list_tenant(
         &state,
         &tenant,
         &mut db,
-        "tenant:view",
+        Action::TenantView,
         Resource::Tenant(tenant.id),
     )
     .await?;
@@ -103,7 +104,7 @@ pub(crate) async fn authorize_role_change(
         state,
         tenant,
         db,
-        "tenant:manageUsers",
+        Action::TenantManageUsers,
         Resource::Tenant(tenant.id),
     )
     .await?;
@@ -112,7 +113,7 @@ pub(crate) async fn authorize_role_change(
             state,
             tenant,
             db,
-            "tenant:manageOwners",
+            Action::TenantManageOwners,
             Resource::Tenant(tenant.id),
         )
         .await?;
@@ -285,7 +286,7 @@ async fn list_workspace(
 ) -> AppResult<Json<Vec<WorkspaceMember>>> {
     let mut db = db.lock().await?;
     let resource = workspace_resource(&mut db, &tenant, workspace).await?;
-    authorize(&state, &tenant, &mut db, "workspace:view", resource).await?;
+    authorize(&state, &tenant, &mut db, Action::WorkspaceView, resource).await?;
     let rows = sqlx::query_as(&format!(
         "{WORKSPACE_MEMBER} WHERE w.workspace_id = $1 ORDER BY u.email"
     ))
@@ -316,7 +317,7 @@ async fn add_workspace(
         &state,
         &tenant,
         &mut db,
-        "workspace:manageMembers",
+        Action::WorkspaceManageMembers,
         resource,
     )
     .await?;
@@ -370,7 +371,7 @@ async fn change_workspace(
         &state,
         &tenant,
         &mut db,
-        "workspace:manageMembers",
+        Action::WorkspaceManageMembers,
         resource,
     )
     .await?;
@@ -410,7 +411,7 @@ async fn remove_workspace(
         &state,
         &tenant,
         &mut db,
-        "workspace:manageMembers",
+        Action::WorkspaceManageMembers,
         resource,
     )
     .await?;

@@ -11,7 +11,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -20,21 +20,22 @@ use crate::auth::{self, AuthUser};
 use crate::error::{AppError, AppResult};
 use crate::extract::AppJson;
 use crate::limits::{ClientAddress, LoginBudget};
+use crate::routes::Routes;
 use crate::state::AppState;
 
 /// Minutes a reset link stays valid.
 pub const RESET_VALID_MINUTES: i32 = 60;
 
 /// Routes that need no token.
-pub fn public_router() -> Router<AppState> {
-    Router::new()
+pub fn public_router() -> Routes {
+    Routes::default()
         .route("/auth/password/forgot", post(forgot))
         .route("/auth/password/reset", post(reset))
 }
 
 /// Routes of a signed-in user.
-pub fn authenticated_router() -> Router<AppState> {
-    Router::new().route("/auth/password", post(change))
+pub fn authenticated_router() -> Routes {
+    Routes::default().route("/auth/password", post(change))
 }
 
 #[derive(Deserialize)]

@@ -13,7 +13,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -22,13 +22,14 @@ use crate::auth;
 use crate::error::{AppError, AppResult};
 use crate::extract::AppJson;
 use crate::limits::ClientAddress;
+use crate::routes::Routes;
 use crate::state::AppState;
 
 /// Hours a verification link stays valid.
 pub const VERIFY_VALID_HOURS: i32 = 24;
 
-pub fn public_router() -> Router<AppState> {
-    Router::new()
+pub fn public_router() -> Routes {
+    Routes::default()
         .route("/auth/signup", post(signup))
         .route("/auth/signup/verify", post(verify))
         .route("/auth/signup/tenant", post(signup_tenant))

@@ -2,21 +2,23 @@
 
 use axum::http::StatusCode;
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use axum::extract::State;
 
+use crate::authz::Action;
 use crate::error::{AppError, AppResult};
 use crate::extract::{AppJson, AppPath, AppQuery};
+use crate::routes::Routes;
 use crate::routes::{authorize, board_resource, delete_row, task_resource, valid_name};
 use crate::state::AppState;
 use crate::tenant::{Db, Tenant};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
+pub fn router() -> Routes {
+    Routes::default()
         .route("/api/boards/{id}/tasks", get(list).post(create))
         .route("/api/tasks/{id}", get(read).patch(update).delete(remove))
 }
@@ -97,7 +99,7 @@ async fn list(
     }
     let mut db = db.lock().await?;
     let resource = board_resource(&mut db, &tenant, board).await?;
-    authorize(&state, &tenant, &mut db, "board:view", resource).await?;
+    authorize(&state, &tenant, &mut db, Action::BoardView, resource).await?;
     let after = match query.after {
         None => None,
         Some(id) => Some(
@@ -146,7 +148,7 @@ async fn create(
     let description = valid_description(body.description.as_deref())?.unwrap_or("");
     let mut db = db.lock().await?;
     let resource = board_resource(&mut db, &tenant, board).await?;
-    authorize(&state, &tenant, &mut db, "task:create", resource).await?;
+    authorize(&state, &tenant, &mut db, Action::TaskCreate, resource).await?;
     valid_assignee(db.conn()?, body.assignee_id).await?;
     let task = sqlx::query_as(&format!(
         "INSERT INTO app.tasks (board_id, title, description, status, assignee_id, created_by)
@@ -171,7 +173,7 @@ async fn read(
 ) -> AppResult<Json<Task>> {
     let mut db = db.lock().await?;
     let resource = task_resource(&mut db, &tenant, id).await?;
-    authorize(&state, &tenant, &mut db, "task:view", resource).await?;
+    authorize(&state, &tenant, &mut db, Action::TaskView, resource).await?;
     sqlx::query_as(&format!("SELECT {COLUMNS} FROM app.tasks WHERE id = $1"))
         .bind(id)
         .fetch_optional(db.conn()?)
@@ -216,7 +218,7 @@ async fn update(
     let description = valid_description(body.description.as_deref())?;
     let mut db = db.lock().await?;
     let resource = task_resource(&mut db, &tenant, id).await?;
-    authorize(&state, &tenant, &mut db, "task:update", resource).await?;
+    authorize(&state, &tenant, &mut db, Action::TaskUpdate, resource).await?;
     valid_assignee(db.conn()?, body.assignee_id.flatten()).await?;
     sqlx::query_as(&format!(
         "UPDATE app.tasks SET title = coalesce($2, title), description = coalesce($3, description),
@@ -244,6 +246,6 @@ async fn remove(
 ) -> AppResult<StatusCode> {
     let mut db = db.lock().await?;
     let resource = task_resource(&mut db, &tenant, id).await?;
-    authorize(&state, &tenant, &mut db, "task:delete", resource).await?;
+    authorize(&state, &tenant, &mut db, Action::TaskDelete, resource).await?;
     delete_row(&mut db, "app.tasks", id, "Task").await
 }

@@ -5,13 +5,14 @@
 
 use axum::extract::State;
 use axum::routing::{get, put};
-use axum::{Json, Router};
+use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use crate::authz::Resource;
+use crate::authz::{Action, Resource};
 use crate::error::{AppError, AppResult};
 use crate::extract::AppJson;
+use crate::routes::Routes;
 use crate::routes::{allowed, authorize};
 use crate::state::AppState;
 use crate::tenant::{Db, Tenant};
@@ -19,8 +20,8 @@ use crate::tenant::{Db, Tenant};
 /// Kept apart from the settings: only owners change it.
 const BILLING_KEY: &str = "billing_email";
 
-pub fn router() -> Router<AppState> {
-    Router::new()
+pub fn router() -> Routes {
+    Routes::default()
         .route(
             "/api/tenant",
             get(current).delete(crate::routes::deletion::request),
@@ -35,7 +36,7 @@ async fn current(State(state): State<AppState>, tenant: Tenant, db: Db) -> AppRe
         &state,
         &tenant,
         &mut db,
-        "tenant:view",
+        Action::TenantView,
         Resource::Tenant(tenant.id),
     )
     .await?;
@@ -43,7 +44,7 @@ async fn current(State(state): State<AppState>, tenant: Tenant, db: Db) -> AppRe
     let configuration = allowed(
         &state,
         &tenant,
-        "tenant:manageSettings",
+        Action::TenantManageSettings,
         &Resource::Tenant(tenant.id),
     )
     .then_some(&tenant.configuration);
@@ -63,7 +64,7 @@ async fn settings(State(state): State<AppState>, tenant: Tenant, db: Db) -> AppR
         &state,
         &tenant,
         &mut db,
-        "tenant:manageSettings",
+        Action::TenantManageSettings,
         Resource::Tenant(tenant.id),
     )
     .await?;
@@ -101,7 +102,7 @@ async fn update_settings(
         &state,
         &tenant,
         &mut db,
-        "tenant:manageSettings",
+        Action::TenantManageSettings,
         Resource::Tenant(tenant.id),
     )
     .await?;
@@ -154,7 +155,7 @@ async fn update_billing(
         &state,
         &tenant,
         &mut db,
-        "tenant:manageBilling",
+        Action::TenantManageBilling,
         Resource::Tenant(tenant.id),
     )
     .await?;

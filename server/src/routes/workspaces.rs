@@ -3,7 +3,7 @@
 
 use axum::http::StatusCode;
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -11,15 +11,16 @@ use uuid::Uuid;
 
 use axum::extract::State;
 
-use crate::authz::Resource;
+use crate::authz::{Action, Resource};
 use crate::error::{AppError, AppResult};
 use crate::extract::{AppJson, AppPath};
+use crate::routes::Routes;
 use crate::routes::{allowed, authorize, delete_row, valid_name, workspace_resource};
 use crate::state::AppState;
 use crate::tenant::{Db, Tenant};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
+pub fn router() -> Routes {
+    Routes::default()
         .route("/api/workspaces", get(list).post(create))
         .route(
             "/api/workspaces/{id}",
@@ -55,7 +56,7 @@ async fn list(
             allowed(
                 &state,
                 &tenant,
-                "workspace:view",
+                Action::WorkspaceView,
                 &Resource::Workspace {
                     id: w.id,
                     tenant: tenant.id,
@@ -84,7 +85,7 @@ async fn create(
         &state,
         &tenant,
         &mut db,
-        "workspace:create",
+        Action::WorkspaceCreate,
         Resource::Tenant(tenant.id),
     )
     .await?;
@@ -122,7 +123,7 @@ async fn read(
 ) -> AppResult<Json<Workspace>> {
     let mut db = db.lock().await?;
     let resource = workspace_resource(&mut db, &tenant, id).await?;
-    authorize(&state, &tenant, &mut db, "workspace:view", resource).await?;
+    authorize(&state, &tenant, &mut db, Action::WorkspaceView, resource).await?;
     sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM app.workspaces WHERE id = $1"
     ))
@@ -160,10 +161,10 @@ async fn update(
     let mut db = db.lock().await?;
     let resource = workspace_resource(&mut db, &tenant, id).await?;
     if name.is_some() {
-        authorize(&state, &tenant, &mut db, "workspace:update", resource).await?;
+        authorize(&state, &tenant, &mut db, Action::WorkspaceUpdate, resource).await?;
     }
     if body.archived.is_some() {
-        authorize(&state, &tenant, &mut db, "workspace:archive", resource).await?;
+        authorize(&state, &tenant, &mut db, Action::WorkspaceArchive, resource).await?;
     }
     let workspace: Workspace = sqlx::query_as(&format!(
         "UPDATE app.workspaces SET name = coalesce($2, name),
@@ -201,7 +202,7 @@ async fn remove(
 ) -> AppResult<StatusCode> {
     let mut db = db.lock().await?;
     let resource = workspace_resource(&mut db, &tenant, id).await?;
-    authorize(&state, &tenant, &mut db, "workspace:delete", resource).await?;
+    authorize(&state, &tenant, &mut db, Action::WorkspaceDelete, resource).await?;
     let deleted = delete_row(&mut db, "app.workspaces", id, "Workspace").await?;
     crate::audit::admin_action(
         &mut db,
