@@ -15,25 +15,71 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for AppJson<T> {
     type Rejection = AppError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
+        if !json_content_type(req.headers()) {
+            return Err(AppError::BadRequest(
+                "Content-Type must be application/json".to_owned(),
+            ));
+        }
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| match e.status() {
+                axum::http::StatusCode::PAYLOAD_TOO_LARGE => AppError::PayloadTooLarge,
+                _ => AppError::BadRequest("The request body could not be read".to_owned()),
+            })?;
+        // PostgreSQL's text cannot hold NUL: refused here, before any work.
+        if contains_nul_escape(&bytes) {
+            return Err(AppError::Validation(
+                "Text must not contain NUL characters".to_owned(),
+            ));
+        }
+        match axum::Json::<T>::from_bytes(&bytes) {
             Ok(axum::Json(value)) => Ok(AppJson(value)),
-            Err(rejection) => Err(match rejection {
-                JsonRejection::JsonDataError(e) => AppError::Validation(data_error(&e.body_text())),
-                JsonRejection::JsonSyntaxError(_) => {
-                    AppError::BadRequest("Malformed JSON body".to_owned())
-                }
-                JsonRejection::MissingJsonContentType(_) => {
-                    AppError::BadRequest("Content-Type must be application/json".to_owned())
-                }
-                JsonRejection::BytesRejection(e)
-                    if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE =>
-                {
-                    AppError::PayloadTooLarge
-                }
-                other => AppError::BadRequest(other.body_text()),
-            }),
+            Err(JsonRejection::JsonDataError(e)) => {
+                Err(AppError::Validation(data_error(&e.body_text())))
+            }
+            Err(_) => Err(AppError::BadRequest("Malformed JSON body".to_owned())),
         }
     }
+}
+
+/// `application/json` or `application/<anything>+json`, parameters aside.
+fn json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// Whether a JSON text holds a `\u0000` escape inside a string (a raw NUL
+/// byte is not JSON at all and fails to parse).
+fn contains_nul_escape(json: &[u8]) -> bool {
+    let (mut in_string, mut i) = (false, 0);
+    while i < json.len() {
+        match (in_string, json[i]) {
+            (false, b'"') => in_string = true,
+            (true, b'"') => in_string = false,
+            (true, b'\\') => {
+                if json.get(i + 1) == Some(&b'u') && json.get(i + 2..i + 6) == Some(&b"0000"[..]) {
+                    return true;
+                }
+                // Skip the escaped character (an escaped quote or backslash).
+                i += 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    false
 }
 
 /// What was wrong with a well-formed body, in the service's words: the
@@ -84,7 +130,19 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for AppQuery<T> {
 
 #[cfg(test)]
 mod tests {
-    use super::data_error;
+    use super::{contains_nul_escape, data_error};
+
+    #[test]
+    fn nul_escapes_are_found_in_strings_only() {
+        assert!(contains_nul_escape(br#"{"name": "a\u0000b"}"#));
+        assert!(contains_nul_escape(br#"{"a\u0000": 1}"#));
+        assert!(
+            !contains_nul_escape(br#"{"name": "a\\u0000b"}"#),
+            "an escaped backslash"
+        );
+        assert!(!contains_nul_escape(br#"{"name": "a\"\u0001"}"#));
+        assert!(!contains_nul_escape(br#"{"n": 0, "u0000": "x"}"#));
+    }
 
     #[test]
     fn body_errors_name_the_field_not_the_parser() {

@@ -134,20 +134,28 @@ fn host_name(headers: &HeaderMap) -> AppResult<Option<String>> {
         _ => raw,
     };
     let host = host.trim_end_matches('.').to_ascii_lowercase();
-    let valid_label = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-    };
     if host.starts_with('[') || host.parse::<std::net::IpAddr>().is_ok() || host == "localhost" {
         return Ok(None);
     }
-    if host.is_empty() || host.len() > 253 || !host.split('.').all(valid_label) {
+    if !is_host_name(&host) {
         return Err(AppError::BadRequest("Invalid Host header".to_owned()));
     }
     Ok(Some(host))
+}
+
+/// Whether `host` (lower case, no port, no final dot) is a DNS host name:
+/// at most 253 bytes of dot-separated labels of 1 to 63 letters, digits and
+/// inner hyphens (the rules of `tenancy.normalize_host`).
+pub fn is_host_name(host: &str) -> bool {
+    let valid_label = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    !host.is_empty() && host.len() <= 253 && host.split('.').all(valid_label)
 }
 
 /// Looks the host up: `Some(id)` for a tenant's subdomain or custom domain.
@@ -355,4 +363,57 @@ pub async fn rate_limit(
 ) -> AppResult<()> {
     let limit = u32::try_from(limit).unwrap_or(0).max(1);
     crate::limits::count(state, key, limit, 60, reason).await
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn host(value: &str) -> AppResult<Option<String>> {
+        let mut headers = HeaderMap::new();
+        match axum::http::HeaderValue::from_str(value) {
+            Ok(v) => {
+                headers.insert(axum::http::header::HOST, v);
+                host_name(&headers)
+            }
+            // Not a header value at all: nothing to parse.
+            Err(_) => Ok(None),
+        }
+    }
+
+    proptest! {
+        /// Whatever the Host header holds: no panic, and a name only in
+        /// the canonical form the catalog stores.
+        #[test]
+        fn any_host_header_is_a_canonical_name_or_refused(raw in "\\PC{0,300}") {
+            if let Ok(Some(name)) = host(&raw) {
+                prop_assert!(is_host_name(&name), "{name:?}");
+                prop_assert_eq!(name.to_ascii_lowercase(), name.clone());
+                prop_assert!(!name.ends_with('.') && !name.contains(':'));
+            }
+        }
+
+        /// A host name in any case, with a final dot or a port, reads as
+        /// the same lower-case name.
+        #[test]
+        fn a_host_name_reads_back_lower_case(
+            labels in prop::collection::vec("[a-zA-Z0-9]([a-zA-Z0-9-]{0,20}[a-zA-Z0-9])?", 1..5),
+            dot in any::<bool>(),
+            port in prop::option::of(1u16..),
+        ) {
+            let name = labels.join(".");
+            prop_assume!(!name.eq_ignore_ascii_case("localhost"));
+            prop_assume!(name.parse::<std::net::IpAddr>().is_err());
+            let mut raw = name.clone();
+            if dot {
+                raw.push('.');
+            }
+            if let Some(port) = port {
+                raw.push_str(&format!(":{port}"));
+            }
+            prop_assert_eq!(host(&raw).unwrap(), Some(name.to_ascii_lowercase()));
+        }
+    }
 }

@@ -11,15 +11,6 @@ use tenancy_tests::server::{Options, TestApp, ALICE, BOB, CAROL, ERIN, GUS, PASS
 use tenancy_tests::TestResult;
 use uuid::Uuid;
 
-async fn put(app: &TestApp, path: &str, token: &str, body: Value) -> TestResult<(u16, Value)> {
-    app.call(Method::PUT, path, Some(token), &[], Some(body))
-        .await
-}
-
-async fn delete(app: &TestApp, path: &str, token: &str) -> TestResult<(u16, Value)> {
-    app.call(Method::DELETE, path, Some(token), &[], None).await
-}
-
 async fn scalar<T>(app: &TestApp, sql: &str) -> TestResult<T>
 where
     T: for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send + Unpin,
@@ -391,7 +382,7 @@ async fn suspend_reactivate_and_soft_delete_keep_the_data() -> TestResult {
     let (status, _) = app.get("/api/workspaces", &alice).await?;
     assert_eq!(status, 200, "back");
 
-    let (status, body) = delete(&app, &path, &root).await?;
+    let (status, body) = app.delete(&path, &root).await?;
     assert_eq!((status, body["status"].clone()), (200, json!("inactive")));
     let (status, body) = app.get("/api/workspaces", &alice).await?;
     assert_eq!(
@@ -437,13 +428,9 @@ async fn plan_and_limits_change_but_never_below_usage() -> TestResult {
     let app = TestApp::spawn().await?;
     let root = app.login(ROOT).await?;
     let path = format!("/api/admin/tenants/{}", app.acme);
-    let (status, body) = put(
-        &app,
-        &path,
-        &root,
-        json!({"plan": "free", "name": "Acme Inc"}),
-    )
-    .await?;
+    let (status, body) = app
+        .put(&path, &root, json!({"plan": "free", "name": "Acme Inc"}))
+        .await?;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         (body["plan"].clone(), body["name"].clone()),
@@ -457,10 +444,12 @@ async fn plan_and_limits_change_but_never_below_usage() -> TestResult {
         (json!({"limits": {"seats": 9}}), "unknown limit"),
         (json!({}), "nothing to update"),
     ] {
-        let (status, answer) = put(&app, &path, &root, update).await?;
+        let (status, answer) = app.put(&path, &root, update).await?;
         assert_eq!(status, 422, "{why}: {answer}");
     }
-    let (_, answer) = put(&app, &path, &root, json!({"limits": {"max_members": 3}})).await?;
+    let (_, answer) = app
+        .put(&path, &root, json!({"limits": {"max_members": 3}}))
+        .await?;
     assert_eq!(
         answer["error"],
         "max_members 3 is below the tenant's current usage (5)"
@@ -477,13 +466,13 @@ async fn two_concurrent_requests_cannot_both_take_the_last_slot() -> TestResult 
     let root = app.login(ROOT).await?;
     let alice = app.login(ALICE).await?;
     let path = format!("/api/admin/tenants/{}", app.acme);
-    let (status, body) = put(
-        &app,
-        &path,
-        &root,
-        json!({"plan": "pro", "limits": {"max_members": 6, "max_workspaces": 2}}),
-    )
-    .await?;
+    let (status, body) = app
+        .put(
+            &path,
+            &root,
+            json!({"plan": "pro", "limits": {"max_members": 6, "max_workspaces": 2}}),
+        )
+        .await?;
     assert_eq!(status, 200, "{body}");
     // Invitations are not seats; accepting takes one.
     for email in ["one@acme.test", "two@acme.test", "three@acme.test"] {
@@ -543,13 +532,13 @@ async fn the_api_rate_and_storage_limits_of_a_tenant() -> TestResult {
     let alice = app.login(ALICE).await?;
     let gus = app.login(GUS).await?;
     let path = format!("/api/admin/tenants/{}", app.acme);
-    let (status, _) = put(
-        &app,
-        &path,
-        &root,
-        json!({"plan": "enterprise", "limits": {"api_requests_per_minute": 5}}),
-    )
-    .await?;
+    let (status, _) = app
+        .put(
+            &path,
+            &root,
+            json!({"plan": "enterprise", "limits": {"api_requests_per_minute": 5}}),
+        )
+        .await?;
     assert_eq!(status, 200);
     let mut statuses = Vec::new();
     for _ in 0..7 {
@@ -568,13 +557,13 @@ async fn the_api_rate_and_storage_limits_of_a_tenant() -> TestResult {
 
     // Storage: a budget just above what acme uses now.
     let used: i64 = scalar(&app, &format!("SELECT coalesce((SELECT storage_bytes FROM app.tenant_usage WHERE tenant_id = '{}'), 0)", app.acme)).await?;
-    let (status, body) = put(
-        &app,
-        &path,
-        &root,
-        json!({"plan": "enterprise", "limits": {"storage_bytes": used + 1500}}),
-    )
-    .await?;
+    let (status, body) = app
+        .put(
+            &path,
+            &root,
+            json!({"plan": "enterprise", "limits": {"storage_bytes": used + 1500}}),
+        )
+        .await?;
     assert_eq!(status, 200, "{body}");
     let mut su = app.superuser().await?;
     let owner: Uuid = sqlx::query_scalar(
@@ -631,41 +620,39 @@ async fn configuration_defaults_validation_versions_and_restore() -> TestResult 
     assert_eq!(body["config"]["audit_retention_days"], 365);
     let (status, _) = app.get("/api/tenant/config", &bob).await?;
     assert_eq!(status, 403, "members do not read the configuration");
-    let (status, _) = put(&app, "/api/tenant/config", &bob, json!({"locale": "fr-FR"})).await?;
+    let (status, _) = app
+        .put("/api/tenant/config", &bob, json!({"locale": "fr-FR"}))
+        .await?;
     assert_eq!(status, 403);
 
-    let (status, v1) = put(
-        &app,
-        "/api/tenant/config",
-        &erin,
-        json!({"locale": "fr-FR"}),
-    )
-    .await?;
+    let (status, v1) = app
+        .put("/api/tenant/config", &erin, json!({"locale": "fr-FR"}))
+        .await?;
     assert_eq!((status, v1["version"].clone()), (200, json!(1)), "{v1}");
-    let (_, v2) = put(
-        &app,
-        "/api/tenant/config",
-        &erin,
-        json!({"timezone": "Europe/Paris", "locale": "de-DE"}),
-    )
-    .await?;
+    let (_, v2) = app
+        .put(
+            "/api/tenant/config",
+            &erin,
+            json!({"timezone": "Europe/Paris", "locale": "de-DE"}),
+        )
+        .await?;
     assert_eq!(v2["version"], 2);
     assert_eq!(v2["config"]["timezone"], "Europe/Paris");
 
-    let (status, bad) = put(
-        &app,
-        "/api/tenant/config",
-        &erin,
-        json!({"colour": "red", "audit_retention_days": "x", "locale": "french"}),
-    )
-    .await?;
+    let (status, bad) = app
+        .put(
+            "/api/tenant/config",
+            &erin,
+            json!({"colour": "red", "audit_retention_days": "x", "locale": "french"}),
+        )
+        .await?;
     assert_eq!(status, 422);
     let error = bad["error"].as_str().unwrap_or_default();
     for key in ["colour: unknown key", "audit_retention_days", "locale"] {
         assert!(error.contains(key), "names {key}: {error}");
     }
     for body in [json!([1]), json!({})] {
-        let (status, _) = put(&app, "/api/tenant/config", &erin, body).await?;
+        let (status, _) = app.put("/api/tenant/config", &erin, body).await?;
         assert_eq!(status, 422);
     }
     let (_, current) = app.get("/api/tenant/config", &erin).await?;
@@ -739,22 +726,22 @@ async fn branding_is_validated_versioned_and_restorable() -> TestResult {
         body,
         json!({"display_name": "Acme Corp", "logo_url": null, "primary_color": null})
     );
-    let (status, _) = put(
-        &app,
-        "/api/tenant/branding",
-        &bob,
-        json!({"primary_color": "#000000"}),
-    )
-    .await?;
+    let (status, _) = app
+        .put(
+            "/api/tenant/branding",
+            &bob,
+            json!({"primary_color": "#000000"}),
+        )
+        .await?;
     assert_eq!(status, 403);
 
-    let (status, body) = put(
-        &app,
-        "/api/tenant/branding",
-        &erin,
-        json!({"primary_color": "#112233", "logo_url": "https://cdn.acme.test/logo.png"}),
-    )
-    .await?;
+    let (status, body) = app
+        .put(
+            "/api/tenant/branding",
+            &erin,
+            json!({"primary_color": "#112233", "logo_url": "https://cdn.acme.test/logo.png"}),
+        )
+        .await?;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["branding"]["primary_color"], "#112233");
     for bad in [
@@ -768,16 +755,16 @@ async fn branding_is_validated_versioned_and_restorable() -> TestResult {
         json!({"font": "Comic Sans"}),
         json!({}),
     ] {
-        let (status, answer) = put(&app, "/api/tenant/branding", &erin, bad.clone()).await?;
+        let (status, answer) = app.put("/api/tenant/branding", &erin, bad.clone()).await?;
         assert_eq!(status, 422, "{bad}: {answer}");
     }
-    let (_, second) = put(
-        &app,
-        "/api/tenant/branding",
-        &erin,
-        json!({"display_name": "ACME", "primary_color": ""}),
-    )
-    .await?;
+    let (_, second) = app
+        .put(
+            "/api/tenant/branding",
+            &erin,
+            json!({"display_name": "ACME", "primary_color": ""}),
+        )
+        .await?;
     assert_eq!(
         second["branding"],
         json!({"display_name": "ACME", "logo_url": "https://cdn.acme.test/logo.png", "primary_color": null})
@@ -818,13 +805,13 @@ async fn one_configuration_store_and_each_tenant_gets_its_own() -> TestResult {
     let app = TestApp::spawn().await?;
     let alice = app.login(ALICE).await?;
     let gus = app.login(GUS).await?;
-    let (status, body) = put(
-        &app,
-        "/api/tenant/config",
-        &alice,
-        json!({"session_timeout_minutes": 5, "locale": "fr-FR"}),
-    )
-    .await?;
+    let (status, body) = app
+        .put(
+            "/api/tenant/config",
+            &alice,
+            json!({"session_timeout_minutes": 5, "locale": "fr-FR"}),
+        )
+        .await?;
     assert_eq!(status, 200, "{body}");
     // The same document through settings, and as every request loads it.
     let (_, settings) = app.get("/api/tenant/settings", &alice).await?;
@@ -874,16 +861,16 @@ async fn one_configuration_store_and_each_tenant_gets_its_own() -> TestResult {
             json!({"timezone": "Europe/Paris\u{0}"}),
         ),
     ] {
-        let (status, body) = put(&app, path, &alice, bad).await?;
+        let (status, body) = app.put(path, &alice, bad).await?;
         assert_eq!(status, 422, "{path}: {body}");
     }
-    let (status, body) = put(
-        &app,
-        "/api/tenant/settings",
-        &alice,
-        json!({"session_timeout_minutes": 10, "app_theme": "dark"}),
-    )
-    .await?;
+    let (status, body) = app
+        .put(
+            "/api/tenant/settings",
+            &alice,
+            json!({"session_timeout_minutes": 10, "app_theme": "dark"}),
+        )
+        .await?;
     assert_eq!(status, 200, "{body}");
     let (_, config) = app.get("/api/tenant/config", &alice).await?;
     assert_eq!(config["config"]["session_timeout_minutes"], 10);
@@ -1037,22 +1024,11 @@ async fn the_audit_trail_is_per_tenant_filterable_and_purged_past_retention() ->
     let bob = app.login(BOB).await?;
     let gus = app.login(GUS).await?;
     let root = app.login(ROOT).await?;
-    put(
-        &app,
-        "/api/tenant/config",
-        &erin,
-        json!({"locale": "fr-FR"}),
-    )
-    .await?;
-    put(
-        &app,
-        "/api/tenant/config",
-        &erin,
-        json!({"locale": "it-IT"}),
-    )
-    .await?;
-    put(
-        &app,
+    app.put("/api/tenant/config", &erin, json!({"locale": "fr-FR"}))
+        .await?;
+    app.put("/api/tenant/config", &erin, json!({"locale": "it-IT"}))
+        .await?;
+    app.put(
         "/api/tenant/config",
         &app.login(GUS).await?,
         json!({"locale": "es-ES"}),
@@ -1129,16 +1105,15 @@ async fn the_audit_trail_is_per_tenant_filterable_and_purged_past_retention() ->
     assert_eq!(acme_only["events"].as_array().map(Vec::len), Some(2));
 
     // Retention: at least 30 days; acme keeps 30, two of its entries are older.
-    let (status, _) = put(
-        &app,
-        "/api/tenant/config",
-        &erin,
-        json!({"audit_retention_days": 29}),
-    )
-    .await?;
+    let (status, _) = app
+        .put(
+            "/api/tenant/config",
+            &erin,
+            json!({"audit_retention_days": 29}),
+        )
+        .await?;
     assert_eq!(status, 422, "an admin cannot erase the trail");
-    put(
-        &app,
+    app.put(
         "/api/tenant/config",
         &erin,
         json!({"audit_retention_days": 30}),
@@ -1318,7 +1293,9 @@ async fn a_limit_update_changes_only_the_limits_given() -> TestResult {
     let app = TestApp::spawn().await?;
     let root = app.login(ROOT).await?;
     let path = format!("/api/admin/tenants/{}", app.acme);
-    let (status, answer) = put(&app, &path, &root, json!({"limits": {"max_members": 10}})).await?;
+    let (status, answer) = app
+        .put(&path, &root, json!({"limits": {"max_members": 10}}))
+        .await?;
     assert_eq!(
         (status, answer["error"].clone()),
         (
@@ -1326,13 +1303,13 @@ async fn a_limit_update_changes_only_the_limits_given() -> TestResult {
             json!("this tenant has no plan: give a plan with its limits")
         )
     );
-    let (_, t) = put(
-        &app,
-        &path,
-        &root,
-        json!({"plan": "pro", "limits": {"max_members": 10, "max_workspaces": 4}}),
-    )
-    .await?;
+    let (_, t) = app
+        .put(
+            &path,
+            &root,
+            json!({"plan": "pro", "limits": {"max_members": 10, "max_workspaces": 4}}),
+        )
+        .await?;
     assert_eq!(
         (
             t["limits"]["max_members"].clone(),
@@ -1340,7 +1317,9 @@ async fn a_limit_update_changes_only_the_limits_given() -> TestResult {
         ),
         (json!(10), json!(4))
     );
-    let (_, t) = put(&app, &path, &root, json!({"limits": {"max_members": 12}})).await?;
+    let (_, t) = app
+        .put(&path, &root, json!({"limits": {"max_members": 12}}))
+        .await?;
     assert_eq!(
         (
             t["limits"]["max_members"].clone(),
@@ -1349,13 +1328,9 @@ async fn a_limit_update_changes_only_the_limits_given() -> TestResult {
         (json!(12), json!(4)),
         "max_workspaces kept"
     );
-    let (_, t) = put(
-        &app,
-        &path,
-        &root,
-        json!({"limits": {"max_workspaces": null}}),
-    )
-    .await?;
+    let (_, t) = app
+        .put(&path, &root, json!({"limits": {"max_workspaces": null}}))
+        .await?;
     assert_eq!(
         (
             t["limits"]["max_members"].clone(),
@@ -1364,7 +1339,7 @@ async fn a_limit_update_changes_only_the_limits_given() -> TestResult {
         (json!(12), json!(25)),
         "back to the plan's"
     );
-    let (_, t) = put(&app, &path, &root, json!({"plan": "free"})).await?;
+    let (_, t) = app.put(&path, &root, json!({"plan": "free"})).await?;
     assert_eq!(
         (
             t["plan"].clone(),
@@ -1380,13 +1355,8 @@ async fn a_limit_update_changes_only_the_limits_given() -> TestResult {
 async fn a_forged_retention_never_purges_more_than_the_default_allows() -> TestResult {
     let app = TestApp::spawn().await?;
     let erin = app.login(ERIN).await?;
-    put(
-        &app,
-        "/api/tenant/config",
-        &erin,
-        json!({"locale": "fr-FR"}),
-    )
-    .await?;
+    app.put("/api/tenant/config", &erin, json!({"locale": "fr-FR"}))
+        .await?;
     let mut su = app.superuser().await?;
     sqlx::query(
         "UPDATE app.audit_events SET created_at = now() - interval '3 days' WHERE tenant_id = $1",
@@ -1449,7 +1419,7 @@ async fn mail_is_the_tenants_own_in_its_locale_with_a_branded_html_part() -> Tes
             json!({"locale": "fr", "subject": "Invitation à {tenant}", "body": "Bonjour {email},\n\nrejoignez <b>{tenant}</b>."}),
         ),
     ] {
-        let (status, answer) = put(&app, path, &alice, body).await?;
+        let (status, answer) = app.put(path, &alice, body).await?;
         assert_eq!(status, 200, "{path}: {answer}");
     }
     for (email, token) in [("new.fr@acme.test", &alice), ("new.en@globex.test", &gus)] {
@@ -1531,15 +1501,12 @@ async fn mail_is_the_tenants_own_in_its_locale_with_a_branded_html_part() -> Tes
             404,
         ),
     ] {
-        let (got, answer) = put(&app, path, token, body).await?;
+        let (got, answer) = app.put(path, token, body).await?;
         assert_eq!(got, status, "{path}: {answer}");
     }
-    let (status, _) = delete(
-        &app,
-        "/api/tenant/email-templates/invitation?locale=fr",
-        &alice,
-    )
-    .await?;
+    let (status, _) = app
+        .delete("/api/tenant/email-templates/invitation?locale=fr", &alice)
+        .await?;
     assert_eq!(status, 204);
     let (_, list) = app.get("/api/tenant/email-templates", &alice).await?;
     assert!(
@@ -1558,9 +1525,9 @@ async fn an_owner_deletes_the_tenant_restores_it_and_after_the_grace_period_it_i
     let alice = app.login(ALICE).await?;
     let erin = app.login(ERIN).await?;
     let gus = app.login(GUS).await?;
-    let (status, _) = delete(&app, "/api/tenant", &erin).await?;
+    let (status, _) = app.delete("/api/tenant", &erin).await?;
     assert_eq!(status, 403, "an admin does not delete the tenant");
-    let (status, body) = delete(&app, "/api/tenant", &alice).await?;
+    let (status, body) = app.delete("/api/tenant", &alice).await?;
     assert_eq!(
         (status, &body["status"]),
         (202, &json!("inactive")),
@@ -1587,7 +1554,7 @@ async fn an_owner_deletes_the_tenant_restores_it_and_after_the_grace_period_it_i
     // A platform decision replaces the owner's deletion: suspended by the
     // platform after the owner deleted it, the owner cannot undo that.
     let root = app.login(ROOT).await?;
-    let (status, _) = delete(&app, "/api/tenant", &app.login(ALICE).await?).await?;
+    let (status, _) = app.delete("/api/tenant", &app.login(ALICE).await?).await?;
     assert_eq!(status, 202);
     let (status, _) = app
         .call(
@@ -1634,7 +1601,7 @@ async fn an_owner_deletes_the_tenant_restores_it_and_after_the_grace_period_it_i
     );
 
     // Deleted again; once the grace period is over, every row goes.
-    let (status, _) = delete(&app, "/api/tenant", &app.login(ALICE).await?).await?;
+    let (status, _) = app.delete("/api/tenant", &app.login(ALICE).await?).await?;
     assert_eq!(status, 202);
     let mut su = app.superuser().await?;
     sqlx::query("UPDATE app.tenant_deletions SET purge_after = now() - interval '1 second'")

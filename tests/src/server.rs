@@ -368,6 +368,21 @@ impl TestApp {
             .await
     }
 
+    pub async fn put(&self, path: &str, token: &str, body: Value) -> TestResult<(u16, Value)> {
+        self.call(reqwest::Method::PUT, path, Some(token), &[], Some(body))
+            .await
+    }
+
+    pub async fn patch(&self, path: &str, token: &str, body: Value) -> TestResult<(u16, Value)> {
+        self.call(reqwest::Method::PATCH, path, Some(token), &[], Some(body))
+            .await
+    }
+
+    pub async fn delete(&self, path: &str, token: &str) -> TestResult<(u16, Value)> {
+        self.call(reqwest::Method::DELETE, path, Some(token), &[], None)
+            .await
+    }
+
     pub async fn post(&self, path: &str, token: &str, body: Value) -> TestResult<(u16, Value)> {
         self.call(reqwest::Method::POST, path, Some(token), &[], Some(body))
             .await

@@ -116,16 +116,8 @@ fn normalized(state: &AppState, domain: &str) -> AppResult<String> {
         )
     };
     let host = domain.trim().trim_end_matches('.').to_ascii_lowercase();
-    let label_ok = |l: &str| {
-        (1..=63).contains(&l.len())
-            && l.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-    };
-    if host.len() > 253
-        || !host.contains('.')
-        || !host.split('.').all(label_ok)
+    if !host.contains('.')
+        || !crate::tenant::is_host_name(&host)
         || host.parse::<std::net::IpAddr>().is_ok()
     {
         return Err(invalid());
