@@ -82,7 +82,7 @@ pub async fn purge(state: &AppState) -> AppResult<u64> {
 
 async fn purge_tenant(state: &AppState, tenant: Uuid, default_days: i64) -> AppResult<u64> {
     let mut tx = state.admin_db.begin().await?;
-    crate::provision::enter_tenant(&mut tx, &state.keys, tenant, Uuid::nil()).await?;
+    crate::context::enter(&mut tx, &state.keys, tenant, Uuid::nil()).await?;
     // From the configuration requests load, checked again: only 30 to 3650
     // days is ever used, whatever was written there.
     let days: Option<i64> = sqlx::query_scalar(

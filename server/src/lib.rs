@@ -9,6 +9,7 @@ pub mod audit;
 pub mod auth;
 pub mod authz;
 pub mod config;
+pub mod context;
 pub mod error;
 pub mod extract;
 pub mod limits;

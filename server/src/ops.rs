@@ -168,7 +168,7 @@ async fn enter_tenant(
     tenant: Uuid,
     user: Uuid,
 ) -> AppResult<()> {
-    crate::provision::enter_tenant(conn, &auth::Keys::new(config), tenant, user).await
+    crate::context::enter(conn, &auth::Keys::new(config), tenant, user).await
 }
 
 /// Creates (or promotes) a super admin: platform actions only, no tenant.

@@ -42,20 +42,6 @@ pub fn catalog_error(e: sqlx::Error) -> AppError {
     }
 }
 
-/// Sets the tenant's signed context for the rest of the transaction.
-pub async fn enter_tenant(
-    conn: &mut PgConnection,
-    keys: &crate::auth::Keys,
-    tenant: Uuid,
-    user: Uuid,
-) -> AppResult<()> {
-    sqlx::query("SELECT tenancy.set_token($1)")
-        .bind(keys.context_token(tenant, user)?)
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
 /// The owner's membership and a first workspace they administer (inside
 /// the tenant's context). Returns the workspace.
 pub async fn owner_and_workspace(conn: &mut PgConnection, owner: Uuid) -> AppResult<Uuid> {
@@ -137,7 +123,7 @@ pub async fn populate(
     actor: Uuid,
     new: &NewTenant<'_>,
 ) -> AppResult<()> {
-    enter_tenant(tx, &state.keys, tenant, owner).await?;
+    crate::context::enter(tx, &state.keys, tenant, owner).await?;
     sqlx::query("INSERT INTO app.tenant_plans (plan) VALUES ($1)")
         .bind(new.plan)
         .execute(&mut *tx)

@@ -290,17 +290,19 @@ pub async fn tenant_scope(
             u8::from(tenant_claim_mismatch)
         );
         if let Some(count) = crate::limits::sample(&state, &sample_key).await? {
-            sqlx::query("INSERT INTO app.audit_events (actor_id, action, target, details) VALUES ($1, $2, $3, $4)")
-                .bind(user_id)
-                .bind("tenant.access_denied")
-                .bind(crate::limits::capped(request.uri().path(), 200))
-                .bind(serde_json::json!({
+            crate::audit::record(
+                &mut tx,
+                tenant_id,
+                user_id,
+                "tenant.access_denied",
+                Some(crate::limits::capped(request.uri().path(), 200)),
+                serde_json::json!({
                     "method": request.method().as_str(),
                     "reason": reason,
                     "count": count,
-                }))
-                .execute(&mut *tx)
-                .await?;
+                }),
+            )
+            .await?;
             tx.commit().await?;
         }
         tracing::warn!(%user_id, %tenant_id, path = %request.uri().path(), "tenant access denied");

@@ -258,15 +258,10 @@ impl Worker {
     }
 
     async fn process(&self, message: &StreamMessage) -> Result<(), WorkerError> {
-        let context = self
-            .keys
-            .context_token(message.tenant_id, message.user_id)
-            .map_err(|e| WorkerError::Context(e.to_string()))?;
         let mut tx = self.db.begin().await?;
-        sqlx::query("SELECT tenancy.set_token($1)")
-            .bind(&context)
-            .execute(&mut *tx)
-            .await?;
+        crate::context::enter(&mut tx, &self.keys, message.tenant_id, message.user_id)
+            .await
+            .map_err(|e| WorkerError::Context(e.to_string()))?;
         let done = sqlx::query(
             "UPDATE app.messages SET processed_at = now(), processed_by = $2
              WHERE id = $1 AND processed_at IS NULL",

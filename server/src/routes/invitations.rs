@@ -314,12 +314,8 @@ async fn accept(
 
     // In the invitation's own tenant (no user yet: the nil user).
     let mut tx = state.db.begin().await?;
-    let context = state.keys.context_token(tenant, Uuid::nil())?;
     let found = async {
-        sqlx::query("SELECT tenancy.set_token($1)")
-            .bind(&context)
-            .execute(&mut *tx)
-            .await?;
+        crate::context::enter(&mut tx, &state.keys, tenant, Uuid::nil()).await?;
         sqlx::query(
             "SELECT id, email, role FROM app.invitations
              WHERE token_hash = $1 AND accepted_at IS NULL AND revoked_at IS NULL
@@ -329,9 +325,10 @@ async fn accept(
         .bind(&digest[..])
         .fetch_optional(&mut *tx)
         .await
+        .map_err(AppError::from)
     }
     .await;
-    let invitation = match found.map_err(AppError::from) {
+    let invitation = match found {
         Ok(Some(row)) => row,
         Ok(None) | Err(AppError::TenantNotFound) => return Err(NO_INVITATION),
         Err(other) => return Err(other),

@@ -82,23 +82,23 @@ pub(crate) async fn authorize(
     // the same tenant context.
     db.discard().await?;
     let mut tx = state.db.begin().await?;
-    sqlx::query("SELECT tenancy.set_token($1)")
-        .bind(state.keys.context_token(tenant.id, tenant.user_id)?)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("INSERT INTO app.audit_events (actor_id, action, target, details) VALUES ($1, 'authz.denied', $2, $3)")
-        .bind(tenant.user_id)
-        .bind(format!("{resource:?}"))
-        .bind(serde_json::json!({
+    crate::context::enter(&mut tx, &state.keys, tenant.id, tenant.user_id).await?;
+    crate::audit::record(
+        &mut tx,
+        tenant.id,
+        tenant.user_id,
+        "authz.denied",
+        Some(&format!("{resource:?}")),
+        serde_json::json!({
             "principal": tenant.user_id,
             "tenant_role": tenant.role,
             "action": action.as_str(),
             "resource": format!("{resource:?}"),
             "policies": decision.policies,
             "errors": decision.errors,
-        }))
-        .execute(&mut *tx)
-        .await?;
+        }),
+    )
+    .await?;
     tx.commit().await?;
     Err(AppError::Denied)
 }
@@ -238,7 +238,7 @@ pub(crate) async fn queue_link_mail(
     action: crate::mail_templates::Action<'_>,
 ) -> AppResult<()> {
     let mut tx = state.auth_db.begin().await?;
-    crate::provision::enter_tenant(&mut tx, &state.keys, tenant, user).await?;
+    crate::context::enter(&mut tx, &state.keys, tenant, user).await?;
     let mail = crate::mail_templates::render(&mut tx, key, email, Some(action)).await?;
     sqlx::query(queue)
         .bind(&digest[..])

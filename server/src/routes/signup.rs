@@ -183,7 +183,7 @@ async fn verify(
             .await?;
     let (tenant, user, email) = verified.ok_or(NO_LINK)?;
     let mut tx = state.db.begin().await?;
-    crate::provision::enter_tenant(&mut tx, &state.keys, tenant, user).await?;
+    crate::context::enter(&mut tx, &state.keys, tenant, user).await?;
     crate::routes::invitations::add_member(&state, &mut tx, tenant, &email, "member").await?;
     crate::audit::record(
         &mut tx,
@@ -271,7 +271,7 @@ async fn signup_tenant(
     .await?;
     // The mail goes out through the new tenant's own outbox, written in
     // its context while it is still active; then it waits, inactive.
-    crate::provision::enter_tenant(&mut tx, &state.keys, tenant, Uuid::nil()).await?;
+    crate::context::enter(&mut tx, &state.keys, tenant, Uuid::nil()).await?;
     let link = format!(
         "{}/verify-tenant-signup?token={secret}",
         state.config.app_url.trim_end_matches('/')
