@@ -195,3 +195,15 @@ pub async fn run(db: PgPool, mailer: Mailer, every: Duration, mut shutdown: watc
         }
     }
 }
+
+/// Whether `email` looks like an address mail can be sent to: one `@`, a
+/// local part, a dotted domain, no spaces or control characters, at most
+/// 254 bytes. Delivery is the proof; this only refuses what cannot be one.
+pub fn valid_address(email: &str) -> bool {
+    let parts: Vec<&str> = email.split('@').collect();
+    email.len() <= 254
+        && parts.len() == 2
+        && !parts[0].is_empty()
+        && parts[1].contains('.')
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
+}

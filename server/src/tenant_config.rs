@@ -92,7 +92,7 @@ fn check(rule: Rule, value: &Value) -> Result<(), String> {
         }
         (Rule::Integer { min, max }, _) => Err(format!("must be an integer from {min} to {max}")),
         (Rule::EmailOrNull, Value::Null) => Ok(()),
-        (Rule::EmailOrNull, Value::String(s)) if crate::routes::members::valid_email(s) => Ok(()),
+        (Rule::EmailOrNull, Value::String(s)) if crate::mail::valid_address(s) => Ok(()),
         (Rule::EmailOrNull, _) => Err("must be an email address or null".to_owned()),
         (Rule::Locale, Value::String(s)) if valid_locale(s) => Ok(()),
         (Rule::Locale, _) => Err("must be a locale such as en or en-US".to_owned()),

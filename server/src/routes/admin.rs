@@ -152,7 +152,7 @@ async fn create(
     AppJson(body): AppJson<CreateTenant>,
 ) -> AppResult<(StatusCode, Json<Value>)> {
     let admin = platform(&state, &user, Action::PlatformManageTenants).await?;
-    if !crate::routes::members::valid_email(body.owner_email.trim()) {
+    if !crate::mail::valid_address(body.owner_email.trim()) {
         return Err(AppError::Validation(
             "owner_email must be an email address".to_owned(),
         ));

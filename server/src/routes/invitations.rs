@@ -87,7 +87,7 @@ pub async fn invite(
     body: InviteRequest,
 ) -> AppResult<(StatusCode, Json<Invitation>)> {
     let email = body.email.trim().to_owned();
-    if !crate::routes::members::valid_email(&email) {
+    if !crate::mail::valid_address(&email) {
         return Err(AppError::Validation(
             "email must be an email address".to_owned(),
         ));

@@ -35,15 +35,6 @@ pub fn router() -> Routes {
         )
 }
 
-pub(crate) fn valid_email(email: &str) -> bool {
-    let parts: Vec<&str> = email.split('@').collect();
-    email.len() <= 254
-        && parts.len() == 2
-        && !parts[0].is_empty()
-        && parts[1].contains('.')
-        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
-}
-
 pub(crate) fn tenant_role(role: &str) -> AppResult<&str> {
     match role {
         "owner" | "admin" | "member" => Ok(role),

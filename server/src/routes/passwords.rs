@@ -121,7 +121,7 @@ async fn forgot(
     AppJson(body): AppJson<ForgotRequest>,
 ) -> AppResult<(StatusCode, Json<Value>)> {
     let email = body.email.trim();
-    if !crate::routes::members::valid_email(email) {
+    if !crate::mail::valid_address(email) {
         return Err(AppError::Validation(
             "email must be an email address".to_owned(),
         ));

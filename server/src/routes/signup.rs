@@ -54,7 +54,7 @@ async fn checked(
     password: &str,
 ) -> AppResult<String> {
     let email = email.trim().to_owned();
-    if !crate::routes::members::valid_email(&email) {
+    if !crate::mail::valid_address(&email) {
         return Err(AppError::Validation(
             "email must be an email address".to_owned(),
         ));

@@ -145,7 +145,7 @@ async fn update_billing(
     AppJson(body): AppJson<Billing>,
 ) -> AppResult<Json<Value>> {
     let email = body.billing_email.trim();
-    if !crate::routes::members::valid_email(email) {
+    if !crate::mail::valid_address(email) {
         return Err(AppError::Validation(
             "billing_email must be an email address".to_owned(),
         ));
