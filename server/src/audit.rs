@@ -41,13 +41,14 @@ pub async fn record(
 /// change it describes.
 pub async fn admin_action(
     db: &mut crate::tenant::DbGuard<'_>,
+    decided: crate::tenant::decide::Decided,
     tenant: &crate::tenant::Tenant,
     action: &str,
     target: Option<&str>,
     details: Value,
 ) -> AppResult<()> {
     record(
-        db.conn()?,
+        db.conn(decided)?,
         tenant.id,
         tenant.user_id,
         action,

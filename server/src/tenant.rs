@@ -11,6 +11,8 @@
 //! run a handler without the context set, nor reuse a transaction across
 //! requests.
 
+pub mod decide;
+
 use std::sync::Arc;
 
 use axum::extract::{FromRequestParts, Request, State};
@@ -80,7 +82,14 @@ impl DbGuard<'_> {
         Ok(())
     }
 
-    pub fn conn(&mut self) -> AppResult<&mut sqlx::PgConnection> {
+    /// The request's transaction, for what the decision `_` allowed.
+    pub fn conn(&mut self, _: decide::Decided) -> AppResult<&mut sqlx::PgConnection> {
+        self.tx()
+    }
+
+    /// The transaction before any decision: for the resource lookups in
+    /// [`decide`] only.
+    fn tx(&mut self) -> AppResult<&mut sqlx::PgConnection> {
         match self.0.as_mut() {
             Some(tx) => Ok(&mut **tx),
             None => Err(AppError::Internal(

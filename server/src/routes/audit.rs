@@ -96,7 +96,7 @@ async fn tenant_audit(
     AppQuery(query): AppQuery<AuditQuery>,
 ) -> AppResult<Json<Value>> {
     let mut db = db.lock().await?;
-    authorize(
+    let decided = authorize(
         &state,
         &tenant,
         &mut db,
@@ -104,5 +104,5 @@ async fn tenant_audit(
         Resource::Tenant(tenant.id),
     )
     .await?;
-    Ok(Json(page(db.conn()?, &query).await?))
+    Ok(Json(page(db.conn(decided)?, &query).await?))
 }

@@ -41,12 +41,12 @@ async fn list(
 ) -> AppResult<Json<Vec<Board>>> {
     let mut db = db.lock().await?;
     let resource = workspace_resource(&mut db, &tenant, workspace).await?;
-    authorize(&state, &tenant, &mut db, Action::WorkspaceView, resource).await?;
+    let decided = authorize(&state, &tenant, &mut db, Action::WorkspaceView, resource).await?;
     let rows = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM app.boards WHERE workspace_id = $1 ORDER BY created_at, id"
     ))
     .bind(workspace)
-    .fetch_all(db.conn()?)
+    .fetch_all(db.conn(decided)?)
     .await?;
     Ok(Json(rows))
 }
@@ -67,13 +67,13 @@ async fn create(
     let name = valid_name("name", &body.name, 200)?;
     let mut db = db.lock().await?;
     let resource = workspace_resource(&mut db, &tenant, workspace).await?;
-    authorize(&state, &tenant, &mut db, Action::BoardCreate, resource).await?;
+    let decided = authorize(&state, &tenant, &mut db, Action::BoardCreate, resource).await?;
     let board = sqlx::query_as(&format!(
         "INSERT INTO app.boards (workspace_id, name) VALUES ($1, $2) RETURNING {COLUMNS}"
     ))
     .bind(workspace)
     .bind(name)
-    .fetch_one(db.conn()?)
+    .fetch_one(db.conn(decided)?)
     .await?;
     Ok((StatusCode::CREATED, Json(board)))
 }
@@ -86,10 +86,10 @@ async fn read(
 ) -> AppResult<Json<Board>> {
     let mut db = db.lock().await?;
     let resource = board_resource(&mut db, &tenant, id).await?;
-    authorize(&state, &tenant, &mut db, Action::BoardView, resource).await?;
+    let decided = authorize(&state, &tenant, &mut db, Action::BoardView, resource).await?;
     sqlx::query_as(&format!("SELECT {COLUMNS} FROM app.boards WHERE id = $1"))
         .bind(id)
-        .fetch_optional(db.conn()?)
+        .fetch_optional(db.conn(decided)?)
         .await?
         .map(Json)
         .ok_or(AppError::NotFound("Board"))
@@ -105,13 +105,13 @@ async fn update(
     let name = valid_name("name", &body.name, 200)?;
     let mut db = db.lock().await?;
     let resource = board_resource(&mut db, &tenant, id).await?;
-    authorize(&state, &tenant, &mut db, Action::BoardUpdate, resource).await?;
+    let decided = authorize(&state, &tenant, &mut db, Action::BoardUpdate, resource).await?;
     sqlx::query_as(&format!(
         "UPDATE app.boards SET name = $2 WHERE id = $1 RETURNING {COLUMNS}"
     ))
     .bind(id)
     .bind(name)
-    .fetch_optional(db.conn()?)
+    .fetch_optional(db.conn(decided)?)
     .await?
     .map(Json)
     .ok_or(AppError::NotFound("Board"))
@@ -125,6 +125,6 @@ async fn remove(
 ) -> AppResult<StatusCode> {
     let mut db = db.lock().await?;
     let resource = board_resource(&mut db, &tenant, id).await?;
-    authorize(&state, &tenant, &mut db, Action::BoardDelete, resource).await?;
-    delete_row(&mut db, "app.boards", id, "Board").await
+    let decided = authorize(&state, &tenant, &mut db, Action::BoardDelete, resource).await?;
+    delete_row(&mut db, decided, "app.boards", id, "Board").await
 }

@@ -69,6 +69,7 @@ struct CreateSession {
 }
 
 async fn create_session(
+    State(state): State<AppState>,
     tenant: Tenant,
     db: Db,
     AppJson(body): AppJson<CreateSession>,
@@ -78,23 +79,31 @@ async fn create_session(
         None => "",
     };
     let mut db = db.lock().await?;
+    // Chat is every member's.
+    let decided = crate::tenant::decide::as_member(&state, &tenant, &mut db).await?;
     let session = sqlx::query_as(
         "INSERT INTO app.chat_sessions (user_id, title) VALUES ($1, $2)
          RETURNING id, user_id, title, created_at",
     )
     .bind(tenant.user_id)
     .bind(title)
-    .fetch_one(db.conn()?)
+    .fetch_one(db.conn(decided)?)
     .await?;
     Ok((StatusCode::CREATED, Json(session)))
 }
 
-async fn list_sessions(db: Db) -> AppResult<Json<Vec<Session>>> {
+async fn list_sessions(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    db: Db,
+) -> AppResult<Json<Vec<Session>>> {
     let mut db = db.lock().await?;
+    // Chat is every member's.
+    let decided = crate::tenant::decide::as_member(&state, &tenant, &mut db).await?;
     let rows = sqlx::query_as(
         "SELECT id, user_id, title, created_at FROM app.chat_sessions ORDER BY created_at, id",
     )
-    .fetch_all(db.conn()?)
+    .fetch_all(db.conn(decided)?)
     .await?;
     Ok(Json(rows))
 }
@@ -109,6 +118,8 @@ struct ListMessages {
 }
 
 async fn list_messages(
+    State(state): State<AppState>,
+    tenant: Tenant,
     db: Db,
     AppPath(session): AppPath<Uuid>,
     AppQuery(query): AppQuery<ListMessages>,
@@ -120,7 +131,9 @@ async fn list_messages(
         ));
     }
     let mut db = db.lock().await?;
-    if !crate::routes::exists(db.conn()?, "app.chat_sessions", session).await? {
+    // Chat is every member's.
+    let decided = crate::tenant::decide::as_member(&state, &tenant, &mut db).await?;
+    if !crate::routes::exists(db.conn(decided)?, "app.chat_sessions", session).await? {
         return Err(AppError::NotFound("Session"));
     }
     let after = match query.after {
@@ -131,7 +144,7 @@ async fn list_messages(
             )
             .bind(id)
             .bind(session)
-            .fetch_optional(db.conn()?)
+            .fetch_optional(db.conn(decided)?)
             .await?
             .ok_or_else(|| {
                 AppError::Validation("after must be a message of this session".to_owned())
@@ -147,7 +160,7 @@ async fn list_messages(
     .bind(after.map(|(at, _)| at))
     .bind(after.map(|(_, id)| id))
     .bind(limit)
-    .fetch_all(db.conn()?)
+    .fetch_all(db.conn(decided)?)
     .await?;
     Ok(Json(rows))
 }
@@ -209,8 +222,10 @@ async fn send(
     let content = valid_content(&body.content)?;
     rate_limit(&state, &tenant).await?;
     let mut db = db.lock().await?;
+    // Chat is every member's.
+    let decided = crate::tenant::decide::as_member(&state, &tenant, &mut db).await?;
     // Another user's session is as invisible as one that does not exist.
-    if !crate::routes::exists(db.conn()?, "app.chat_sessions", body.session_id).await? {
+    if !crate::routes::exists(db.conn(decided)?, "app.chat_sessions", body.session_id).await? {
         return Err(AppError::NotFound("Session"));
     }
     let message = sqlx::query_as(&format!(
@@ -220,7 +235,7 @@ async fn send(
     .bind(body.session_id)
     .bind(tenant.user_id)
     .bind(content)
-    .fetch_one(db.conn()?)
+    .fetch_one(db.conn(decided)?)
     .await?;
     Ok((StatusCode::CREATED, Json(message)))
 }

@@ -28,6 +28,7 @@ use crate::extract::{AppJson, AppPath};
 use crate::routes::authorize;
 use crate::routes::Routes;
 use crate::state::AppState;
+use crate::tenant::decide::Decided;
 use crate::tenant::{Db, DbGuard, Tenant};
 use crate::tenant_config;
 
@@ -66,11 +67,11 @@ async fn list_templates(
     db: Db,
 ) -> AppResult<Json<Value>> {
     let mut db = db.lock().await?;
-    allow(&state, &tenant, &mut db, Action::TenantManageSettings).await?;
+    let decided = allow(&state, &tenant, &mut db, Action::TenantManageSettings).await?;
     let rows: Vec<Template> = sqlx::query_as(
         "SELECT key, locale, subject, body FROM app.email_templates ORDER BY key, locale",
     )
-    .fetch_all(db.conn()?)
+    .fetch_all(db.conn(decided)?)
     .await?;
     Ok(Json(
         json!({"templates": rows, "keys": crate::mail_templates::EDITABLE}),
@@ -139,7 +140,7 @@ async fn put_template(
         ));
     }
     let mut db = db.lock().await?;
-    allow(&state, &tenant, &mut db, Action::TenantManageSettings).await?;
+    let decided = allow(&state, &tenant, &mut db, Action::TenantManageSettings).await?;
     let row: Template = sqlx::query_as(
         "INSERT INTO app.email_templates (key, locale, subject, body) VALUES ($1, $2, $3, $4)
          ON CONFLICT (tenant_id, key, locale) DO UPDATE SET subject = EXCLUDED.subject, body = EXCLUDED.body
@@ -149,10 +150,11 @@ async fn put_template(
     .bind(&body.locale)
     .bind(subject)
     .bind(&body.body)
-    .fetch_one(db.conn()?)
+    .fetch_one(db.conn(decided)?)
     .await?;
     crate::audit::admin_action(
         &mut db,
+        decided,
         &tenant,
         "email_template.updated",
         Some(key),
@@ -173,17 +175,18 @@ async fn delete_template(
 ) -> AppResult<axum::http::StatusCode> {
     let key = template_key(&key)?;
     let mut db = db.lock().await?;
-    allow(&state, &tenant, &mut db, Action::TenantManageSettings).await?;
+    let decided = allow(&state, &tenant, &mut db, Action::TenantManageSettings).await?;
     let done = sqlx::query("DELETE FROM app.email_templates WHERE key = $1 AND locale = $2")
         .bind(key)
         .bind(&query.locale)
-        .execute(db.conn()?)
+        .execute(db.conn(decided)?)
         .await?;
     if done.rows_affected() == 0 {
         return Err(AppError::NotFound("Template"));
     }
     crate::audit::admin_action(
         &mut db,
+        decided,
         &tenant,
         "email_template.deleted",
         Some(key),
@@ -198,15 +201,15 @@ async fn allow(
     tenant: &Tenant,
     db: &mut DbGuard<'_>,
     action: Action,
-) -> AppResult<()> {
+) -> AppResult<Decided> {
     authorize(state, tenant, db, action, Resource::Tenant(tenant.id)).await
 }
 
 /// The tenant's configuration document as every request loads it (the
 /// catalog's `configuration`), schema keys and the tenant's own keys alike.
-async fn loaded(db: &mut DbGuard<'_>) -> AppResult<Map<String, Value>> {
+async fn loaded(db: &mut DbGuard<'_>, decided: Decided) -> AppResult<Map<String, Value>> {
     let document: Value = sqlx::query_scalar("SELECT configuration FROM tenancy.current_tenant()")
-        .fetch_one(db.conn()?)
+        .fetch_one(db.conn(decided)?)
         .await?;
     Ok(match document {
         Value::Object(map) => map,
@@ -216,25 +219,32 @@ async fn loaded(db: &mut DbGuard<'_>) -> AppResult<Map<String, Value>> {
 
 /// The configuration in force (what requests load, with defaults for what
 /// is not set) and its version (0: never changed).
-async fn current_config(db: &mut DbGuard<'_>) -> AppResult<(i32, Map<String, Value>)> {
+async fn current_config(
+    db: &mut DbGuard<'_>,
+    decided: Decided,
+) -> AppResult<(i32, Map<String, Value>)> {
     let version: Option<i32> = sqlx::query_scalar(
         "SELECT max(version) FROM app.tenant_config_versions WHERE kind = 'config'",
     )
-    .fetch_one(db.conn()?)
+    .fetch_one(db.conn(decided)?)
     .await?;
-    let set = loaded(db).await?;
+    let set = loaded(db, decided).await?;
     Ok((version.unwrap_or(0), tenant_config::effective(&set)))
 }
 
 /// Puts a configuration into the document requests load: its schema keys
 /// replace the document's, the tenant's other keys stay.
-async fn apply_config(db: &mut DbGuard<'_>, config: &Map<String, Value>) -> AppResult<()> {
-    let mut document = loaded(db).await?;
+async fn apply_config(
+    db: &mut DbGuard<'_>,
+    decided: Decided,
+    config: &Map<String, Value>,
+) -> AppResult<()> {
+    let mut document = loaded(db, decided).await?;
     document.retain(|key, _| !tenant_config::is_key(key));
     document.extend(config.iter().map(|(k, v)| (k.clone(), v.clone())));
     sqlx::query("SELECT tenancy.set_current_tenant_configuration($1)")
         .bind(Value::Object(document))
-        .execute(db.conn()?)
+        .execute(db.conn(decided)?)
         .await?;
     Ok(())
 }
@@ -243,6 +253,7 @@ async fn apply_config(db: &mut DbGuard<'_>, config: &Map<String, Value>) -> AppR
 /// its schema keys must be valid, and a change to them is a new version.
 pub(crate) async fn settings_written(
     db: &mut DbGuard<'_>,
+    decided: Decided,
     tenant: &Tenant,
     before: &Map<String, Value>,
     after: &Map<String, Value>,
@@ -259,17 +270,17 @@ pub(crate) async fn settings_written(
     );
     let changes = tenant_config::changes(&before, &after);
     if changes.as_object().is_some_and(|c| !c.is_empty()) {
-        new_version(db, tenant, "config", &after, changes, None).await?;
+        new_version(db, decided, tenant, "config", &after, changes, None).await?;
     }
     Ok(())
 }
 
-async fn current_branding(db: &mut DbGuard<'_>) -> AppResult<Map<String, Value>> {
+async fn current_branding(db: &mut DbGuard<'_>, decided: Decided) -> AppResult<Map<String, Value>> {
     let (display_name, logo_url, primary_color): (String, Option<String>, Option<String>) =
         sqlx::query_as(
             "SELECT display_name, logo_url, primary_color FROM tenancy.current_tenant()",
         )
-        .fetch_one(db.conn()?)
+        .fetch_one(db.conn(decided)?)
         .await?;
     Ok(branding_map(display_name, logo_url, primary_color))
 }
@@ -289,13 +300,14 @@ fn branding_map(
 /// Writes a new version of `kind` and its audit entry; returns its number.
 async fn new_version(
     db: &mut DbGuard<'_>,
+    decided: Decided,
     tenant: &Tenant,
     kind: &str,
     value: &Map<String, Value>,
     changes: Value,
     restored_from: Option<i32>,
 ) -> AppResult<i32> {
-    let conn = db.conn()?;
+    let conn = db.conn(decided)?;
     // One writer at a time per tenant, so version numbers never collide.
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('tenancy.config'), hashtext($1::text))")
         .bind(tenant.id)
@@ -336,8 +348,8 @@ async fn read_config(
     db: Db,
 ) -> AppResult<Json<Value>> {
     let mut db = db.lock().await?;
-    allow(&state, &tenant, &mut db, Action::TenantManageSettings).await?;
-    let (version, config) = current_config(&mut db).await?;
+    let decided = allow(&state, &tenant, &mut db, Action::TenantManageSettings).await?;
+    let (version, config) = current_config(&mut db, decided).await?;
     Ok(Json(json!({"version": version, "config": config})))
 }
 
@@ -359,13 +371,13 @@ async fn update_config(
     }
     tenant_config::validate(&update).map_err(AppError::Validation)?;
     let mut db = db.lock().await?;
-    allow(&state, &tenant, &mut db, Action::TenantManageSettings).await?;
-    let (_, before) = current_config(&mut db).await?;
+    let decided = allow(&state, &tenant, &mut db, Action::TenantManageSettings).await?;
+    let (_, before) = current_config(&mut db, decided).await?;
     let mut after = before.clone();
     after.extend(update);
     let changes = tenant_config::changes(&before, &after);
-    let version = new_version(&mut db, &tenant, "config", &after, changes, None).await?;
-    apply_config(&mut db, &after).await?;
+    let version = new_version(&mut db, decided, &tenant, "config", &after, changes, None).await?;
+    apply_config(&mut db, decided, &after).await?;
     Ok(Json(json!({"version": version, "config": after})))
 }
 
@@ -385,12 +397,12 @@ async fn versions(
     db: Db,
 ) -> AppResult<Json<Vec<Version>>> {
     let mut db = db.lock().await?;
-    allow(&state, &tenant, &mut db, Action::TenantManageSettings).await?;
+    let decided = allow(&state, &tenant, &mut db, Action::TenantManageSettings).await?;
     let rows = sqlx::query_as(
         "SELECT version, kind, changes, changed_by, changed_at, restored_from
          FROM app.tenant_config_versions ORDER BY version DESC",
     )
-    .fetch_all(db.conn()?)
+    .fetch_all(db.conn(decided)?)
     .await?;
     Ok(Json(rows))
 }
@@ -408,6 +420,7 @@ struct StoredVersion {
 /// A version's kind, its document, and the whole row as JSON.
 async fn load_version(
     db: &mut DbGuard<'_>,
+    decided: Decided,
     number: i32,
 ) -> AppResult<(String, Map<String, Value>, Value)> {
     let row: Option<StoredVersion> = sqlx::query_as(
@@ -415,7 +428,7 @@ async fn load_version(
          FROM app.tenant_config_versions WHERE version = $1",
     )
     .bind(number)
-    .fetch_optional(db.conn()?)
+    .fetch_optional(db.conn(decided)?)
     .await?;
     let Some(StoredVersion {
         kind,
@@ -442,8 +455,8 @@ async fn version(
     AppPath(number): AppPath<i32>,
 ) -> AppResult<Json<Value>> {
     let mut db = db.lock().await?;
-    allow(&state, &tenant, &mut db, Action::TenantManageSettings).await?;
-    Ok(Json(load_version(&mut db, number).await?.2))
+    let decided = allow(&state, &tenant, &mut db, Action::TenantManageSettings).await?;
+    Ok(Json(load_version(&mut db, decided, number).await?.2))
 }
 
 async fn restore(
@@ -453,12 +466,13 @@ async fn restore(
     AppPath(number): AppPath<i32>,
 ) -> AppResult<Json<Value>> {
     let mut db = db.lock().await?;
-    allow(&state, &tenant, &mut db, Action::TenantManageSettings).await?;
-    let (kind, value, _) = load_version(&mut db, number).await?;
+    let decided = allow(&state, &tenant, &mut db, Action::TenantManageSettings).await?;
+    let (kind, value, _) = load_version(&mut db, decided, number).await?;
     let (before, after) = if kind == "branding" {
-        let before = current_branding(&mut db).await?;
+        let before = current_branding(&mut db, decided).await?;
         let after = apply_branding(
             &mut db,
+            decided,
             value.get("display_name").and_then(Value::as_str),
             Some(value.get("logo_url").and_then(Value::as_str).unwrap_or("")),
             Some(
@@ -471,17 +485,26 @@ async fn restore(
         .await?;
         (before, after)
     } else {
-        let (_, before) = current_config(&mut db).await?;
+        let (_, before) = current_config(&mut db, decided).await?;
         let after = tenant_config::effective(&value);
         // History is checked again before it is trusted.
         tenant_config::validate(&after).map_err(|e| {
             AppError::Validation(format!("version {number} cannot be restored: {e}"))
         })?;
-        apply_config(&mut db, &after).await?;
+        apply_config(&mut db, decided, &after).await?;
         (before, after)
     };
     let changes = tenant_config::changes(&before, &after);
-    let version = new_version(&mut db, &tenant, &kind, &after, changes, Some(number)).await?;
+    let version = new_version(
+        &mut db,
+        decided,
+        &tenant,
+        &kind,
+        &after,
+        changes,
+        Some(number),
+    )
+    .await?;
     Ok(Json(
         json!({"version": version, "kind": kind, "value": after, "restored_from": number}),
     ))
@@ -493,8 +516,8 @@ async fn read_branding(
     db: Db,
 ) -> AppResult<Json<Map<String, Value>>> {
     let mut db = db.lock().await?;
-    allow(&state, &tenant, &mut db, Action::TenantView).await?;
-    Ok(Json(current_branding(&mut db).await?))
+    let decided = allow(&state, &tenant, &mut db, Action::TenantView).await?;
+    Ok(Json(current_branding(&mut db, decided).await?))
 }
 
 #[derive(Deserialize)]
@@ -509,6 +532,7 @@ struct Branding {
 
 async fn apply_branding(
     db: &mut DbGuard<'_>,
+    decided: Decided,
     display_name: Option<&str>,
     logo_url: Option<&str>,
     primary_color: Option<&str>,
@@ -518,7 +542,7 @@ async fn apply_branding(
             .bind(display_name)
             .bind(logo_url)
             .bind(primary_color)
-            .fetch_one(db.conn()?)
+            .fetch_one(db.conn(decided)?)
             .await
             .map_err(|e| match &e {
                 sqlx::Error::Database(d) if d.code().as_deref() == Some("22023") => {
@@ -552,16 +576,17 @@ async fn update_branding(
         }
     }
     let mut db = db.lock().await?;
-    allow(&state, &tenant, &mut db, Action::TenantManageSettings).await?;
-    let before = current_branding(&mut db).await?;
+    let decided = allow(&state, &tenant, &mut db, Action::TenantManageSettings).await?;
+    let before = current_branding(&mut db, decided).await?;
     let after = apply_branding(
         &mut db,
+        decided,
         body.display_name.as_deref(),
         body.logo_url.as_deref(),
         body.primary_color.as_deref(),
     )
     .await?;
     let changes = tenant_config::changes(&before, &after);
-    let version = new_version(&mut db, &tenant, "branding", &after, changes, None).await?;
+    let version = new_version(&mut db, decided, &tenant, "branding", &after, changes, None).await?;
     Ok(Json(json!({"version": version, "branding": after})))
 }

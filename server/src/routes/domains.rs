@@ -30,6 +30,7 @@ use crate::extract::{AppJson, AppPath};
 use crate::routes::Routes;
 use crate::routes::{authorize, bypass};
 use crate::state::AppState;
+use crate::tenant::decide::Decided;
 use crate::tenant::{Db, DbGuard, Tenant};
 
 /// Claims, verified or pending, one tenant may hold.
@@ -96,7 +97,7 @@ async fn authorize_domains(
     state: &AppState,
     tenant: &Tenant,
     db: &mut DbGuard<'_>,
-) -> AppResult<()> {
+) -> AppResult<Decided> {
     authorize(
         state,
         tenant,
@@ -146,10 +147,10 @@ async fn claim(
     AppJson(body): AppJson<ClaimRequest>,
 ) -> AppResult<(StatusCode, Json<ClaimView>)> {
     let mut db = db.lock().await?;
-    authorize_domains(&state, &tenant, &mut db).await?;
+    let decided = authorize_domains(&state, &tenant, &mut db).await?;
     let domain = normalized(&state, &body.domain)?;
     let held: i64 = sqlx::query_scalar("SELECT count(*) FROM app.domain_claims")
-        .fetch_one(db.conn()?)
+        .fetch_one(db.conn(decided)?)
         .await?;
     if held >= MAX_CLAIMS {
         return Err(AppError::LimitReached(format!(
@@ -165,7 +166,7 @@ async fn claim(
     .bind(&domain)
     .bind(&secret[..32])
     .bind(tenant.user_id)
-    .fetch_optional(db.conn()?)
+    .fetch_optional(db.conn(decided)?)
     .await?;
     let Some(claim) = claim else {
         return Err(AppError::Conflict(
@@ -173,7 +174,7 @@ async fn claim(
         ));
     };
     crate::audit::record(
-        db.conn()?,
+        db.conn(decided)?,
         tenant.id,
         tenant.user_id,
         "domain.claimed",
@@ -186,9 +187,9 @@ async fn claim(
 
 async fn list(State(state): State<AppState>, tenant: Tenant, db: Db) -> AppResult<Json<Value>> {
     let mut db = db.lock().await?;
-    authorize_domains(&state, &tenant, &mut db).await?;
+    let decided = authorize_domains(&state, &tenant, &mut db).await?;
     let claims: Vec<Claim> = sqlx::query_as(&format!("{CLAIM} ORDER BY domain"))
-        .fetch_all(db.conn()?)
+        .fetch_all(db.conn(decided)?)
         .await?;
     let claims: Vec<ClaimView> = claims.into_iter().map(ClaimView::from).collect();
     Ok(Json(json!({ "domains": claims })))
@@ -204,11 +205,11 @@ async fn claim_to_change(
     domain: &str,
 ) -> AppResult<Claim> {
     let mut db = db.lock().await?;
-    authorize_domains(state, tenant, &mut db).await?;
+    let decided = authorize_domains(state, tenant, &mut db).await?;
     let domain = normalized(state, domain).map_err(|_| AppError::NotFound("Domain"))?;
     let claim = sqlx::query_as(&format!("{CLAIM} WHERE domain = $1"))
         .bind(&domain)
-        .fetch_optional(db.conn()?)
+        .fetch_optional(db.conn(decided)?)
         .await?
         .ok_or(AppError::NotFound("Domain"))?;
     db.discard().await?;

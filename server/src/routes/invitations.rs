@@ -23,6 +23,7 @@ use crate::extract::{AppJson, AppPath};
 use crate::limits::ClientAddress;
 use crate::routes::Routes;
 use crate::state::AppState;
+use crate::tenant::decide::Decided;
 use crate::tenant::{Db, DbGuard, Tenant};
 
 /// Days an invitation link stays valid.
@@ -74,7 +75,7 @@ async fn authorize_invite(
     tenant: &Tenant,
     db: &mut DbGuard<'_>,
     role: &str,
-) -> AppResult<()> {
+) -> AppResult<Decided> {
     crate::routes::members::authorize_role_change(state, tenant, db, &[role]).await
 }
 
@@ -93,14 +94,14 @@ pub async fn invite(
         ));
     }
     let role = crate::routes::members::tenant_role(&body.role)?;
-    authorize_invite(state, tenant, db, role).await?;
+    let decided = authorize_invite(state, tenant, db, role).await?;
     // The tenant's own members are no secret to its admins.
     let member: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM app.tenant_memberships m JOIN app.users u ON u.id = m.user_id
                         WHERE lower(u.email) = lower($1))",
     )
     .bind(&email)
-    .fetch_one(db.conn()?)
+    .fetch_one(db.conn(decided)?)
     .await?;
     if member {
         return Err(AppError::Conflict(
@@ -113,7 +114,7 @@ pub async fn invite(
          WHERE lower(email) = lower($1) AND accepted_at IS NULL AND revoked_at IS NULL",
     )
     .bind(&email)
-    .execute(db.conn()?)
+    .execute(db.conn(decided)?)
     .await?;
     let (token, digest) = new_token(tenant.id);
     let invitation: Invitation = sqlx::query_as(
@@ -126,11 +127,11 @@ pub async fn invite(
     .bind(&digest[..])
     .bind(tenant.user_id)
     .bind(VALID_DAYS)
-    .fetch_one(db.conn()?)
+    .fetch_one(db.conn(decided)?)
     .await?;
-    mail(state, db, invitation.id, &email, &token).await?;
+    mail(state, db, decided, invitation.id, &email, &token).await?;
     crate::audit::record(
-        db.conn()?,
+        db.conn(decided)?,
         tenant.id,
         tenant.user_id,
         "invitation.sent",
@@ -147,6 +148,7 @@ pub async fn invite(
 async fn mail(
     state: &AppState,
     db: &mut DbGuard<'_>,
+    decided: Decided,
     invitation: Uuid,
     email: &str,
     token: &str,
@@ -161,7 +163,7 @@ async fn mail(
          The link works once and expires in {VALID_DAYS} days.\n"
     );
     let mail = crate::mail_templates::render(
-        db.conn()?,
+        db.conn(decided)?,
         "invitation",
         email,
         Some(crate::mail_templates::Action {
@@ -176,7 +178,7 @@ async fn mail(
         .bind(mail.subject)
         .bind(mail.text)
         .bind(mail.html)
-        .execute(db.conn()?)
+        .execute(db.conn(decided)?)
         .await?;
     Ok(())
 }
@@ -198,23 +200,27 @@ async fn list(
     db: Db,
 ) -> AppResult<Json<Vec<Invitation>>> {
     let mut db = db.lock().await?;
-    authorize_invite(&state, &tenant, &mut db, "member").await?;
+    let decided = authorize_invite(&state, &tenant, &mut db, "member").await?;
     let rows = sqlx::query_as(&format!(
         "{INVITATION} WHERE accepted_at IS NULL AND revoked_at IS NULL ORDER BY created_at DESC"
     ))
-    .fetch_all(db.conn()?)
+    .fetch_all(db.conn(decided)?)
     .await?;
     Ok(Json(rows))
 }
 
 /// A pending invitation's role, locked; 404 if there is none.
-async fn pending_role(db: &mut DbGuard<'_>, id: Uuid) -> AppResult<(String, String)> {
+async fn pending_role(
+    db: &mut DbGuard<'_>,
+    decided: Decided,
+    id: Uuid,
+) -> AppResult<(String, String)> {
     sqlx::query_as(
         "SELECT email, role FROM app.invitations
          WHERE id = $1 AND accepted_at IS NULL AND revoked_at IS NULL FOR UPDATE",
     )
     .bind(id)
-    .fetch_optional(db.conn()?)
+    .fetch_optional(db.conn(decided)?)
     .await?
     .ok_or(AppError::NotFound("Invitation"))
 }
@@ -228,8 +234,10 @@ async fn resend(
     AppPath(id): AppPath<Uuid>,
 ) -> AppResult<(StatusCode, Json<Invitation>)> {
     let mut db = db.lock().await?;
-    let (email, role) = pending_role(&mut db, id).await?;
-    authorize_invite(&state, &tenant, &mut db, &role).await?;
+    // Managing users at all first; then the invitation's role, once known.
+    let decided = authorize_invite(&state, &tenant, &mut db, "member").await?;
+    let (email, role) = pending_role(&mut db, decided, id).await?;
+    let decided = authorize_invite(&state, &tenant, &mut db, &role).await?;
     let (token, digest) = new_token(tenant.id);
     let invitation: Invitation = sqlx::query_as(
         "UPDATE app.invitations SET token_hash = $2, expires_at = now() + make_interval(days => $3)
@@ -238,11 +246,11 @@ async fn resend(
     .bind(id)
     .bind(&digest[..])
     .bind(VALID_DAYS)
-    .fetch_one(db.conn()?)
+    .fetch_one(db.conn(decided)?)
     .await?;
-    mail(&state, &mut db, id, &email, &token).await?;
+    mail(&state, &mut db, decided, id, &email, &token).await?;
     crate::audit::record(
-        db.conn()?,
+        db.conn(decided)?,
         tenant.id,
         tenant.user_id,
         "invitation.resent",
@@ -260,14 +268,16 @@ async fn revoke(
     AppPath(id): AppPath<Uuid>,
 ) -> AppResult<StatusCode> {
     let mut db = db.lock().await?;
-    let (email, role) = pending_role(&mut db, id).await?;
-    authorize_invite(&state, &tenant, &mut db, &role).await?;
+    // Managing users at all first; then the invitation's role, once known.
+    let decided = authorize_invite(&state, &tenant, &mut db, "member").await?;
+    let (email, role) = pending_role(&mut db, decided, id).await?;
+    let decided = authorize_invite(&state, &tenant, &mut db, &role).await?;
     sqlx::query("UPDATE app.invitations SET revoked_at = now() WHERE id = $1")
         .bind(id)
-        .execute(db.conn()?)
+        .execute(db.conn(decided)?)
         .await?;
     crate::audit::record(
-        db.conn()?,
+        db.conn(decided)?,
         tenant.id,
         tenant.user_id,
         "invitation.revoked",

@@ -16,6 +16,7 @@ use crate::routes::invitations::{invite, Invitation, InviteRequest};
 use crate::routes::Routes;
 use crate::routes::{authorize, workspace_resource};
 use crate::state::AppState;
+use crate::tenant::decide::Decided;
 use crate::tenant::{Db, DbGuard, Tenant};
 
 pub fn router() -> Routes {
@@ -67,19 +68,12 @@ async fn list_tenant(
     db: Db,
 ) -> AppResult<Json<Vec<Member>>> {
     let mut db = db.lock().await?;
-    authorize(
-        &state,
-        &tenant,
-        &mut db,
-        Action::TenantView,
-        Resource::Tenant(tenant.id),
-    )
-    .await?;
+    let decided = crate::tenant::decide::as_member(&state, &tenant, &mut db).await?;
     let rows = sqlx::query_as(
         "SELECT m.user_id, u.email, u.display_name, m.role
          FROM app.tenant_memberships m JOIN app.users u ON u.id = m.user_id ORDER BY u.email",
     )
-    .fetch_all(db.conn()?)
+    .fetch_all(db.conn(decided)?)
     .await?;
     Ok(Json(rows))
 }
@@ -90,8 +84,8 @@ pub(crate) async fn authorize_role_change(
     tenant: &Tenant,
     db: &mut DbGuard<'_>,
     roles: &[&str],
-) -> AppResult<()> {
-    authorize(
+) -> AppResult<Decided> {
+    let decided = authorize(
         state,
         tenant,
         db,
@@ -100,16 +94,16 @@ pub(crate) async fn authorize_role_change(
     )
     .await?;
     if roles.contains(&"owner") {
-        authorize(
+        return authorize(
             state,
             tenant,
             db,
             Action::TenantManageOwners,
             Resource::Tenant(tenant.id),
         )
-        .await?;
+        .await;
     }
-    Ok(())
+    Ok(decided)
 }
 
 /// Invites an address (the same as `POST /api/tenant/invitations`): the
@@ -124,32 +118,32 @@ async fn add_tenant(
     invite(&state, &tenant, &mut db, body).await
 }
 
-async fn tenant_member(db: &mut DbGuard<'_>, user: Uuid) -> AppResult<Member> {
+async fn tenant_member(db: &mut DbGuard<'_>, decided: Decided, user: Uuid) -> AppResult<Member> {
     Ok(sqlx::query_as(
         "SELECT m.user_id, u.email, u.display_name, m.role
          FROM app.tenant_memberships m JOIN app.users u ON u.id = m.user_id WHERE m.user_id = $1",
     )
     .bind(user)
-    .fetch_one(db.conn()?)
+    .fetch_one(db.conn(decided)?)
     .await?)
 }
 
-async fn current_role(db: &mut DbGuard<'_>, user: Uuid) -> AppResult<String> {
+async fn current_role(db: &mut DbGuard<'_>, decided: Decided, user: Uuid) -> AppResult<String> {
     let row: Option<(String,)> =
         sqlx::query_as("SELECT role FROM app.tenant_memberships WHERE user_id = $1 FOR UPDATE")
             .bind(user)
-            .fetch_optional(db.conn()?)
+            .fetch_optional(db.conn(decided)?)
             .await?;
     row.map(|(r,)| r).ok_or(AppError::NotFound("Member"))
 }
 
 /// Refuses to leave the tenant without an owner.
-async fn keep_an_owner(db: &mut DbGuard<'_>, user: Uuid) -> AppResult<()> {
+async fn keep_an_owner(db: &mut DbGuard<'_>, decided: Decided, user: Uuid) -> AppResult<()> {
     let others: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM (SELECT 1 FROM app.tenant_memberships WHERE role = 'owner' AND user_id <> $1 FOR UPDATE) o",
     )
     .bind(user)
-    .fetch_one(db.conn()?)
+    .fetch_one(db.conn(decided)?)
     .await?;
     if others == 0 {
         return Err(AppError::Conflict(
@@ -166,12 +160,13 @@ async fn spare_owners(
     state: &AppState,
     tenant: &Tenant,
     db: &mut DbGuard<'_>,
+    decided: Decided,
     user: Uuid,
 ) -> AppResult<()> {
     let role: Option<String> =
         sqlx::query_scalar("SELECT role FROM app.tenant_memberships WHERE user_id = $1")
             .bind(user)
-            .fetch_optional(db.conn()?)
+            .fetch_optional(db.conn(decided)?)
             .await?;
     if role.as_deref() == Some("owner") && user != tenant.user_id {
         authorize_role_change(state, tenant, db, &["owner"]).await?;
@@ -194,19 +189,22 @@ async fn change_tenant(
 ) -> AppResult<Json<Member>> {
     let role = tenant_role(&body.role)?;
     let mut db = db.lock().await?;
-    let before = current_role(&mut db, user).await?;
-    authorize_role_change(&state, &tenant, &mut db, &[role, before.as_str()]).await?;
+    // Managing users at all first; then the roles involved, once known.
+    let decided = authorize_role_change(&state, &tenant, &mut db, &[]).await?;
+    let before = current_role(&mut db, decided, user).await?;
+    let decided = authorize_role_change(&state, &tenant, &mut db, &[role, before.as_str()]).await?;
     if before == "owner" && role != "owner" {
-        keep_an_owner(&mut db, user).await?;
+        keep_an_owner(&mut db, decided, user).await?;
     }
     sqlx::query("UPDATE app.tenant_memberships SET role = $2 WHERE user_id = $1")
         .bind(user)
         .bind(role)
-        .execute(db.conn()?)
+        .execute(db.conn(decided)?)
         .await?;
-    let member = tenant_member(&mut db, user).await?;
+    let member = tenant_member(&mut db, decided, user).await?;
     crate::audit::admin_action(
         &mut db,
+        decided,
         &tenant,
         "member.role_changed",
         Some(&member.email),
@@ -223,18 +221,21 @@ async fn remove_tenant(
     AppPath(user): AppPath<Uuid>,
 ) -> AppResult<StatusCode> {
     let mut db = db.lock().await?;
-    let before = current_role(&mut db, user).await?;
-    authorize_role_change(&state, &tenant, &mut db, &[before.as_str()]).await?;
+    // Managing users at all first; then the roles involved, once known.
+    let decided = authorize_role_change(&state, &tenant, &mut db, &[]).await?;
+    let before = current_role(&mut db, decided, user).await?;
+    let decided = authorize_role_change(&state, &tenant, &mut db, &[before.as_str()]).await?;
     if before == "owner" {
-        keep_an_owner(&mut db, user).await?;
+        keep_an_owner(&mut db, decided, user).await?;
     }
-    let removed = tenant_member(&mut db, user).await?;
+    let removed = tenant_member(&mut db, decided, user).await?;
     sqlx::query("DELETE FROM app.tenant_memberships WHERE user_id = $1")
         .bind(user)
-        .execute(db.conn()?)
+        .execute(db.conn(decided)?)
         .await?;
     crate::audit::admin_action(
         &mut db,
+        decided,
         &tenant,
         "member.removed",
         Some(&removed.email),
@@ -257,6 +258,7 @@ const WORKSPACE_MEMBER: &str = "SELECT w.user_id, u.email, w.role FROM app.works
 
 async fn workspace_member(
     db: &mut DbGuard<'_>,
+    decided: Decided,
     workspace: Uuid,
     user: Uuid,
 ) -> AppResult<WorkspaceMember> {
@@ -265,7 +267,7 @@ async fn workspace_member(
     ))
     .bind(workspace)
     .bind(user)
-    .fetch_one(db.conn()?)
+    .fetch_one(db.conn(decided)?)
     .await?)
 }
 
@@ -277,12 +279,12 @@ async fn list_workspace(
 ) -> AppResult<Json<Vec<WorkspaceMember>>> {
     let mut db = db.lock().await?;
     let resource = workspace_resource(&mut db, &tenant, workspace).await?;
-    authorize(&state, &tenant, &mut db, Action::WorkspaceView, resource).await?;
+    let decided = authorize(&state, &tenant, &mut db, Action::WorkspaceView, resource).await?;
     let rows = sqlx::query_as(&format!(
         "{WORKSPACE_MEMBER} WHERE w.workspace_id = $1 ORDER BY u.email"
     ))
     .bind(workspace)
-    .fetch_all(db.conn()?)
+    .fetch_all(db.conn(decided)?)
     .await?;
     Ok(Json(rows))
 }
@@ -304,7 +306,7 @@ async fn add_workspace(
     let role = workspace_role(&body.role)?;
     let mut db = db.lock().await?;
     let resource = workspace_resource(&mut db, &tenant, workspace).await?;
-    authorize(
+    let decided = authorize(
         &state,
         &tenant,
         &mut db,
@@ -316,7 +318,7 @@ async fn add_workspace(
     let member: Option<(Uuid,)> =
         sqlx::query_as("SELECT user_id FROM app.tenant_memberships WHERE user_id = $1")
             .bind(body.user_id)
-            .fetch_optional(db.conn()?)
+            .fetch_optional(db.conn(decided)?)
             .await?;
     if member.is_none() {
         return Err(AppError::Validation(
@@ -329,16 +331,17 @@ async fn add_workspace(
     .bind(workspace)
     .bind(body.user_id)
     .bind(role)
-    .execute(db.conn()?)
+    .execute(db.conn(decided)?)
     .await?;
     if inserted.rows_affected() == 0 {
         return Err(AppError::Conflict(
             "Already a member of this workspace".to_owned(),
         ));
     }
-    let row = workspace_member(&mut db, workspace, body.user_id).await?;
+    let row = workspace_member(&mut db, decided, workspace, body.user_id).await?;
     crate::audit::admin_action(
         &mut db,
+        decided,
         &tenant,
         "workspace_member.added",
         Some(&row.email),
@@ -358,7 +361,7 @@ async fn change_workspace(
     let role = workspace_role(&body.role)?;
     let mut db = db.lock().await?;
     let resource = workspace_resource(&mut db, &tenant, workspace).await?;
-    authorize(
+    let decided = authorize(
         &state,
         &tenant,
         &mut db,
@@ -366,21 +369,22 @@ async fn change_workspace(
         resource,
     )
     .await?;
-    spare_owners(&state, &tenant, &mut db, user).await?;
+    spare_owners(&state, &tenant, &mut db, decided, user).await?;
     let done = sqlx::query(
         "UPDATE app.workspace_members SET role = $3 WHERE workspace_id = $1 AND user_id = $2",
     )
     .bind(workspace)
     .bind(user)
     .bind(role)
-    .execute(db.conn()?)
+    .execute(db.conn(decided)?)
     .await?;
     if done.rows_affected() == 0 {
         return Err(AppError::NotFound("Workspace member"));
     }
-    let row = workspace_member(&mut db, workspace, user).await?;
+    let row = workspace_member(&mut db, decided, workspace, user).await?;
     crate::audit::admin_action(
         &mut db,
+        decided,
         &tenant,
         "workspace_member.role_changed",
         Some(&row.email),
@@ -398,7 +402,7 @@ async fn remove_workspace(
 ) -> AppResult<StatusCode> {
     let mut db = db.lock().await?;
     let resource = workspace_resource(&mut db, &tenant, workspace).await?;
-    authorize(
+    let decided = authorize(
         &state,
         &tenant,
         &mut db,
@@ -406,18 +410,19 @@ async fn remove_workspace(
         resource,
     )
     .await?;
-    spare_owners(&state, &tenant, &mut db, user).await?;
+    spare_owners(&state, &tenant, &mut db, decided, user).await?;
     let done =
         sqlx::query("DELETE FROM app.workspace_members WHERE workspace_id = $1 AND user_id = $2")
             .bind(workspace)
             .bind(user)
-            .execute(db.conn()?)
+            .execute(db.conn(decided)?)
             .await?;
     if done.rows_affected() == 0 {
         return Err(AppError::NotFound("Workspace member"));
     }
     crate::audit::admin_action(
         &mut db,
+        decided,
         &tenant,
         "workspace_member.removed",
         None,

@@ -17,10 +17,10 @@ pub mod tasks;
 pub mod tenant;
 pub mod workspaces;
 
-use crate::authz::{Action, Resource};
 use crate::error::{AppError, AppResult};
 use crate::state::AppState;
-use crate::tenant::{DbGuard, Tenant};
+use crate::tenant::decide::Decided;
+use crate::tenant::DbGuard;
 use uuid::Uuid;
 
 /// A module's routes: the router, and the path of each route, which make
@@ -58,117 +58,9 @@ impl Routes {
     }
 }
 
-/// Asks the policies whether the caller may do `action` on `resource`. A
-/// denial is written to the tenant's audit trail (principal, action,
-/// resource, deciding policies) and answered 403; whatever the request wrote
-/// before is rolled back.
-pub(crate) async fn authorize(
-    state: &AppState,
-    tenant: &Tenant,
-    db: &mut DbGuard<'_>,
-    action: Action,
-    resource: Resource,
-) -> AppResult<()> {
-    let decision = state.authz.decide(&tenant.principal(), action, &resource);
-    if decision.allowed {
-        return Ok(());
-    }
-    if !decision.errors.is_empty() {
-        tracing::warn!(errors = ?decision.errors, action = %action, "authorization evaluated with errors (denied)");
-    }
-    tracing::info!(user_id = %tenant.user_id, action = %action, resource = ?resource, policies = ?decision.policies, "denied");
-    // Nothing the request did before the denial is kept: its transaction is
-    // rolled back, and the audit entry is written in one of its own, through
-    // the same tenant context.
-    db.discard().await?;
-    let mut tx = state.db.begin().await?;
-    crate::context::enter(&mut tx, &state.keys, tenant.id, tenant.user_id).await?;
-    crate::audit::record(
-        &mut tx,
-        tenant.id,
-        tenant.user_id,
-        "authz.denied",
-        Some(&format!("{resource:?}")),
-        serde_json::json!({
-            "principal": tenant.user_id,
-            "tenant_role": tenant.role,
-            "action": action.as_str(),
-            "resource": format!("{resource:?}"),
-            "policies": decision.policies,
-            "errors": decision.errors,
-        }),
-    )
-    .await?;
-    tx.commit().await?;
-    Err(AppError::Denied)
-}
-
-/// Whether the policies allow it, without auditing (for filtering lists).
-pub(crate) fn allowed(
-    state: &AppState,
-    tenant: &Tenant,
-    action: Action,
-    resource: &Resource,
-) -> bool {
-    state
-        .authz
-        .decide(&tenant.principal(), action, resource)
-        .allowed
-}
-
-/// The workspace of a board, or 404 (never a hint of another tenant).
-pub(crate) async fn board_resource(
-    db: &mut DbGuard<'_>,
-    tenant: &Tenant,
-    board: Uuid,
-) -> AppResult<Resource> {
-    let row: Option<(Uuid,)> = sqlx::query_as("SELECT workspace_id FROM app.boards WHERE id = $1")
-        .bind(board)
-        .fetch_optional(db.conn()?)
-        .await?;
-    let (workspace,) = row.ok_or(AppError::NotFound("Board"))?;
-    Ok(Resource::Board {
-        id: board,
-        tenant: tenant.id,
-        workspace,
-    })
-}
-
-/// The workspace of a task, or 404.
-pub(crate) async fn task_resource(
-    db: &mut DbGuard<'_>,
-    tenant: &Tenant,
-    task: Uuid,
-) -> AppResult<Resource> {
-    let row: Option<(Uuid,)> = sqlx::query_as(
-        "SELECT b.workspace_id FROM app.tasks t JOIN app.boards b ON b.tenant_id = t.tenant_id AND b.id = t.board_id
-         WHERE t.id = $1",
-    )
-    .bind(task)
-    .fetch_optional(db.conn()?)
-    .await?;
-    let (workspace,) = row.ok_or(AppError::NotFound("Task"))?;
-    Ok(Resource::Task {
-        id: task,
-        tenant: tenant.id,
-        workspace,
-    })
-}
-
-/// A workspace of this tenant, or 404.
-pub(crate) async fn workspace_resource(
-    db: &mut DbGuard<'_>,
-    tenant: &Tenant,
-    workspace: Uuid,
-) -> AppResult<Resource> {
-    if !exists(db.conn()?, "app.workspaces", workspace).await? {
-        return Err(AppError::NotFound("Workspace"));
-    }
-    Ok(Resource::Workspace {
-        id: workspace,
-        tenant: tenant.id,
-    })
-}
+pub(crate) use crate::tenant::decide::{
+    allowed, authorize, board_resource, task_resource, workspace_resource,
+};
 
 /// A trimmed, non-empty name of at most `max` characters.
 pub(crate) fn valid_name<'a>(field: &str, value: &'a str, max: usize) -> AppResult<&'a str> {
@@ -185,13 +77,14 @@ pub(crate) fn valid_name<'a>(field: &str, value: &'a str, max: usize) -> AppResu
 /// tenant has no such row. `table` is always one of our own constants.
 pub(crate) async fn delete_row(
     db: &mut DbGuard<'_>,
+    decided: Decided,
     table: &'static str,
     id: Uuid,
     what: &'static str,
 ) -> AppResult<axum::http::StatusCode> {
     let done = sqlx::query(&format!("DELETE FROM {table} WHERE id = $1"))
         .bind(id)
-        .execute(db.conn()?)
+        .execute(db.conn(decided)?)
         .await?;
     match done.rows_affected() {
         0 => Err(AppError::NotFound(what)),

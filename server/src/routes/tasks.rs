@@ -99,7 +99,7 @@ async fn list(
     }
     let mut db = db.lock().await?;
     let resource = board_resource(&mut db, &tenant, board).await?;
-    authorize(&state, &tenant, &mut db, Action::BoardView, resource).await?;
+    let decided = authorize(&state, &tenant, &mut db, Action::BoardView, resource).await?;
     let after = match query.after {
         None => None,
         Some(id) => Some(
@@ -108,7 +108,7 @@ async fn list(
             )
             .bind(id)
             .bind(board)
-            .fetch_optional(db.conn()?)
+            .fetch_optional(db.conn(decided)?)
             .await?
             .ok_or_else(|| AppError::Validation("after must be a task of this board".to_owned()))?,
         ),
@@ -122,7 +122,7 @@ async fn list(
     .bind(after.map(|(at, _)| at))
     .bind(after.map(|(_, id)| id))
     .bind(limit)
-    .fetch_all(db.conn()?)
+    .fetch_all(db.conn(decided)?)
     .await?;
     Ok(Json(rows))
 }
@@ -148,8 +148,8 @@ async fn create(
     let description = valid_description(body.description.as_deref())?.unwrap_or("");
     let mut db = db.lock().await?;
     let resource = board_resource(&mut db, &tenant, board).await?;
-    authorize(&state, &tenant, &mut db, Action::TaskCreate, resource).await?;
-    valid_assignee(db.conn()?, body.assignee_id).await?;
+    let decided = authorize(&state, &tenant, &mut db, Action::TaskCreate, resource).await?;
+    valid_assignee(db.conn(decided)?, body.assignee_id).await?;
     let task = sqlx::query_as(&format!(
         "INSERT INTO app.tasks (board_id, title, description, status, assignee_id, created_by)
          VALUES ($1, $2, $3, $4, $5, $6) RETURNING {COLUMNS}"
@@ -160,7 +160,7 @@ async fn create(
     .bind(status)
     .bind(body.assignee_id)
     .bind(tenant.user_id)
-    .fetch_one(db.conn()?)
+    .fetch_one(db.conn(decided)?)
     .await?;
     Ok((StatusCode::CREATED, Json(task)))
 }
@@ -173,10 +173,10 @@ async fn read(
 ) -> AppResult<Json<Task>> {
     let mut db = db.lock().await?;
     let resource = task_resource(&mut db, &tenant, id).await?;
-    authorize(&state, &tenant, &mut db, Action::TaskView, resource).await?;
+    let decided = authorize(&state, &tenant, &mut db, Action::TaskView, resource).await?;
     sqlx::query_as(&format!("SELECT {COLUMNS} FROM app.tasks WHERE id = $1"))
         .bind(id)
-        .fetch_optional(db.conn()?)
+        .fetch_optional(db.conn(decided)?)
         .await?
         .map(Json)
         .ok_or(AppError::NotFound("Task"))
@@ -218,8 +218,8 @@ async fn update(
     let description = valid_description(body.description.as_deref())?;
     let mut db = db.lock().await?;
     let resource = task_resource(&mut db, &tenant, id).await?;
-    authorize(&state, &tenant, &mut db, Action::TaskUpdate, resource).await?;
-    valid_assignee(db.conn()?, body.assignee_id.flatten()).await?;
+    let decided = authorize(&state, &tenant, &mut db, Action::TaskUpdate, resource).await?;
+    valid_assignee(db.conn(decided)?, body.assignee_id.flatten()).await?;
     sqlx::query_as(&format!(
         "UPDATE app.tasks SET title = coalesce($2, title), description = coalesce($3, description),
              status = coalesce($4, status),
@@ -232,7 +232,7 @@ async fn update(
     .bind(status)
     .bind(body.assignee_id.flatten())
     .bind(body.assignee_id.is_some())
-    .fetch_optional(db.conn()?)
+    .fetch_optional(db.conn(decided)?)
     .await?
     .map(Json)
     .ok_or(AppError::NotFound("Task"))
@@ -246,6 +246,6 @@ async fn remove(
 ) -> AppResult<StatusCode> {
     let mut db = db.lock().await?;
     let resource = task_resource(&mut db, &tenant, id).await?;
-    authorize(&state, &tenant, &mut db, Action::TaskDelete, resource).await?;
-    delete_row(&mut db, "app.tasks", id, "Task").await
+    let decided = authorize(&state, &tenant, &mut db, Action::TaskDelete, resource).await?;
+    delete_row(&mut db, decided, "app.tasks", id, "Task").await
 }

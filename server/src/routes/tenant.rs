@@ -15,6 +15,7 @@ use crate::extract::AppJson;
 use crate::routes::Routes;
 use crate::routes::{allowed, authorize};
 use crate::state::AppState;
+use crate::tenant::decide::Decided;
 use crate::tenant::{Db, Tenant};
 
 /// Kept apart from the settings: only owners change it.
@@ -32,14 +33,7 @@ pub fn router() -> Routes {
 
 async fn current(State(state): State<AppState>, tenant: Tenant, db: Db) -> AppResult<Json<Value>> {
     let mut db = db.lock().await?;
-    authorize(
-        &state,
-        &tenant,
-        &mut db,
-        Action::TenantView,
-        Resource::Tenant(tenant.id),
-    )
-    .await?;
+    crate::tenant::decide::as_member(&state, &tenant, &mut db).await?;
     // Configuration can hold the tenant's own API keys: only for those who manage settings.
     let configuration = allowed(
         &state,
@@ -71,11 +65,15 @@ async fn settings(State(state): State<AppState>, tenant: Tenant, db: Db) -> AppR
     Ok(Json(tenant.configuration.clone()))
 }
 
-async fn store(db: &mut crate::tenant::DbGuard<'_>, configuration: Value) -> AppResult<Value> {
+async fn store(
+    db: &mut crate::tenant::DbGuard<'_>,
+    decided: Decided,
+    configuration: Value,
+) -> AppResult<Value> {
     Ok(
         sqlx::query_scalar("SELECT tenancy.set_current_tenant_configuration($1)")
             .bind(configuration)
-            .fetch_one(db.conn()?)
+            .fetch_one(db.conn(decided)?)
             .await?,
     )
 }
@@ -98,7 +96,7 @@ async fn update_settings(
         )));
     }
     let mut db = db.lock().await?;
-    authorize(
+    let decided = authorize(
         &state,
         &tenant,
         &mut db,
@@ -125,10 +123,24 @@ async fn update_settings(
     changed.sort();
     let details = json!({ "changed": changed });
     let empty = Map::new();
-    crate::routes::config::settings_written(&mut db, &tenant, before.unwrap_or(&empty), &settings)
-        .await?;
-    let stored = store(&mut db, Value::Object(settings)).await?;
-    crate::audit::admin_action(&mut db, &tenant, "tenant.settings_changed", None, details).await?;
+    crate::routes::config::settings_written(
+        &mut db,
+        decided,
+        &tenant,
+        before.unwrap_or(&empty),
+        &settings,
+    )
+    .await?;
+    let stored = store(&mut db, decided, Value::Object(settings)).await?;
+    crate::audit::admin_action(
+        &mut db,
+        decided,
+        &tenant,
+        "tenant.settings_changed",
+        None,
+        details,
+    )
+    .await?;
     Ok(Json(stored))
 }
 
@@ -151,7 +163,7 @@ async fn update_billing(
         ));
     }
     let mut db = db.lock().await?;
-    authorize(
+    let decided = authorize(
         &state,
         &tenant,
         &mut db,
@@ -164,9 +176,10 @@ async fn update_billing(
         _ => Map::new(),
     };
     configuration.insert(BILLING_KEY.to_owned(), json!(email));
-    let stored = store(&mut db, Value::Object(configuration)).await?;
+    let stored = store(&mut db, decided, Value::Object(configuration)).await?;
     crate::audit::admin_action(
         &mut db,
+        decided,
         &tenant,
         "tenant.billing_changed",
         Some(email),

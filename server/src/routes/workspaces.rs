@@ -45,10 +45,12 @@ async fn list(
     db: Db,
 ) -> AppResult<Json<Vec<Workspace>>> {
     let mut db = db.lock().await?;
+    // Any member lists; each workspace is shown if it may be viewed.
+    let decided = crate::tenant::decide::as_member(&state, &tenant, &mut db).await?;
     let rows: Vec<Workspace> = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM app.workspaces ORDER BY created_at, id"
     ))
-    .fetch_all(db.conn()?)
+    .fetch_all(db.conn(decided)?)
     .await?;
     let visible = rows
         .into_iter()
@@ -81,7 +83,7 @@ async fn create(
 ) -> AppResult<(StatusCode, Json<Workspace>)> {
     let name = valid_name("name", &body.name, 200)?;
     let mut db = db.lock().await?;
-    authorize(
+    let decided = authorize(
         &state,
         &tenant,
         &mut db,
@@ -94,7 +96,7 @@ async fn create(
     ))
     .bind(name)
     .bind(tenant.user_id)
-    .fetch_one(db.conn()?)
+    .fetch_one(db.conn(decided)?)
     .await?;
     // The creator administers the new workspace.
     sqlx::query(
@@ -102,10 +104,11 @@ async fn create(
     )
     .bind(workspace.id)
     .bind(tenant.user_id)
-    .execute(db.conn()?)
+    .execute(db.conn(decided)?)
     .await?;
     crate::audit::admin_action(
         &mut db,
+        decided,
         &tenant,
         "workspace.created",
         Some(&workspace.id.to_string()),
@@ -123,12 +126,12 @@ async fn read(
 ) -> AppResult<Json<Workspace>> {
     let mut db = db.lock().await?;
     let resource = workspace_resource(&mut db, &tenant, id).await?;
-    authorize(&state, &tenant, &mut db, Action::WorkspaceView, resource).await?;
+    let decided = authorize(&state, &tenant, &mut db, Action::WorkspaceView, resource).await?;
     sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM app.workspaces WHERE id = $1"
     ))
     .bind(id)
-    .fetch_optional(db.conn()?)
+    .fetch_optional(db.conn(decided)?)
     .await?
     .map(Json)
     .ok_or(AppError::NotFound("Workspace"))
@@ -160,12 +163,18 @@ async fn update(
         .transpose()?;
     let mut db = db.lock().await?;
     let resource = workspace_resource(&mut db, &tenant, id).await?;
+    let mut decided = None;
     if name.is_some() {
-        authorize(&state, &tenant, &mut db, Action::WorkspaceUpdate, resource).await?;
+        decided =
+            Some(authorize(&state, &tenant, &mut db, Action::WorkspaceUpdate, resource).await?);
     }
     if body.archived.is_some() {
-        authorize(&state, &tenant, &mut db, Action::WorkspaceArchive, resource).await?;
+        decided =
+            Some(authorize(&state, &tenant, &mut db, Action::WorkspaceArchive, resource).await?);
     }
+    let decided = decided.ok_or_else(|| {
+        AppError::Validation("nothing to update: give name and/or archived".to_owned())
+    })?;
     let workspace: Workspace = sqlx::query_as(&format!(
         "UPDATE app.workspaces SET name = coalesce($2, name),
              archived_at = CASE WHEN $3 IS NULL THEN archived_at WHEN $3 THEN coalesce(archived_at, now()) END,
@@ -175,7 +184,7 @@ async fn update(
     .bind(id)
     .bind(name)
     .bind(body.archived)
-    .fetch_optional(db.conn()?)
+    .fetch_optional(db.conn(decided)?)
     .await?
     .ok_or(AppError::NotFound("Workspace"))?;
     let action = match body.archived {
@@ -185,6 +194,7 @@ async fn update(
     };
     crate::audit::admin_action(
         &mut db,
+        decided,
         &tenant,
         action,
         Some(&id.to_string()),
@@ -202,10 +212,11 @@ async fn remove(
 ) -> AppResult<StatusCode> {
     let mut db = db.lock().await?;
     let resource = workspace_resource(&mut db, &tenant, id).await?;
-    authorize(&state, &tenant, &mut db, Action::WorkspaceDelete, resource).await?;
-    let deleted = delete_row(&mut db, "app.workspaces", id, "Workspace").await?;
+    let decided = authorize(&state, &tenant, &mut db, Action::WorkspaceDelete, resource).await?;
+    let deleted = delete_row(&mut db, decided, "app.workspaces", id, "Workspace").await?;
     crate::audit::admin_action(
         &mut db,
+        decided,
         &tenant,
         "workspace.deleted",
         Some(&id.to_string()),
