@@ -38,9 +38,16 @@ pub fn router() -> Routes {
         .route("/api/admin/audit", get(audit))
 }
 
+/// Proof that the policies let the caller act on the platform: only
+/// [`platform`] makes one, and [`bypass`] (the only way these routes reach
+/// tenant rows) takes one.
+struct PlatformAdmin {
+    id: Uuid,
+}
+
 /// The caller, if the policies let them do `action` on the platform; a
 /// denial is logged in the extension's audit log and answered 403.
-async fn platform(state: &AppState, user: &AuthUser, action: Action) -> AppResult<Uuid> {
+async fn platform(state: &AppState, user: &AuthUser, action: Action) -> AppResult<PlatformAdmin> {
     let id = user.0.sub;
     let super_admin = user.0.super_admin
         && sqlx::query_scalar::<_, bool>("SELECT is_super_admin FROM app.users WHERE id = $1")
@@ -57,7 +64,7 @@ async fn platform(state: &AppState, user: &AuthUser, action: Action) -> AppResul
     };
     let decision = state.authz.decide(&principal, action, &Resource::Platform);
     if decision.allowed {
-        return Ok(id);
+        return Ok(PlatformAdmin { id });
     }
     tracing::warn!(user_id = %id, action = %action, "platform action denied");
     // Sampled like tenant denials: the 1st, 10th, 100th... with a count.
@@ -76,10 +83,10 @@ async fn platform(state: &AppState, user: &AuthUser, action: Action) -> AppResul
 /// A bypass transaction of a platform admin (see [`crate::routes::bypass`]).
 async fn bypass(
     state: &AppState,
-    admin: Uuid,
+    admin: &PlatformAdmin,
     why: &str,
 ) -> AppResult<sqlx::Transaction<'static, sqlx::Postgres>> {
-    crate::routes::bypass(state, format!("platform admin {admin}: {why}")).await
+    crate::routes::bypass(state, format!("platform admin {}: {why}", admin.id)).await
 }
 
 #[derive(Serialize, sqlx::FromRow)]
@@ -159,7 +166,7 @@ async fn create(
     }
     let (tenant, _) = provision(
         &state,
-        admin,
+        admin.id,
         &NewTenant {
             slug: body.slug.trim(),
             name: &body.name,
@@ -170,7 +177,7 @@ async fn create(
         },
     )
     .await?;
-    let mut tx = bypass(&state, admin, "read the tenant just created").await?;
+    let mut tx = bypass(&state, &admin, "read the tenant just created").await?;
     let created = fetch(&mut tx, tenant).await?;
     tx.commit().await?;
     Ok((StatusCode::CREATED, Json(created)))
@@ -206,7 +213,7 @@ async fn list(
             "limit must be 1 to 200 and offset at least 0".to_owned(),
         ));
     }
-    let mut tx = bypass(&state, admin, "list tenants").await?;
+    let mut tx = bypass(&state, &admin, "list tenants").await?;
     let total: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM tenancy.tenants WHERE $1::text IS NULL OR status = $1",
     )
@@ -234,7 +241,7 @@ async fn read(
     AppPath(id): AppPath<Uuid>,
 ) -> AppResult<Json<Value>> {
     let admin = platform(&state, &user, Action::PlatformViewTenants).await?;
-    let mut tx = bypass(&state, admin, "read a tenant").await?;
+    let mut tx = bypass(&state, &admin, "read a tenant").await?;
     let tenant = fetch(&mut tx, id).await?;
     tx.commit().await?;
     Ok(Json(tenant))
@@ -290,7 +297,7 @@ async fn update(
         .as_deref()
         .map(|n| crate::routes::valid_name("display_name", n, 200))
         .transpose()?;
-    let mut tx = bypass(&state, admin, "update a tenant").await?;
+    let mut tx = bypass(&state, &admin, "update a tenant").await?;
     let before = fetch(&mut tx, id).await?;
     if let Some(plan) = &body.plan {
         let known: Vec<String> = sqlx::query_scalar("SELECT name FROM app.plans ORDER BY name")
@@ -382,7 +389,7 @@ async fn update(
     crate::audit::record(
         &mut tx,
         id,
-        admin,
+        admin.id,
         "tenant.updated",
         Some(&id.to_string()),
         json!({"before": before, "after": after}),
@@ -400,7 +407,7 @@ async fn set_status(
     action: &'static str,
 ) -> AppResult<Json<Value>> {
     let admin = platform(state, user, Action::PlatformManageTenants).await?;
-    let mut tx = bypass(state, admin, action).await?;
+    let mut tx = bypass(state, &admin, action).await?;
     let before = fetch(&mut tx, id).await?;
     sqlx::query("SELECT tenancy.set_tenant_status($1, $2)")
         .bind(id)
@@ -415,7 +422,7 @@ async fn set_status(
     crate::audit::record(
         &mut tx,
         id,
-        admin,
+        admin.id,
         action,
         Some(&id.to_string()),
         json!({"from": before["status"], "to": status}),
@@ -461,7 +468,7 @@ async fn audit(
     AppQuery(query): AppQuery<crate::routes::audit::AuditQuery>,
 ) -> AppResult<Json<Value>> {
     let admin = platform(&state, &user, Action::PlatformViewTenants).await?;
-    let mut tx = bypass(&state, admin, "read the audit trail").await?;
+    let mut tx = bypass(&state, &admin, "read the audit trail").await?;
     let page = crate::routes::audit::page(&mut tx, &query).await?;
     tx.commit().await?;
     Ok(Json(page))
