@@ -363,6 +363,26 @@ impl TestApp {
             .await
     }
 
+    /// One value of `sql`, read as the superuser (behind the scenes).
+    pub async fn scalar<T>(&self, sql: &str) -> TestResult<T>
+    where
+        T: for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send + Unpin,
+    {
+        let mut su = self.superuser().await?;
+        Ok(sqlx::query_scalar(sql).fetch_one(&mut su).await?)
+    }
+
+    /// The tenant's audit actions, newest first (read behind the scenes).
+    pub async fn audit_actions(&self, tenant: Uuid) -> TestResult<Vec<String>> {
+        let mut su = self.superuser().await?;
+        Ok(sqlx::query_scalar(
+            "SELECT action FROM app.audit_events WHERE tenant_id = $1 ORDER BY id DESC",
+        )
+        .bind(tenant)
+        .fetch_all(&mut su)
+        .await?)
+    }
+
     pub async fn get(&self, path: &str, token: &str) -> TestResult<(u16, Value)> {
         self.call(reqwest::Method::GET, path, Some(token), &[], None)
             .await
