@@ -528,6 +528,21 @@ pub fn hash_password(password: &str) -> AppResult<String> {
         .map_err(AppError::internal)
 }
 
+/// Hashes a new password off the async runtime, within the same cap on
+/// concurrent hashing as logins (`TENANCY_LOGIN_CONCURRENCY`): signups,
+/// resets and changes cannot take more memory or CPU than logins can.
+pub async fn hash_new_password(state: &AppState, password: String) -> AppResult<String> {
+    let _slot = state
+        .login_slots
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(AppError::internal)?;
+    tokio::task::spawn_blocking(move || hash_password(&password))
+        .await
+        .map_err(AppError::internal)?
+}
+
 /// Whether a usable hash was made otherwise than new hashes are now
 /// (another algorithm, version or parameters): verified, it is replaced.
 pub fn needs_rehash(hash: &str) -> bool {
@@ -556,9 +571,7 @@ pub async fn upgrade_hash(
     if !needs_rehash(old_hash) {
         return Ok(());
     }
-    let new_hash = tokio::task::spawn_blocking(move || hash_password(&password))
-        .await
-        .map_err(AppError::internal)??;
+    let new_hash = hash_new_password(state, password).await?;
     let upgraded: bool = sqlx::query_scalar("SELECT app.rehash_password($1, $2, $3)")
         .bind(user)
         .bind(old_hash)

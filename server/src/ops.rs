@@ -81,7 +81,11 @@ pub async fn migrate(config: &Config) -> AppResult<()> {
              app.login_events, app.tenant_deletions, app.tenant_signups FROM {quoted}"
         ),
         // A claim is verified by the owner role alone, after the DNS check.
-        format!("REVOKE UPDATE ON app.domain_claims FROM {quoted}"),
+        format!("REVOKE INSERT, UPDATE ON app.domain_claims FROM {quoted}"),
+        format!(
+            "GRANT INSERT (tenant_id, domain, token, requested_by, requested_at)
+             ON app.domain_claims TO {quoted}"
+        ),
     ] {
         // One transaction: no moment in which the broad grant holds
         // without the revocations that narrow it.

@@ -589,6 +589,9 @@ mod service_schema {
         tx.commit().await?;
         for sql in [
             "UPDATE app.domain_claims SET verified_at = now()".to_owned(),
+            "INSERT INTO app.domain_claims (domain, token, verified_at)
+             VALUES ('other.victim.example', repeat('b', 32), now())"
+                .to_owned(),
             format!("SELECT tenancy.add_domain('{}', 'portal.victim.example')", app.acme),
             format!(
                 "INSERT INTO tenancy.domains (domain, tenant_id) VALUES ('portal.victim.example', '{}')",

@@ -1091,9 +1091,51 @@ mod platform_signup {
         Ok(())
     }
 
+    #[tokio::test]
+    async fn reserved_names_and_piles_of_pending_signups_are_refused() -> TestResult {
+        let app = spawn().await?;
+        let (status, body) = signup(&app, "x@newco.test", "admin").await?;
+        assert_eq!(status, 409, "{body}");
+        assert_eq!(status_of(&app, "admin").await?, None);
+        for slug in ["one-co", "two-co", "three-co"] {
+            assert_eq!(signup(&app, "busy@newco.test", slug).await?.0, 202);
+        }
+        let (status, _) = signup(&app, "busy@newco.test", "four-co").await?;
+        assert_eq!(status, 429);
+        assert_eq!(status_of(&app, "four-co").await?, None);
+        Ok(())
+    }
+
     /// Someone signs up with the address of an existing account.
     mod anonymous_client {
         use super::*;
+
+        #[tokio::test]
+        async fn activates_a_reservation_the_platform_suspended() -> TestResult {
+            let app = spawn().await?;
+            assert_eq!(signup(&app, "spam@newco.test", "spamco").await?.0, 202);
+            let token = app
+                .mailed_token("spam@newco.test", "signup_verification")
+                .await?;
+            let id: uuid::Uuid = app
+                .scalar("SELECT id FROM tenancy.tenants WHERE slug = 'spamco'")
+                .await?;
+            let root = app.login(tenancy_tests::server::ROOT).await?;
+            let (status, body) = app
+                .post(
+                    &format!("/api/admin/tenants/{id}/suspend"),
+                    &root,
+                    json!({}),
+                )
+                .await?;
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(verify(&app, &token, NEW_PASSWORD).await?.0, 404);
+            assert_eq!(
+                status_of(&app, "spamco").await?.as_deref(),
+                Some("suspended")
+            );
+            Ok(())
+        }
 
         #[tokio::test]
         async fn makes_an_existing_account_owner_without_its_password() -> TestResult {

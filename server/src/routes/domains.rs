@@ -351,9 +351,13 @@ async fn published(state: &AppState, name: &str, value: &str) -> AppResult<bool>
             joined == value.as_bytes()
         })),
         Err(e) if e.is_no_records_found() || e.is_nx_domain() => Ok(false),
+        // The domain's own servers failing (SERVFAIL, timeouts) is the
+        // domain's state, not the service's: the claim stays unproved.
         Err(e) => {
-            tracing::warn!(error = %e, name, "DNS lookup failed");
-            Err(AppError::Unavailable("DNS lookup".to_owned()))
+            tracing::info!(error = %e, name, "DNS lookup failed");
+            Err(AppError::Validation(format!(
+                "The DNS lookup of {name} failed; check the domain's name servers and verify again"
+            )))
         }
     }
 }

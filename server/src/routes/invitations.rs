@@ -364,9 +364,7 @@ async fn accept(
         }
     } else {
         crate::password::check(&body.password, &email)?;
-        let hash = tokio::task::spawn_blocking(move || crate::auth::hash_password(&body.password))
-            .await
-            .map_err(AppError::internal)??;
+        let hash = crate::auth::hash_new_password(&state, body.password).await?;
         let claimed: Option<Uuid> = sqlx::query_scalar("SELECT app.claim_account($1, $2)")
             .bind(&email)
             .bind(hash)

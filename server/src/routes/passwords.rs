@@ -57,12 +57,6 @@ async fn throttle(state: &AppState, address: &str) -> AppResult<()> {
     .await
 }
 
-async fn hash(password: String) -> AppResult<String> {
-    tokio::task::spawn_blocking(move || auth::hash_password(&password))
-        .await
-        .map_err(AppError::internal)?
-}
-
 /// Changes the caller's password: the current one proves it is them (its
 /// attempts count against the login budgets), and every other session ends.
 async fn change(
@@ -84,7 +78,7 @@ async fn change(
     }
     budget.succeeded(&state).await?;
     crate::password::check(&body.new_password, &claims.email)?;
-    let new_hash = hash(body.new_password).await?;
+    let new_hash = auth::hash_new_password(&state, body.new_password).await?;
     let revoked: Vec<Uuid> = sqlx::query_scalar("SELECT app.set_password($1, $2, $3)")
         .bind(claims.sub)
         .bind(new_hash)
@@ -211,7 +205,7 @@ async fn reset(
         .await?;
     let email = email.ok_or(NO_LINK)?;
     crate::password::check(&body.new_password, &email)?;
-    let new_hash = hash(body.new_password).await?;
+    let new_hash = auth::hash_new_password(&state, body.new_password).await?;
     let done: Option<(Uuid, Vec<Uuid>)> =
         sqlx::query_as("SELECT user_id, revoked FROM app.reset_password($1, $2)")
             .bind(&digest[..])

@@ -25,6 +25,31 @@ use crate::limits::ClientAddress;
 use crate::routes::Routes;
 use crate::state::AppState;
 
+/// Slugs nobody signs up for: names of the service's own hosts and pages.
+const RESERVED_SLUGS: &[&str] = &[
+    "www",
+    "api",
+    "app",
+    "admin",
+    "auth",
+    "login",
+    "signup",
+    "mail",
+    "smtp",
+    "status",
+    "docs",
+    "help",
+    "support",
+    "billing",
+    "static",
+    "assets",
+    "cdn",
+    "dashboard",
+];
+
+/// Unused tenant signups one address may have at once.
+const MAX_PENDING_PER_ADDRESS: i64 = 3;
+
 /// Hours a verification link stays valid.
 pub const VERIFY_VALID_HOURS: i32 = 24;
 
@@ -88,10 +113,7 @@ async fn signup(
         .await?;
     let tenant = tenant.ok_or(AppError::Forbidden("This tenant does not accept sign-ups"))?;
     // Hashed whatever the address: the same work either way.
-    let password = body.password;
-    let hash = tokio::task::spawn_blocking(move || auth::hash_password(&password))
-        .await
-        .map_err(AppError::internal)??;
+    let hash = auth::hash_new_password(&state, body.password).await?;
     let (secret, digest) = auth::new_secret();
     let user: Option<Uuid> =
         sqlx::query_scalar("SELECT app.signup($1, $2, $3, $4, make_interval(hours => $5))")
@@ -237,10 +259,24 @@ async fn signup_tenant(
         .map(str::trim)
         .unwrap_or(&slug)
         .to_owned();
-    let password = body.password;
-    let hash = tokio::task::spawn_blocking(move || auth::hash_password(&password))
-        .await
-        .map_err(AppError::internal)??;
+    if RESERVED_SLUGS.contains(&slug.to_ascii_lowercase().as_str()) {
+        return Err(AppError::Conflict(format!(
+            "The tenant address {slug:?} is reserved"
+        )));
+    }
+    // A few pending signups per address: a mailbox cannot be flooded, nor
+    // slugs held, from one address's links.
+    let pending: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM app.tenant_signups
+         WHERE lower(email) = lower($1) AND used_at IS NULL AND expires_at > now()",
+    )
+    .bind(&email)
+    .fetch_one(&state.admin_db)
+    .await?;
+    if pending >= MAX_PENDING_PER_ADDRESS {
+        return Err(AppError::RateLimited(3600));
+    }
+    let hash = auth::hash_new_password(&state, body.password).await?;
     let (secret, digest) = auth::new_secret();
     let mut tx = state.admin_db.begin().await?;
     let tenant: Uuid = sqlx::query_scalar("SELECT tenancy.create_tenant($1, $2, $2)")
@@ -368,6 +404,22 @@ async fn verify_tenant(
     if used.is_none() {
         return Err(NO_LINK);
     }
+    // Still the reservation this link made: inactive, its removal pending.
+    // A tenant the platform has suspended (or reactivated) since is not
+    // the link's to activate.
+    let status: Option<String> =
+        sqlx::query_scalar("SELECT status FROM tenancy.tenants WHERE id = $1 FOR UPDATE")
+            .bind(tenant)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let pending: Option<Uuid> =
+        sqlx::query_scalar("DELETE FROM app.tenant_deletions WHERE tenant = $1 RETURNING tenant")
+            .bind(tenant)
+            .fetch_optional(&mut *tx)
+            .await?;
+    if status.as_deref() != Some("inactive") || pending.is_none() {
+        return Err(NO_LINK);
+    }
     let owner: Uuid =
         match sqlx::query_scalar::<_, Option<Uuid>>("SELECT app.claim_account($1, $2)")
             .bind(&email)
@@ -383,10 +435,6 @@ async fn verify_tenant(
                     .await?
             }
         };
-    sqlx::query("DELETE FROM app.tenant_deletions WHERE tenant = $1")
-        .bind(tenant)
-        .execute(&mut *tx)
-        .await?;
     sqlx::query("SELECT tenancy.set_tenant_status($1, 'active')")
         .bind(tenant)
         .execute(&mut *tx)
