@@ -528,16 +528,21 @@ pub fn hash_password(password: &str) -> AppResult<String> {
         .map_err(AppError::internal)
 }
 
-/// Hashes a new password off the async runtime, within the same cap on
-/// concurrent hashing as logins (`TENANCY_LOGIN_CONCURRENCY`): signups,
-/// resets and changes cannot take more memory or CPU than logins can.
-pub async fn hash_new_password(state: &AppState, password: String) -> AppResult<String> {
-    let _slot = state
+/// One of the `TENANCY_LOGIN_CONCURRENCY` slots for password hashing.
+async fn hashing_slot(state: &AppState) -> AppResult<tokio::sync::OwnedSemaphorePermit> {
+    state
         .login_slots
         .clone()
         .acquire_owned()
         .await
-        .map_err(AppError::internal)?;
+        .map_err(AppError::internal)
+}
+
+/// Hashes a new password off the async runtime, within the same cap on
+/// concurrent hashing as logins (`TENANCY_LOGIN_CONCURRENCY`): signups,
+/// resets and changes cannot take more memory or CPU than logins can.
+pub async fn hash_new_password(state: &AppState, password: String) -> AppResult<String> {
+    let _slot = hashing_slot(state).await?;
     tokio::task::spawn_blocking(move || hash_password(&password))
         .await
         .map_err(AppError::internal)?
@@ -593,12 +598,7 @@ pub async fn verify_password(
     password: String,
     hash: Option<String>,
 ) -> AppResult<bool> {
-    let _slot = state
-        .login_slots
-        .clone()
-        .acquire_owned()
-        .await
-        .map_err(AppError::internal)?;
+    let _slot = hashing_slot(state).await?;
     tokio::task::spawn_blocking(move || {
         // An account without a usable hash (invited, not yet set) is
         // checked against the dummy too: it answers in the same time as any
