@@ -441,6 +441,20 @@ fn bearer(request: &Request) -> AppResult<&str> {
     }
 }
 
+/// One round trip per request: whether the token's session is live (its
+/// entry holds the token's jti) and, only if it is, one request counted
+/// against the caller's per-minute budget. Returns (live, used, seconds left).
+static SESSION_AND_BUDGET: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"
+        if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {0, 0, 0} end
+        local used = redis.call('INCR', KEYS[2])
+        redis.call('EXPIRE', KEYS[2], 60, 'NX')
+        return {1, used, redis.call('TTL', KEYS[2])}
+        ",
+    )
+});
+
 /// Middleware: authenticates the bearer token and puts [`AuthUser`] into the
 /// request. Anything wrong is a 401.
 pub async fn authenticate(
@@ -458,25 +472,25 @@ pub async fn authenticate(
         crate::metrics::throttled("user_budget", None);
         return Err(AppError::RateLimited(left));
     }
-    let mut pipe = redis::pipe();
-    pipe.get(session_key(claims.sid));
-    if budget > 0 {
-        pipe.incr(&budget_key, 1)
-            .cmd("EXPIRE")
-            .arg(&budget_key)
-            .arg(60)
-            .arg("NX")
-            .ignore()
-            .ttl(&budget_key);
-    }
-    let (current, used, ttl): (Option<String>, Option<i64>, Option<i64>) = if budget > 0 {
-        let (current, used, ttl): (Option<String>, i64, i64) = pipe.query_async(&mut redis).await?;
-        (current, Some(used), Some(ttl))
+    let jti = claims.jti.to_string();
+    let (live, used, ttl) = if budget > 0 {
+        // The session first: only a live token spends its owner's budget,
+        // so a revoked one cannot be used to lock its owner out.
+        let (live, used, ttl): (i64, i64, i64) = SESSION_AND_BUDGET
+            .key(session_key(claims.sid))
+            .key(&budget_key)
+            .arg(&jti)
+            .invoke_async(&mut redis)
+            .await?;
+        (live == 1, Some(used), Some(ttl))
     } else {
-        let (current,): (Option<String>,) = pipe.query_async(&mut redis).await?;
-        (current, None, None)
+        let current: Option<String> = redis::cmd("GET")
+            .arg(session_key(claims.sid))
+            .query_async(&mut redis)
+            .await?;
+        (current.as_deref() == Some(jti.as_str()), None, None)
     };
-    if current.as_deref() != Some(claims.jti.to_string().as_str()) {
+    if !live {
         return Err(AppError::Unauthorized("Token has been revoked"));
     }
     if used.is_some_and(|n| n > i64::from(budget)) {

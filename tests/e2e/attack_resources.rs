@@ -229,6 +229,37 @@ mod tenant_member {
     }
 
     #[tokio::test]
+    async fn spends_its_owners_budget_with_a_revoked_token() -> TestResult {
+        let app = spawn_with(Limits {
+            user_requests_per_minute: 4,
+            ..Limits::UNTHROTTLED
+        })
+        .await?;
+        let (stolen, own) = (app.login(BOB).await?, app.login(BOB).await?);
+        // The logout is the first of bob's four requests this minute.
+        let (status, _) = app
+            .call(
+                reqwest::Method::POST,
+                "/auth/logout",
+                Some(&stolen),
+                &[],
+                None,
+            )
+            .await?;
+        assert_eq!(status, 204);
+        for _ in 0..5 {
+            assert_eq!(app.get("/api/workspaces", &stolen).await?.0, 401);
+        }
+        // The revoked token's attempts spent none of the other three.
+        let mut statuses = Vec::new();
+        for _ in 0..4 {
+            statuses.push(app.get("/api/workspaces", &own).await?.0);
+        }
+        assert_eq!(statuses, [200, 200, 200, 429]);
+        Ok(())
+    }
+
+    #[tokio::test]
     async fn retries_at_once_past_its_budget() -> TestResult {
         let app = spawn_with(Limits {
             user_requests_per_minute: 2,
