@@ -1078,12 +1078,7 @@ mod platform_signup {
         )
         .execute(&mut su)
         .await?;
-        let state = tenancy_server::AppState::connect(app.config.clone())
-            .await
-            .map_err(|e| format!("{e:?}"))?;
-        let removed = tenancy_server::routes::deletion::purge_due(&state)
-            .await
-            .map_err(|e| format!("{e:?}"))?;
+        let removed = app.purge_due().await?;
         assert_eq!(removed, 1);
         assert_eq!(status_of(&app, "lateco").await?, None);
         // The slug is free again.

@@ -108,12 +108,7 @@ async fn an_owner_deletes_the_tenant_restores_it_and_after_the_grace_period_it_i
         rows_of(app.globex).fetch_one(&mut su).await?,
     );
     assert!(acme_before > 0 && globex_before > 0);
-    let state = tenancy_server::AppState::connect(app.config.clone())
-        .await
-        .map_err(|e| format!("{e:?}"))?;
-    let removed = tenancy_server::routes::deletion::purge_due(&state)
-        .await
-        .map_err(|e| format!("{e:?}"))?;
+    let removed = app.purge_due().await?;
     assert_eq!(removed, 1);
     assert_eq!(
         rows_of(app.acme).fetch_one(&mut su).await?,

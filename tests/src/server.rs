@@ -363,6 +363,17 @@ impl TestApp {
             .await
     }
 
+    /// Runs the service's removal of tenants past their grace period now;
+    /// returns how many were removed.
+    pub async fn purge_due(&self) -> TestResult<usize> {
+        let state = tenancy_server::AppState::connect(self.config.clone())
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        Ok(tenancy_server::routes::deletion::purge_due(&state)
+            .await
+            .map_err(|e| format!("{e:?}"))?)
+    }
+
     /// One value of `sql`, read as the superuser (behind the scenes).
     pub async fn scalar<T>(&self, sql: &str) -> TestResult<T>
     where

@@ -22,10 +22,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
-use crate::authz::{Action, Resource};
+use crate::authz::Action;
 use crate::error::{AppError, AppResult};
 use crate::extract::{AppJson, AppPath};
-use crate::routes::authorize;
 use crate::routes::Routes;
 use crate::state::AppState;
 use crate::tenant::decide::Decided;
@@ -67,7 +66,9 @@ async fn list_templates(
     db: Db,
 ) -> AppResult<Json<Value>> {
     let mut db = db.lock().await?;
-    let decided = allow(&state, &tenant, &mut db, Action::TenantManageSettings).await?;
+    let decided =
+        crate::tenant::decide::on_tenant(&state, &tenant, &mut db, Action::TenantManageSettings)
+            .await?;
     let rows: Vec<Template> = sqlx::query_as(
         "SELECT key, locale, subject, body FROM app.email_templates ORDER BY key, locale",
     )
@@ -140,7 +141,9 @@ async fn put_template(
         ));
     }
     let mut db = db.lock().await?;
-    let decided = allow(&state, &tenant, &mut db, Action::TenantManageSettings).await?;
+    let decided =
+        crate::tenant::decide::on_tenant(&state, &tenant, &mut db, Action::TenantManageSettings)
+            .await?;
     let row: Template = sqlx::query_as(
         "INSERT INTO app.email_templates (key, locale, subject, body) VALUES ($1, $2, $3, $4)
          ON CONFLICT (tenant_id, key, locale) DO UPDATE SET subject = EXCLUDED.subject, body = EXCLUDED.body
@@ -175,7 +178,9 @@ async fn delete_template(
 ) -> AppResult<axum::http::StatusCode> {
     let key = template_key(&key)?;
     let mut db = db.lock().await?;
-    let decided = allow(&state, &tenant, &mut db, Action::TenantManageSettings).await?;
+    let decided =
+        crate::tenant::decide::on_tenant(&state, &tenant, &mut db, Action::TenantManageSettings)
+            .await?;
     let done = sqlx::query("DELETE FROM app.email_templates WHERE key = $1 AND locale = $2")
         .bind(key)
         .bind(&query.locale)
@@ -194,15 +199,6 @@ async fn delete_template(
     )
     .await?;
     Ok(axum::http::StatusCode::NO_CONTENT)
-}
-
-async fn allow(
-    state: &AppState,
-    tenant: &Tenant,
-    db: &mut DbGuard<'_>,
-    action: Action,
-) -> AppResult<Decided> {
-    authorize(state, tenant, db, action, Resource::Tenant(tenant.id)).await
 }
 
 /// The tenant's configuration document as every request loads it (the
@@ -348,7 +344,9 @@ async fn read_config(
     db: Db,
 ) -> AppResult<Json<Value>> {
     let mut db = db.lock().await?;
-    let decided = allow(&state, &tenant, &mut db, Action::TenantManageSettings).await?;
+    let decided =
+        crate::tenant::decide::on_tenant(&state, &tenant, &mut db, Action::TenantManageSettings)
+            .await?;
     let (version, config) = current_config(&mut db, decided).await?;
     Ok(Json(json!({"version": version, "config": config})))
 }
@@ -371,7 +369,9 @@ async fn update_config(
     }
     tenant_config::validate(&update).map_err(AppError::Validation)?;
     let mut db = db.lock().await?;
-    let decided = allow(&state, &tenant, &mut db, Action::TenantManageSettings).await?;
+    let decided =
+        crate::tenant::decide::on_tenant(&state, &tenant, &mut db, Action::TenantManageSettings)
+            .await?;
     let (_, before) = current_config(&mut db, decided).await?;
     let mut after = before.clone();
     after.extend(update);
@@ -397,7 +397,9 @@ async fn versions(
     db: Db,
 ) -> AppResult<Json<Vec<Version>>> {
     let mut db = db.lock().await?;
-    let decided = allow(&state, &tenant, &mut db, Action::TenantManageSettings).await?;
+    let decided =
+        crate::tenant::decide::on_tenant(&state, &tenant, &mut db, Action::TenantManageSettings)
+            .await?;
     let rows = sqlx::query_as(
         "SELECT version, kind, changes, changed_by, changed_at, restored_from
          FROM app.tenant_config_versions ORDER BY version DESC",
@@ -455,7 +457,9 @@ async fn version(
     AppPath(number): AppPath<i32>,
 ) -> AppResult<Json<Value>> {
     let mut db = db.lock().await?;
-    let decided = allow(&state, &tenant, &mut db, Action::TenantManageSettings).await?;
+    let decided =
+        crate::tenant::decide::on_tenant(&state, &tenant, &mut db, Action::TenantManageSettings)
+            .await?;
     Ok(Json(load_version(&mut db, decided, number).await?.2))
 }
 
@@ -466,7 +470,9 @@ async fn restore(
     AppPath(number): AppPath<i32>,
 ) -> AppResult<Json<Value>> {
     let mut db = db.lock().await?;
-    let decided = allow(&state, &tenant, &mut db, Action::TenantManageSettings).await?;
+    let decided =
+        crate::tenant::decide::on_tenant(&state, &tenant, &mut db, Action::TenantManageSettings)
+            .await?;
     let (kind, value, _) = load_version(&mut db, decided, number).await?;
     let (before, after) = if kind == "branding" {
         let before = current_branding(&mut db, decided).await?;
@@ -516,7 +522,8 @@ async fn read_branding(
     db: Db,
 ) -> AppResult<Json<Map<String, Value>>> {
     let mut db = db.lock().await?;
-    let decided = allow(&state, &tenant, &mut db, Action::TenantView).await?;
+    let decided =
+        crate::tenant::decide::on_tenant(&state, &tenant, &mut db, Action::TenantView).await?;
     Ok(Json(current_branding(&mut db, decided).await?))
 }
 
@@ -576,7 +583,9 @@ async fn update_branding(
         }
     }
     let mut db = db.lock().await?;
-    let decided = allow(&state, &tenant, &mut db, Action::TenantManageSettings).await?;
+    let decided =
+        crate::tenant::decide::on_tenant(&state, &tenant, &mut db, Action::TenantManageSettings)
+            .await?;
     let before = current_branding(&mut db, decided).await?;
     let after = apply_branding(
         &mut db,

@@ -24,14 +24,13 @@ use hickory_resolver::Resolver;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::authz::{Action, Resource};
+use crate::authz::Action;
 use crate::error::{AppError, AppResult};
 use crate::extract::{AppJson, AppPath};
+use crate::routes::bypass;
 use crate::routes::Routes;
-use crate::routes::{authorize, bypass};
 use crate::state::AppState;
-use crate::tenant::decide::Decided;
-use crate::tenant::{Db, DbGuard, Tenant};
+use crate::tenant::{Db, Tenant};
 
 /// Claims, verified or pending, one tenant may hold.
 pub const MAX_CLAIMS: i64 = 20;
@@ -93,21 +92,6 @@ fn expected_value(token: &str) -> String {
 
 const CLAIM: &str = "SELECT domain, token, requested_at, verified_at FROM app.domain_claims";
 
-async fn authorize_domains(
-    state: &AppState,
-    tenant: &Tenant,
-    db: &mut DbGuard<'_>,
-) -> AppResult<Decided> {
-    authorize(
-        state,
-        tenant,
-        db,
-        Action::TenantUpdate,
-        Resource::Tenant(tenant.id),
-    )
-    .await
-}
-
 /// `domain` as the catalog stores it (lower case, no trailing dot), the
 /// rules of `tenancy.normalize_host` without a port, or 422.
 fn normalized(state: &AppState, domain: &str) -> AppResult<String> {
@@ -147,7 +131,8 @@ async fn claim(
     AppJson(body): AppJson<ClaimRequest>,
 ) -> AppResult<(StatusCode, Json<ClaimView>)> {
     let mut db = db.lock().await?;
-    let decided = authorize_domains(&state, &tenant, &mut db).await?;
+    let decided =
+        crate::tenant::decide::on_tenant(&state, &tenant, &mut db, Action::TenantUpdate).await?;
     let domain = normalized(&state, &body.domain)?;
     let held: i64 = sqlx::query_scalar("SELECT count(*) FROM app.domain_claims")
         .fetch_one(db.conn(decided)?)
@@ -187,7 +172,8 @@ async fn claim(
 
 async fn list(State(state): State<AppState>, tenant: Tenant, db: Db) -> AppResult<Json<Value>> {
     let mut db = db.lock().await?;
-    let decided = authorize_domains(&state, &tenant, &mut db).await?;
+    let decided =
+        crate::tenant::decide::on_tenant(&state, &tenant, &mut db, Action::TenantUpdate).await?;
     let claims: Vec<Claim> = sqlx::query_as(&format!("{CLAIM} ORDER BY domain"))
         .fetch_all(db.conn(decided)?)
         .await?;
@@ -205,7 +191,8 @@ async fn claim_to_change(
     domain: &str,
 ) -> AppResult<Claim> {
     let mut db = db.lock().await?;
-    let decided = authorize_domains(state, tenant, &mut db).await?;
+    let decided =
+        crate::tenant::decide::on_tenant(state, tenant, &mut db, Action::TenantUpdate).await?;
     let domain = normalized(state, domain).map_err(|_| AppError::NotFound("Domain"))?;
     let claim = sqlx::query_as(&format!("{CLAIM} WHERE domain = $1"))
         .bind(&domain)

@@ -169,6 +169,18 @@ struct VerifyRequest {
     password: String,
 }
 
+/// The digest of a verification link's token, once the client's address is
+/// within its budget and the token and password have acceptable shapes.
+async fn link_digest(state: &AppState, address: &str, body: &VerifyRequest) -> AppResult<[u8; 32]> {
+    throttle(state, address).await?;
+    let token = body.token.trim();
+    if !auth::is_secret(token) {
+        return Err(NO_LINK);
+    }
+    crate::password::bounded(&body.password, "password")?;
+    Ok(tenancy_token::digest(token))
+}
+
 /// One answer for a link that is malformed, unknown, used or expired.
 const NO_LINK: AppError = AppError::NotFound("Signup link");
 
@@ -179,13 +191,7 @@ async fn verify(
     ClientAddress(address): ClientAddress,
     AppJson(body): AppJson<VerifyRequest>,
 ) -> AppResult<Json<Value>> {
-    throttle(&state, &address).await?;
-    let token = body.token.trim();
-    if !auth::is_secret(token) {
-        return Err(NO_LINK);
-    }
-    crate::password::bounded(&body.password, "password")?;
-    let digest = tenancy_token::digest(token);
+    let digest = link_digest(&state, &address, &body).await?;
     let pending: Option<(String, String)> =
         sqlx::query_as("SELECT email, password_hash FROM app.pending_signup($1)")
             .bind(&digest[..])
@@ -361,13 +367,7 @@ async fn verify_tenant(
     ClientAddress(address): ClientAddress,
     AppJson(body): AppJson<VerifyRequest>,
 ) -> AppResult<(StatusCode, Json<Value>)> {
-    throttle(&state, &address).await?;
-    let token = body.token.trim();
-    if !auth::is_secret(token) {
-        return Err(NO_LINK);
-    }
-    crate::password::bounded(&body.password, "password")?;
-    let digest = tenancy_token::digest(token);
+    let digest = link_digest(&state, &address, &body).await?;
     let pending: Option<(Uuid, String, String)> = sqlx::query_as(
         "SELECT tenant, email, password_hash FROM app.tenant_signups
          WHERE token_hash = $1 AND used_at IS NULL AND expires_at > now()",

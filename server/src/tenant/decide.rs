@@ -63,6 +63,17 @@ pub async fn authorize(
     Err(AppError::Denied)
 }
 
+/// `action` on the request's own tenant (the resource of tenant-wide
+/// actions: settings, members, domains...).
+pub async fn on_tenant(
+    state: &AppState,
+    tenant: &Tenant,
+    db: &mut DbGuard<'_>,
+    action: Action,
+) -> AppResult<Decided> {
+    authorize(state, tenant, db, action, Resource::Tenant(tenant.id)).await
+}
+
 /// The decision that the caller may see the tenant, which the policies
 /// allow every owner, admin and member: for what any member may do
 /// (chat, lists filtered item by item).
@@ -71,14 +82,7 @@ pub async fn as_member(
     tenant: &Tenant,
     db: &mut DbGuard<'_>,
 ) -> AppResult<Decided> {
-    authorize(
-        state,
-        tenant,
-        db,
-        Action::TenantView,
-        Resource::Tenant(tenant.id),
-    )
-    .await
+    on_tenant(state, tenant, db, Action::TenantView).await
 }
 
 /// Whether the policies allow it, without auditing (for filtering lists).
