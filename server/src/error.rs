@@ -5,7 +5,6 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -36,6 +35,10 @@ pub enum AppError {
     /// 409: conflicts with existing data.
     #[error("{0}")]
     Conflict(String),
+    /// 409: the transaction lost a deadlock or a serialization conflict to
+    /// another made at the same time, also when run again; nothing was kept.
+    #[error("The change conflicted with another made at the same time; try again")]
+    Contention,
     /// 409: a limit of the tenant's plan is reached (message names it).
     #[error("{0}")]
     LimitReached(String),
@@ -81,7 +84,9 @@ impl AppError {
                 StatusCode::FORBIDDEN
             }
             AppError::TenantNotFound | AppError::NotFound(_) => StatusCode::NOT_FOUND,
-            AppError::Conflict(_) | AppError::LimitReached(_) => StatusCode::CONFLICT,
+            AppError::Conflict(_) | AppError::LimitReached(_) | AppError::Contention => {
+                StatusCode::CONFLICT
+            }
             AppError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             AppError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -103,7 +108,7 @@ impl AppError {
             AppError::TenantInactive => "tenant_inactive",
             AppError::Forbidden(_) | AppError::Denied => "forbidden",
             AppError::NotFound(_) => "not_found",
-            AppError::Conflict(_) => "conflict",
+            AppError::Conflict(_) | AppError::Contention => "conflict",
             AppError::LimitReached(_) => "limit_reached",
             AppError::Validation(_) => "validation_failed",
             AppError::MethodNotAllowed => "method_not_allowed",
@@ -123,6 +128,21 @@ impl AppError {
     }
 }
 
+/// Marks an answer whose transaction lost a deadlock or a serialization
+/// conflict: the tenant-scoped request path runs such a request again.
+#[derive(Debug, Clone, Copy)]
+pub struct Contended;
+
+/// The body of every error answer.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong, written for people.
+    error: String,
+    /// What went wrong, stable for programs: `not_found`, `forbidden`,
+    /// `validation_failed`, `rate_limited`...
+    code: &'static str,
+}
+
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         match &self {
@@ -132,13 +152,19 @@ impl IntoResponse for AppError {
             AppError::Unauthorized(reason) => tracing::debug!(reason, "unauthorized"),
             _ => {}
         }
-        let body = Json(json!({"error": self.to_string(), "code": self.code()}));
+        let body = Json(ErrorBody {
+            error: self.to_string(),
+            code: self.code(),
+        });
         let mut response = (self.status(), body).into_response();
         let retry_after = match &self {
             AppError::RateLimited(seconds) => Some(*seconds),
             AppError::Busy(_) => Some(1),
             _ => None,
         };
+        if matches!(self, AppError::Contention) {
+            response.extensions_mut().insert(Contended);
+        }
         if let Some(seconds) = retry_after {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
@@ -149,55 +175,103 @@ impl IntoResponse for AppError {
     }
 }
 
+/// The one mapping of database errors, by SQLSTATE (class first, then the
+/// codes of this service's own triggers and of the extension). Nothing of
+/// the database's own wording reaches a client, except where noted: the
+/// texts of this service's triggers, which are written for users.
 impl From<sqlx::Error> for AppError {
     fn from(e: sqlx::Error) -> Self {
-        match &e {
-            sqlx::Error::Database(db) => {
-                let message = db.message();
-                match db.code().as_deref() {
-                    // The extension refuses the context itself.
-                    Some("55000") if message == "tenant is not active" => AppError::TenantInactive,
-                    Some("28000") if message == "tenant context names an unknown tenant" => {
-                        AppError::TenantNotFound
-                    }
-                    // The plan's limits, enforced by triggers; the text names the limit.
-                    Some("53400") => AppError::LimitReached(message.to_owned()),
-                    // Raised by our own triggers (no constraint): their text is written for users.
-                    Some("23505") if db.constraint().is_none() => {
-                        AppError::Conflict(message.to_owned())
-                    }
-                    Some("23505") => AppError::Conflict("Already exists".to_owned()),
-                    Some("23503") => {
-                        AppError::Validation("Refers to something that does not exist".to_owned())
-                    }
-                    // Connection lost or server shutting down/restarting: retryable.
-                    Some(code) if code.starts_with("08") || code.starts_with("57") => {
-                        AppError::Unavailable(format!("database: {e}"))
-                    }
-                    // A NUL character in text (PostgreSQL's text cannot hold one).
-                    // A date or time PostgreSQL cannot hold (year -99999, say).
-                    Some("22008") => AppError::Validation("Date or time out of range".to_owned()),
-                    // Two changes that cannot both apply (deadlock, serialization):
-                    // the loser is told to try again; nothing of it was kept.
-                    Some("40P01") | Some("40001") => AppError::Conflict(
-                        "The change conflicted with another made at the same time; try again"
-                            .to_owned(),
-                    ),
-                    Some("22021") | Some("22P05") => {
-                        AppError::Validation("Text must not contain NUL characters".to_owned())
-                    }
-                    Some("23514") | Some("22001") | Some("22023") => {
-                        AppError::Validation("Invalid value".to_owned())
-                    }
-                    _ => AppError::Internal(format!("database: {e}")),
+        let sqlx::Error::Database(db) = &e else {
+            return match e {
+                sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+                    AppError::Unavailable(format!("database: {e}"))
                 }
+                _ => AppError::Internal(format!("database: {e}")),
+            };
+        };
+        let code = db.code().unwrap_or_default();
+        let message = db.message();
+        let pg = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>();
+        let field = pg
+            .and_then(|pg| pg.column())
+            .or_else(|| check_field(db.constraint(), pg.and_then(|pg| pg.table())));
+        match (&code[..2.min(code.len())], &*code) {
+            // The extension refuses the context itself (see its README, "Errors").
+            (_, "55000") if message == "tenant is not active" => AppError::TenantInactive,
+            (_, "28000") if message == "tenant context names an unknown tenant" => {
+                AppError::TenantNotFound
             }
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-                AppError::Unavailable(format!("database: {e}"))
+            // Class 22, data exceptions: the input, not the service.
+            (_, "22021") | (_, "22P05") => {
+                AppError::Validation("Text must not contain NUL characters".to_owned())
             }
+            (_, "22007") | (_, "22008") => {
+                AppError::Validation("Date or time out of range".to_owned())
+            }
+            (_, "22003") => AppError::Validation(match field {
+                Some(field) => format!("{field} is out of range"),
+                None => "A number is out of range".to_owned(),
+            }),
+            (_, "22001") => AppError::Validation(match field {
+                Some(field) => format!("{field} is too long"),
+                None => "A value is too long".to_owned(),
+            }),
+            ("22", _) => AppError::Validation(match field {
+                Some(field) => format!("Invalid value for {field}"),
+                None => "Invalid value".to_owned(),
+            }),
+            // Class 23, integrity constraints.
+            // Raised by our own triggers (no constraint): their text is written for users.
+            (_, "23505") if db.constraint().is_none() => AppError::Conflict(message.to_owned()),
+            (_, "23505") => AppError::Conflict("Already exists".to_owned()),
+            (_, "23503") => {
+                AppError::Validation("Refers to something that does not exist".to_owned())
+            }
+            (_, "23502") => AppError::Validation(match field {
+                Some(field) => format!("{field} is required"),
+                None => "A required value is missing".to_owned(),
+            }),
+            ("23", _) => AppError::Validation(match field {
+                Some(field) => format!("Invalid value for {field}"),
+                None => "Invalid value".to_owned(),
+            }),
+            // Class 40: the transaction lost a deadlock or a serialization
+            // conflict; the tenant-scoped request path runs it again
+            // (tenant::tenant_scope), then the caller is told to try again.
+            (_, "40P01") | (_, "40001") => AppError::Contention,
+            // The plan's limits, enforced by triggers; the text names the limit.
+            (_, "53400") => AppError::LimitReached(message.to_owned()),
+            // Connection lost, too many connections, server shutting down or
+            // restarting: retryable.
+            ("08", _) | ("57", _) | (_, "53300") => AppError::Unavailable(format!("database: {e}")),
             _ => AppError::Internal(format!("database: {e}")),
         }
     }
+}
+
+impl AppError {
+    /// For calls to the extension's functions whose refusals are written
+    /// for users (a bad slug, a duplicate name, a bad colour): 22023 and
+    /// 23505 carry their own text; anything else as [`From<sqlx::Error>`].
+    pub fn user_facing(e: sqlx::Error) -> AppError {
+        if let sqlx::Error::Database(db) = &e {
+            match db.code().as_deref() {
+                Some("22023") => return AppError::Validation(db.message().to_owned()),
+                Some("23505") => return AppError::Conflict(db.message().to_owned()),
+                _ => {}
+            }
+        }
+        AppError::from(e)
+    }
+}
+
+/// The column a CHECK constraint named by PostgreSQL's convention
+/// (`<table>_<column>_check`) is about.
+fn check_field<'a>(constraint: Option<&'a str>, table: Option<&str>) -> Option<&'a str> {
+    constraint?
+        .strip_prefix(table?)?
+        .strip_prefix('_')?
+        .strip_suffix("_check")
 }
 
 impl From<redis::RedisError> for AppError {

@@ -17,6 +17,7 @@ pub mod mail;
 pub mod mail_templates;
 pub mod messaging;
 pub mod metrics;
+mod openapi;
 pub mod ops;
 pub mod password;
 pub mod provision;
@@ -70,30 +71,67 @@ fn table() -> Table {
 }
 
 /// Every route path the service serves (axum's syntax: `/api/boards/{id}`).
-pub fn route_paths() -> Vec<&'static str> {
+pub fn route_paths() -> Vec<String> {
     let table = table();
     [table.public, table.authenticated, table.tenant_scoped]
         .iter()
-        .flat_map(|routes| routes.paths().iter().copied())
+        .flat_map(|routes| routes.paths().iter().cloned())
         .collect()
+}
+
+/// The service's OpenAPI 3.1 document, made from the handlers' own
+/// annotations (served at `/openapi.json`, browsable at `/docs`).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    Parts::new().doc
+}
+
+/// The routers of the three layers and the document of all their routes.
+struct Parts {
+    public: Router<AppState>,
+    authenticated: Router<AppState>,
+    tenant_scoped: Router<AppState>,
+    doc: utoipa::openapi::OpenApi,
+}
+
+impl Parts {
+    fn new() -> Self {
+        let table = table();
+        let mut doc = openapi::base();
+        let mut split = |routes: routes::Routes| {
+            let (router, api) = routes.split();
+            doc.merge(api);
+            router
+        };
+        let public = split(table.public);
+        let authenticated = split(table.authenticated);
+        let (tenant_scoped, mut api) = table.tenant_scoped.split();
+        openapi::each_operation(&mut api, openapi::tenant_scoped);
+        doc.merge(api);
+        openapi::each_operation(&mut doc, openapi::refusals);
+        openapi::operation_ids(&mut doc);
+        Parts {
+            public,
+            authenticated,
+            tenant_scoped,
+            doc,
+        }
+    }
 }
 
 /// The whole HTTP application; tests serve it on port 0.
 pub fn app(state: AppState) -> Router {
-    let table = table();
-    let tenant_scoped = table
+    let parts = Parts::new();
+    let tenant_scoped = parts
         .tenant_scoped
-        .into_router()
         .route_layer(from_fn_with_state(state.clone(), tenant::tenant_scope));
-    let authenticated = table
+    let authenticated = parts
         .authenticated
-        .into_router()
         .merge(tenant_scoped)
         .route_layer(from_fn_with_state(state.clone(), auth::authenticate));
-    table
+    parts
         .public
-        .into_router()
         .merge(authenticated)
+        .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", parts.doc))
         .fallback(|| async { error::AppError::NotFound("Route") })
         .method_not_allowed_fallback(|| async { error::AppError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))

@@ -74,6 +74,9 @@ enum Command {
         #[arg(long)]
         password_stdin: bool,
     },
+    /// Print the OpenAPI 3.1 document (what `/openapi.json` serves), for
+    /// client generators and API diffs in CI; needs no configuration.
+    Openapi,
     /// Add a user to a tenant (password as for create-super-admin; an
     /// account that already has one keeps it).
     AddMember {
@@ -125,6 +128,19 @@ async fn main() -> ExitCode {
             .init();
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+    // The document needs no configuration (and Cli::parse would ask for it).
+    if std::env::args().nth(1).as_deref() == Some("openapi") {
+        return match tenancy_server::openapi().to_pretty_json() {
+            Ok(json) => {
+                println!("{json}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Serve);
@@ -195,6 +211,7 @@ async fn main() -> ExitCode {
                 .map_err(|e| e.to_string()),
             Err(e) => Err(e),
         },
+        Command::Openapi => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -210,7 +210,7 @@ pub async fn create_tenant(
         .bind(name)
         .fetch_one(&mut *tx)
         .await
-        .map_err(crate::provision::catalog_error)?;
+        .map_err(crate::error::AppError::user_facing)?;
     let owner = upsert_user(&mut tx, owner_email, &password_hash).await?;
     enter_tenant(&mut tx, config, tenant, owner).await?;
     crate::provision::owner_and_workspace(&mut tx, owner).await?;

@@ -28,20 +28,6 @@ pub struct NewTenant<'a> {
 
 const CATEGORIES: [&str; 4] = ["General", "Support", "Sales", "Billing"];
 
-/// Maps the extension's refusals of a tenant (bad slug or name, duplicate
-/// slug) to a 4xx that says what was wrong.
-pub fn catalog_error(e: sqlx::Error) -> AppError {
-    match &e {
-        sqlx::Error::Database(db) if db.code().as_deref() == Some("23505") => {
-            AppError::Conflict(db.message().to_owned())
-        }
-        sqlx::Error::Database(db) if db.code().as_deref() == Some("22023") => {
-            AppError::Validation(db.message().to_owned())
-        }
-        _ => AppError::from(e),
-    }
-}
-
 /// The owner's membership and a first workspace they administer (inside
 /// the tenant's context). Returns the workspace.
 pub async fn owner_and_workspace(conn: &mut PgConnection, owner: Uuid) -> AppResult<Uuid> {
@@ -102,7 +88,7 @@ pub async fn provision(
         .bind(new.display_name)
         .fetch_one(&mut *tx)
         .await
-        .map_err(catalog_error)?;
+        .map_err(AppError::user_facing)?;
     let owner: Uuid = sqlx::query_scalar("SELECT app.ensure_user($1)")
         .bind(new.owner_email)
         .fetch_one(&mut *tx)

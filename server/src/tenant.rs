@@ -232,10 +232,14 @@ async fn resolve(
     }
 }
 
+/// How many times a tenant-scoped request runs when its transaction loses a
+/// deadlock or a serialization conflict, before the caller gets 409.
+const ATTEMPTS: u32 = 3;
+
 /// Middleware for tenant-scoped routes (runs after `authenticate`).
 pub async fn tenant_scope(
     State(state): State<AppState>,
-    mut request: Request,
+    request: Request,
     next: Next,
 ) -> AppResult<Response> {
     let user = request
@@ -244,7 +248,6 @@ pub async fn tenant_scope(
         .cloned()
         .ok_or(AppError::Unauthorized("Missing bearer token"))?;
     let (tenant_id, source) = resolve(&state, request.headers(), &user).await?;
-    let user_id = user.0.sub;
     // A tenant whose API budget this instance has seen spent is refused
     // before it takes a slot of the pool or a round trip: its members'
     // excess costs the others nothing. Only for tokens issued for this
@@ -265,6 +268,74 @@ pub async fn tenant_scope(
             std::time::Duration::from_millis(state.config.limits.tenant_queue_ms),
         )
         .await?;
+    // A request whose transaction loses a deadlock or a serialization
+    // conflict runs again from the start (membership and decision included)
+    // on a new transaction, a bounded number of times; its body is kept for
+    // that. A WebSocket upgrade is not run twice.
+    if request.headers().contains_key(axum::http::header::UPGRADE) {
+        return attempt(&state, &user, tenant_id, source, request, next, true).await;
+    }
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, state.config.max_body_bytes)
+        .await
+        .map_err(|e| {
+            if e.into_inner().is::<http_body_util::LengthLimitError>() {
+                AppError::PayloadTooLarge
+            } else {
+                AppError::BadRequest("The request body could not be read".to_owned())
+            }
+        })?;
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let request = Request::from_parts(parts.clone(), axum::body::Body::from(body.clone()));
+        let outcome = attempt(
+            &state,
+            &user,
+            tenant_id,
+            source,
+            request,
+            next.clone(),
+            tries == 1,
+        )
+        .await;
+        let lost = match &outcome {
+            Err(e) => matches!(e, AppError::Contention),
+            Ok(response) => response
+                .extensions()
+                .get::<crate::error::Contended>()
+                .is_some(),
+        };
+        if !lost || tries >= ATTEMPTS {
+            return outcome;
+        }
+        crate::metrics::throttled("contention_retry", Some(tenant_id));
+        tracing::debug!(%tenant_id, tries, "transaction lost a conflict; running the request again");
+        let pause = 5 * u64::from(tries) + u64::from(rand_millis());
+        tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+    }
+}
+
+/// Up to 10 ms, so that two requests that collided do not collide again.
+fn rand_millis() -> u8 {
+    (uuid::Uuid::new_v4().as_bytes()[0]) % 10
+}
+
+/// One run of a tenant-scoped request: a new transaction with the signed
+/// context, the caller's membership, the handler, then commit (on success)
+/// or rollback. `first` is false when the request runs again after a
+/// conflict: its API budget was already counted.
+async fn attempt(
+    state: &AppState,
+    user: &AuthUser,
+    tenant_id: Uuid,
+    source: Source,
+    mut request: Request,
+    next: Next,
+    first: bool,
+) -> AppResult<Response> {
+    let user_id = user.0.sub;
+    let api_key = api_budget_key(tenant_id);
     let mut tx = state.db.begin().await?;
     let context = state.keys.context_token(tenant_id, user_id)?;
     // One round trip: set the signed context, then read the caller's
@@ -298,7 +369,7 @@ pub async fn tenant_scope(
             "denied:{{{tenant_id}}}:{user_id}:{}",
             u8::from(tenant_claim_mismatch)
         );
-        if let Some(count) = crate::limits::sample(&state, &sample_key).await? {
+        if let Some(count) = crate::limits::sample(state, &sample_key).await? {
             crate::audit::record(
                 &mut tx,
                 tenant_id,
@@ -325,8 +396,8 @@ pub async fn tenant_scope(
         .shares
         .resize(tenant_id, row.try_get("concurrent_requests")?);
     let api_limit: Option<i32> = row.try_get("api_requests_per_minute")?;
-    if let Some(limit) = api_limit {
-        rate_limit(&state, &api_key, limit, "tenant_api").await?;
+    if let Some(limit) = api_limit.filter(|_| first) {
+        rate_limit(state, &api_key, limit, "tenant_api").await?;
     }
     let tenant = Tenant {
         id: tenant_id,

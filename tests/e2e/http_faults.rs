@@ -112,3 +112,91 @@ async fn lost_database_connections_are_a_clean_503_then_recover() -> TestResult 
     );
     Ok(())
 }
+
+/// Makes every INSERT into app.workspaces fail with `sqlstate` for its first
+/// `times` tries (counted by a sequence, which a rollback does not undo).
+async fn fail_workspace_inserts(app: &TestApp, sqlstate: &str, times: i64) -> TestResult {
+    let mut db = app.superuser().await?;
+    for statement in [
+        "CREATE SEQUENCE public.insert_tries".to_owned(),
+        "GRANT USAGE ON SEQUENCE public.insert_tries TO PUBLIC".to_owned(),
+        format!(
+            "CREATE FUNCTION public.collide() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN IF nextval('public.insert_tries') <= {times} THEN \
+             RAISE EXCEPTION 'collided' USING ERRCODE = '{sqlstate}'; END IF; \
+             RETURN NEW; END $$"
+        ),
+        "CREATE TRIGGER collide BEFORE INSERT ON app.workspaces \
+         FOR EACH ROW EXECUTE FUNCTION public.collide()"
+            .to_owned(),
+    ] {
+        sqlx::query(&statement).execute(&mut db).await?;
+    }
+    Ok(())
+}
+
+async fn create_workspace(
+    app: &TestApp,
+    token: &str,
+    name: &str,
+) -> TestResult<(u16, serde_json::Value)> {
+    app.call(
+        Method::POST,
+        "/api/workspaces",
+        Some(token),
+        &[],
+        Some(json!({ "name": name })),
+    )
+    .await
+}
+
+async fn tries(app: &TestApp) -> TestResult<i64> {
+    Ok(
+        sqlx::query_scalar("SELECT last_value FROM public.insert_tries")
+            .fetch_one(&mut app.superuser().await?)
+            .await?,
+    )
+}
+
+#[tokio::test]
+async fn a_request_that_loses_a_deadlock_runs_again_and_succeeds() -> TestResult {
+    let app = TestApp::spawn().await?;
+    let token = app.login(ALICE).await?;
+    fail_workspace_inserts(&app, "40P01", 2).await?;
+    let (status, body) = create_workspace(&app, &token, "Third time").await?;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(tries(&app).await?, 3, "two lost tries, then the one kept");
+    let (_, list) = app.get("/api/workspaces", &token).await?;
+    let named = list.as_array().map_or(0, |l| {
+        l.iter().filter(|w| w["name"] == "Third time").count()
+    });
+    assert_eq!(named, 1, "created once: {list}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_request_that_keeps_losing_serialization_conflicts_gets_409_after_three_tries(
+) -> TestResult {
+    let app = TestApp::spawn().await?;
+    let token = app.login(ALICE).await?;
+    fail_workspace_inserts(&app, "40001", 1_000).await?;
+    let (status, body) = create_workspace(&app, &token, "Never").await?;
+    assert_eq!(
+        (status, body),
+        (
+            409,
+            json!({
+                "error": "The change conflicted with another made at the same time; try again",
+                "code": "conflict"
+            })
+        )
+    );
+    assert_eq!(tries(&app).await?, 3, "a bounded number of tries");
+    let (_, list) = app.get("/api/workspaces", &token).await?;
+    assert!(
+        list.as_array()
+            .is_some_and(|l| l.iter().all(|w| w["name"] != "Never")),
+        "nothing kept: {list}"
+    );
+    Ok(())
+}

@@ -40,7 +40,7 @@ fn bodies() -> Vec<String> {
 }
 
 /// `path` with its `{parameters}` replaced by `value`.
-fn fill(path: &str, value: &str) -> String {
+pub(crate) fn fill(path: &str, value: &str) -> String {
     let mut out = String::new();
     let mut rest = path;
     while let Some(start) = rest.find('{') {

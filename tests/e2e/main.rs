@@ -29,6 +29,7 @@ mod http_input;
 mod http_invitations;
 mod http_mail;
 mod http_messaging;
+mod http_openapi;
 mod http_routes;
 mod http_tenancy;
 mod http_tenant_config;

@@ -10,12 +10,12 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sqlx::PgConnection;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::auth::AuthUser;
@@ -28,14 +28,11 @@ use crate::state::AppState;
 
 pub fn router() -> Routes {
     Routes::default()
-        .route("/api/admin/tenants", get(list).post(create))
-        .route(
-            "/api/admin/tenants/{id}",
-            get(read).put(update).delete(remove),
-        )
-        .route("/api/admin/tenants/{id}/suspend", post(suspend))
-        .route("/api/admin/tenants/{id}/reactivate", post(reactivate))
-        .route("/api/admin/audit", get(audit))
+        .routes(routes!(list, create))
+        .routes(routes!(read, update, remove))
+        .routes(routes!(suspend))
+        .routes(routes!(reactivate))
+        .routes(routes!(audit))
 }
 
 /// Proof that the policies let the caller act on the platform: only
@@ -141,7 +138,7 @@ async fn fetch(conn: &mut PgConnection, id: Uuid) -> AppResult<Value> {
     row.map(view).ok_or(AppError::TenantNotFound)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateTenant {
     slug: String,
@@ -153,6 +150,13 @@ struct CreateTenant {
     demo_data: bool,
 }
 
+#[utoipa::path(post, path = "/api/admin/tenants", tag = "platform admin",
+    request_body = CreateTenant,
+    responses((status = 201, description = "Created and provisioned, with its owner: \
+        `{id, slug, name, display_name, logo_url, primary_color, status, created_at, \
+        updated_at, plan, limits: {max_members, max_workspaces, storage_bytes, \
+        api_requests_per_minute}, usage: {members, workspaces, storage_bytes}}`",
+        body = serde_json::Value)))]
 async fn create(
     State(state): State<AppState>,
     user: AuthUser,
@@ -183,7 +187,8 @@ async fn create(
     Ok((StatusCode::CREATED, Json(created)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
     status: Option<String>,
@@ -193,6 +198,11 @@ struct ListQuery {
     offset: Option<i64>,
 }
 
+#[utoipa::path(get, path = "/api/admin/tenants", tag = "platform admin",
+    params(ListQuery),
+    responses((status = 200, description = "A page of tenants, oldest first: \
+        `{tenants, total, limit, offset}`, each tenant as in `GET /api/admin/tenants/{id}`",
+        body = serde_json::Value)))]
 async fn list(
     State(state): State<AppState>,
     user: AuthUser,
@@ -235,6 +245,13 @@ async fn list(
     })))
 }
 
+#[utoipa::path(get, path = "/api/admin/tenants/{id}", tag = "platform admin",
+    params(("id" = Uuid, Path, description = "Tenant")),
+    responses((status = 200, description = "The tenant, with its plan, limits and usage: \
+        `{id, slug, name, display_name, logo_url, primary_color, status, created_at, \
+        updated_at, plan, limits: {max_members, max_workspaces, storage_bytes, \
+        api_requests_per_minute}, usage: {members, workspaces, storage_bytes}}`",
+        body = serde_json::Value)))]
 async fn read(
     State(state): State<AppState>,
     user: AuthUser,
@@ -247,20 +264,24 @@ async fn read(
     Ok(Json(tenant))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Limits {
     #[serde(default, deserialize_with = "crate::routes::present")]
+    #[schema(value_type = Option<i32>)]
     max_members: Option<Option<i32>>,
     #[serde(default, deserialize_with = "crate::routes::present")]
+    #[schema(value_type = Option<i32>)]
     max_workspaces: Option<Option<i32>>,
     #[serde(default, deserialize_with = "crate::routes::present")]
+    #[schema(value_type = Option<i64>)]
     storage_bytes: Option<Option<i64>>,
     #[serde(default, deserialize_with = "crate::routes::present")]
+    #[schema(value_type = Option<i32>)]
     api_requests_per_minute: Option<Option<i32>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct UpdateTenant {
     name: Option<String>,
@@ -271,6 +292,11 @@ struct UpdateTenant {
     limits: Option<Limits>,
 }
 
+#[utoipa::path(put, path = "/api/admin/tenants/{id}", tag = "platform admin",
+    params(("id" = Uuid, Path, description = "Tenant")),
+    request_body = UpdateTenant,
+    responses((status = 200, description = "The tenant as it is now (as in \
+        `GET /api/admin/tenants/{id}`)", body = serde_json::Value)))]
 async fn update(
     State(state): State<AppState>,
     user: AuthUser,
@@ -437,6 +463,10 @@ async fn set_status(
     Ok(Json(after))
 }
 
+#[utoipa::path(post, path = "/api/admin/tenants/{id}/suspend", tag = "platform admin",
+    params(("id" = Uuid, Path, description = "Tenant")),
+    responses((status = 200, description = "Suspended; its members' WebSockets close. The \
+        tenant as in `GET /api/admin/tenants/{id}`", body = serde_json::Value)))]
 async fn suspend(
     State(state): State<AppState>,
     user: AuthUser,
@@ -445,6 +475,10 @@ async fn suspend(
     set_status(&state, &user, id, "suspended", "tenant.suspended").await
 }
 
+#[utoipa::path(post, path = "/api/admin/tenants/{id}/reactivate", tag = "platform admin",
+    params(("id" = Uuid, Path, description = "Tenant")),
+    responses((status = 200, description = "Active again. The tenant as in \
+        `GET /api/admin/tenants/{id}`", body = serde_json::Value)))]
 async fn reactivate(
     State(state): State<AppState>,
     user: AuthUser,
@@ -454,6 +488,10 @@ async fn reactivate(
 }
 
 /// Soft delete: the tenant becomes inactive; its data stays.
+#[utoipa::path(delete, path = "/api/admin/tenants/{id}", tag = "platform admin",
+    params(("id" = Uuid, Path, description = "Tenant")),
+    responses((status = 200, description = "Inactive, its data kept. The tenant as in \
+        `GET /api/admin/tenants/{id}`", body = serde_json::Value)))]
 async fn remove(
     State(state): State<AppState>,
     user: AuthUser,
@@ -462,6 +500,11 @@ async fn remove(
     set_status(&state, &user, id, "inactive", "tenant.deleted").await
 }
 
+#[utoipa::path(get, path = "/api/admin/audit", tag = "platform admin",
+    params(crate::routes::audit::AuditQuery),
+    responses((status = 200, description = "A page of every tenant's trail, newest first: \
+        `{events: [{id, tenant_id, actor_id, action, target, details, created_at}], \
+        next_before}` (`next_before` is null on the last page)", body = serde_json::Value)))]
 async fn audit(
     State(state): State<AppState>,
     user: AuthUser,

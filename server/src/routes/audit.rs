@@ -4,12 +4,12 @@
 //! shares. Newest first; `before` is the cursor.
 
 use axum::extract::State;
-use axum::routing::get;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sqlx::PgConnection;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::authz::{Action, Resource};
@@ -21,18 +21,22 @@ use crate::state::AppState;
 use crate::tenant::{Db, Tenant};
 
 pub fn router() -> Routes {
-    Routes::default().route("/api/tenant/audit", get(tenant_audit))
+    Routes::default().routes(routes!(tenant_audit))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
     /// Only this action (e.g. `authz.denied`, `config.updated`).
     action: Option<String>,
+    /// Only the actions of this user.
     actor_id: Option<Uuid>,
     /// Only this tenant (super admins; within a tenant it is always its own).
     tenant_id: Option<Uuid>,
+    /// Only entries at or after this time (RFC 3339).
     since: Option<DateTime<Utc>>,
+    /// Only entries before this time (RFC 3339).
     until: Option<DateTime<Utc>>,
     /// Page size, 1 to 200 (default 50).
     limit: Option<i64>,
@@ -89,6 +93,13 @@ pub async fn page(conn: &mut PgConnection, query: &AuditQuery) -> AppResult<Valu
     Ok(json!({"events": entries, "next_before": next}))
 }
 
+#[utoipa::path(get, path = "/api/tenant/audit", tag = "audit",
+    params(AuditQuery),
+    responses((status = 200, description = "One page of the tenant's trail, newest first: \
+        `events` (each `id`, `tenant_id`, `actor_id`, `action`, `target`, `details`, \
+        `created_at`) and `next_before` (the `before` of the next page; null when this page \
+        is not full)",
+        body = serde_json::Value)))]
 async fn tenant_audit(
     State(state): State<AppState>,
     tenant: Tenant,

@@ -10,11 +10,11 @@
 use axum::extract::{FromRequest, Request, State};
 use axum::http::header::{CONTENT_TYPE, USER_AGENT};
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::{delete, get, post};
 use axum::{Form, Json};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sqlx::Row;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::auth::{self, AuthUser, TenantRef, TokenSubject};
@@ -27,30 +27,30 @@ use crate::state::AppState;
 /// Routes that need no token.
 pub fn public_router() -> Routes {
     Routes::default()
-        .route("/auth/token", post(token))
-        .route("/auth/refresh", post(refresh))
+        .routes(routes!(token))
+        .routes(routes!(refresh))
 }
 
 /// Routes that need a valid token but no tenant.
 pub fn authenticated_router() -> Routes {
     Routes::default()
-        .route("/auth/switch-tenant", post(switch_tenant))
-        .route("/auth/logout", post(logout))
-        .route("/auth/logout-all", post(logout_all))
-        .route("/auth/sessions", get(sessions))
-        .route("/auth/sessions/{id}", delete(end_session))
-        .route("/users/me", get(me))
-        .route("/users/me/logins", get(logins))
+        .routes(routes!(switch_tenant))
+        .routes(routes!(logout))
+        .routes(routes!(logout_all))
+        .routes(routes!(sessions))
+        .routes(routes!(end_session))
+        .routes(routes!(me))
+        .routes(routes!(logins))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct LoginRequest {
     email: String,
     password: String,
 }
 
 /// The OAuth 2.0 token request (RFC 6749 4.3 and 6), form-encoded.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct OAuthForm {
     grant_type: String,
     username: Option<String>,
@@ -58,7 +58,7 @@ struct OAuthForm {
     refresh_token: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct RefreshRequest {
     refresh_token: String,
 }
@@ -225,6 +225,13 @@ fn session_response(tokens: auth::SessionTokens) -> Json<Value> {
     )
 }
 
+#[utoipa::path(post, path = "/auth/token", tag = "auth", security(()),
+    request_body(content((LoginRequest = "application/json"),
+        (OAuthForm = "application/x-www-form-urlencoded"))),
+    responses((status = 200, description = "A new session: `{access_token, refresh_token, \
+        token_type, expires_in, tenant_id, tenants}` (`tenant_id` when the account has one tenant, \
+        `tenants` when it has several)",
+        body = serde_json::Value)))]
 async fn token(
     State(state): State<AppState>,
     ClientAddress(address): ClientAddress,
@@ -237,6 +244,11 @@ async fn token(
     }
 }
 
+#[utoipa::path(post, path = "/auth/refresh", tag = "auth", security(()),
+    request_body = RefreshRequest,
+    responses((status = 200, description = "The session's next tokens: `{access_token, \
+        refresh_token, token_type, expires_in, tenant_id, tenants}`",
+        body = serde_json::Value)))]
 async fn refresh(
     State(state): State<AppState>,
     ClientAddress(address): ClientAddress,
@@ -352,11 +364,16 @@ async fn login(
     Ok(session_response(tokens))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct SwitchRequest {
     tenant_id: Uuid,
 }
 
+#[utoipa::path(post, path = "/auth/switch-tenant", tag = "auth",
+    request_body = SwitchRequest,
+    responses((status = 200, description = "An access token for the tenant, same session: \
+        `{access_token, token_type, expires_in, tenant_id, tenants}`",
+        body = serde_json::Value)))]
 async fn switch_tenant(
     State(state): State<AppState>,
     AuthUser(claims): AuthUser,
@@ -391,6 +408,8 @@ async fn switch_tenant(
 }
 
 /// Ends the caller's session: its access and refresh tokens stop working.
+#[utoipa::path(post, path = "/auth/logout", tag = "auth",
+    responses((status = 204, description = "Signed out")))]
 async fn logout(
     State(state): State<AppState>,
     AuthUser(claims): AuthUser,
@@ -401,6 +420,8 @@ async fn logout(
 }
 
 /// Ends every session of the caller, this one included.
+#[utoipa::path(post, path = "/auth/logout-all", tag = "auth",
+    responses((status = 204, description = "Every session ended")))]
 async fn logout_all(
     State(state): State<AppState>,
     AuthUser(claims): AuthUser,
@@ -411,6 +432,10 @@ async fn logout_all(
 }
 
 /// The caller's sessions that can still be refreshed, newest first.
+#[utoipa::path(get, path = "/auth/sessions", tag = "auth",
+    responses((status = 200, description = "`{sessions: [{id, current, tenant_id, created_at, \
+        last_refreshed_at, idle_expires_at, expires_at, user_agent, address}]}`",
+        body = serde_json::Value)))]
 async fn sessions(
     State(state): State<AppState>,
     AuthUser(claims): AuthUser,
@@ -444,6 +469,9 @@ async fn sessions(
 }
 
 /// Ends one of the caller's own sessions (404 for any other id).
+#[utoipa::path(delete, path = "/auth/sessions/{id}", tag = "auth",
+    params(("id" = Uuid, Path, description = "Session")),
+    responses((status = 204, description = "Session ended")))]
 async fn end_session(
     State(state): State<AppState>,
     AuthUser(claims): AuthUser,
@@ -457,7 +485,8 @@ async fn end_session(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct LoginsQuery {
     /// At most this many (1 to 200, default 50).
@@ -465,6 +494,10 @@ struct LoginsQuery {
 }
 
 /// The caller's latest login attempts, successful and failed, newest first.
+#[utoipa::path(get, path = "/users/me/logins", tag = "auth",
+    params(LoginsQuery),
+    responses((status = 200, description = "`{logins: [{at, succeeded, address, user_agent}]}`",
+        body = serde_json::Value)))]
 async fn logins(
     State(state): State<AppState>,
     AuthUser(claims): AuthUser,
@@ -489,6 +522,10 @@ async fn logins(
     Ok(Json(json!({ "logins": logins })))
 }
 
+#[utoipa::path(get, path = "/users/me", tag = "auth",
+    responses((status = 200, description = "The caller: `{id, email, super_admin, tenant_id, \
+        tenant_slug, workspace_id, tenants: [{id, slug, name, role, status}]}`",
+        body = serde_json::Value)))]
 async fn me(State(state): State<AppState>, AuthUser(claims): AuthUser) -> AppResult<Json<Value>> {
     let tenants = memberships(&state, claims.sub).await?;
     let tenants: Vec<Value> = tenants

@@ -1,10 +1,10 @@
 //! Boards, inside workspaces of the current tenant.
 
 use axum::http::StatusCode;
-use axum::routing::get;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use axum::extract::State;
@@ -19,11 +19,11 @@ use crate::tenant::{Db, Tenant};
 
 pub fn router() -> Routes {
     Routes::default()
-        .route("/api/workspaces/{id}/boards", get(list).post(create))
-        .route("/api/boards/{id}", get(read).patch(update).delete(remove))
+        .routes(routes!(list, create))
+        .routes(routes!(read, update, remove))
 }
 
-#[derive(Serialize, sqlx::FromRow)]
+#[derive(Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Board {
     id: Uuid,
     workspace_id: Uuid,
@@ -33,6 +33,9 @@ pub struct Board {
 
 const COLUMNS: &str = "id, workspace_id, name, created_at";
 
+#[utoipa::path(get, path = "/api/workspaces/{id}/boards", tag = "boards",
+    params(("id" = Uuid, Path, description = "Workspace")),
+    responses((status = 200, description = "The workspace's boards, oldest first", body = [Board])))]
 async fn list(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -51,12 +54,16 @@ async fn list(
     Ok(Json(rows))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct BoardBody {
     name: String,
 }
 
+#[utoipa::path(post, path = "/api/workspaces/{id}/boards", tag = "boards",
+    params(("id" = Uuid, Path, description = "Workspace")),
+    request_body = BoardBody,
+    responses((status = 201, description = "Created", body = Board)))]
 async fn create(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -78,6 +85,9 @@ async fn create(
     Ok((StatusCode::CREATED, Json(board)))
 }
 
+#[utoipa::path(get, path = "/api/boards/{id}", tag = "boards",
+    params(("id" = Uuid, Path, description = "Board")),
+    responses((status = 200, body = Board)))]
 async fn read(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -95,6 +105,10 @@ async fn read(
         .ok_or(AppError::NotFound("Board"))
 }
 
+#[utoipa::path(patch, path = "/api/boards/{id}", tag = "boards",
+    params(("id" = Uuid, Path, description = "Board")),
+    request_body = BoardBody,
+    responses((status = 200, description = "Renamed", body = Board)))]
 async fn update(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -117,6 +131,9 @@ async fn update(
     .ok_or(AppError::NotFound("Board"))
 }
 
+#[utoipa::path(delete, path = "/api/boards/{id}", tag = "boards",
+    params(("id" = Uuid, Path, description = "Board")),
+    responses((status = 204, description = "Deleted, with its tasks")))]
 async fn remove(
     State(state): State<AppState>,
     tenant: Tenant,

@@ -11,10 +11,10 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
-use axum::routing::{get, post};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::auth::AuthUser;
@@ -31,16 +31,13 @@ pub const MAX_CONTENT_CHARS: usize = 4000;
 
 pub fn router() -> Routes {
     Routes::default()
-        .route(
-            "/api/chat/sessions",
-            get(list_sessions).post(create_session),
-        )
-        .route("/api/chat/sessions/{id}/messages", get(list_messages))
-        .route("/api/messages", post(send))
-        .route("/api/ws", get(websocket))
+        .routes(routes!(list_sessions, create_session))
+        .routes(routes!(list_messages))
+        .routes(routes!(send))
+        .routes(routes!(websocket))
 }
 
-#[derive(Serialize, sqlx::FromRow)]
+#[derive(Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Session {
     id: Uuid,
     user_id: Uuid,
@@ -48,7 +45,7 @@ pub struct Session {
     created_at: DateTime<Utc>,
 }
 
-#[derive(Serialize, sqlx::FromRow)]
+#[derive(Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct ChatMessage {
     id: Uuid,
     tenant_id: Uuid,
@@ -62,12 +59,15 @@ pub struct ChatMessage {
 const MESSAGE_COLUMNS: &str =
     "id, tenant_id, session_id, user_id, content, created_at, processed_at";
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateSession {
     title: Option<String>,
 }
 
+#[utoipa::path(post, path = "/api/chat/sessions", tag = "messaging",
+    request_body(content = CreateSession, description = "An optional title (empty if absent)"),
+    responses((status = 201, description = "The caller's new session", body = Session)))]
 async fn create_session(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -92,6 +92,9 @@ async fn create_session(
     Ok((StatusCode::CREATED, Json(session)))
 }
 
+#[utoipa::path(get, path = "/api/chat/sessions", tag = "messaging",
+    responses((status = 200, description = "The caller's own sessions in this tenant, oldest first",
+        body = [Session])))]
 async fn list_sessions(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -108,7 +111,8 @@ async fn list_sessions(
     Ok(Json(rows))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ListMessages {
     /// At most this many (1 to 500, default 100).
@@ -117,6 +121,10 @@ struct ListMessages {
     after: Option<Uuid>,
 }
 
+#[utoipa::path(get, path = "/api/chat/sessions/{id}/messages", tag = "messaging",
+    params(("id" = Uuid, Path, description = "Session (one of the caller's own)"), ListMessages),
+    responses((status = 200, description = "A page of the session's messages, oldest first",
+        body = [ChatMessage])))]
 async fn list_messages(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -167,7 +175,7 @@ async fn list_messages(
 
 /// A message as sent: the seed's payload. `tenant_id` and `user_id` may be
 /// given; they must then be the caller's own.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SendMessage {
     session_id: Uuid,
@@ -205,6 +213,12 @@ async fn rate_limit(state: &AppState, tenant: &Tenant) -> AppResult<()> {
     }
 }
 
+#[utoipa::path(post, path = "/api/messages", tag = "messaging",
+    request_body(content = SendMessage,
+        description = "`content`: 1 to 4000 characters, not blank; the session must be one of \
+            the caller's own. Counted against the caller's per-minute message budget."),
+    responses((status = 201, description = "Stored; delivered live to the caller's WebSockets",
+        body = ChatMessage)))]
 async fn send(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -243,6 +257,13 @@ async fn send(
 /// `GET /api/ws`: authenticated and tenant-resolved like any request (401,
 /// 400, 403, 404 before the upgrade); then the caller's own messages in
 /// this tenant, live, until the session ends.
+#[utoipa::path(get, path = "/api/ws", tag = "messaging",
+    responses((status = 101, description = "Switching Protocols: a WebSocket. The server sends \
+        each of the caller's own new messages in this tenant as a text frame \
+        `{\"type\": \"message\", \"message\": {message_id, tenant_id, user_id, session_id, \
+        content, created_at}}`. Client text is ignored; pings are answered. The server closes \
+        with 4001 when the session ends or the caller is no longer a member, 1013 when the \
+        session cannot be verified, 1008 when the client reads too slowly.")))]
 async fn websocket(
     State(state): State<AppState>,
     tenant: Tenant,

@@ -15,11 +15,11 @@
 //! document and is versioned here too ([`settings_written`]).
 
 use axum::extract::State;
-use axum::routing::{get, post};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::authz::Action;
@@ -33,25 +33,16 @@ use crate::tenant_config;
 
 pub fn router() -> Routes {
     Routes::default()
-        .route("/api/tenant/config", get(read_config).put(update_config))
-        .route("/api/tenant/config/versions", get(versions))
-        .route("/api/tenant/config/versions/{version}", get(version))
-        .route(
-            "/api/tenant/config/versions/{version}/restore",
-            post(restore),
-        )
-        .route(
-            "/api/tenant/branding",
-            get(read_branding).put(update_branding),
-        )
-        .route("/api/tenant/email-templates", get(list_templates))
-        .route(
-            "/api/tenant/email-templates/{key}",
-            axum::routing::put(put_template).delete(delete_template),
-        )
+        .routes(routes!(read_config, update_config))
+        .routes(routes!(versions))
+        .routes(routes!(version))
+        .routes(routes!(restore))
+        .routes(routes!(read_branding, update_branding))
+        .routes(routes!(list_templates))
+        .routes(routes!(put_template, delete_template))
 }
 
-#[derive(Serialize, sqlx::FromRow)]
+#[derive(Serialize, sqlx::FromRow, utoipa::ToSchema)]
 struct Template {
     key: String,
     locale: String,
@@ -60,6 +51,10 @@ struct Template {
 }
 
 /// The tenant's mail templates (every key and locale it keeps).
+#[utoipa::path(get, path = "/api/tenant/email-templates", tag = "tenant configuration",
+    responses((status = 200, description = "`templates`: the tenant's templates (`key`, `locale`, \
+        `subject`, `body`), by key and locale; `keys`: the template keys a tenant may change \
+        (`welcome`, `invitation`)", body = serde_json::Value)))]
 async fn list_templates(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -79,7 +74,7 @@ async fn list_templates(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct TemplateBody {
     #[serde(default)]
@@ -88,9 +83,11 @@ struct TemplateBody {
     body: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct LocaleQuery {
+    /// The locale of the text to remove (absent or empty: the text for every other locale).
     #[serde(default)]
     locale: String,
 }
@@ -119,6 +116,12 @@ fn template_locale(locale: &str) -> AppResult<()> {
 
 /// Sets the tenant's text for a mail, in one locale (`""`: every other).
 /// Text only: the HTML part is built from it in the tenant's branding.
+#[utoipa::path(put, path = "/api/tenant/email-templates/{key}", tag = "tenant configuration",
+    params(("key" = String, Path, description = "Template key: `welcome` or `invitation`")),
+    request_body(content = TemplateBody,
+        description = "`locale`: empty (default, every other locale), a language (fr) or a locale \
+            (fr-FR); `subject`: one line of 1 to 300 characters; `body`: 1 to 20000 characters"),
+    responses((status = 200, description = "The template as stored", body = Template)))]
 async fn put_template(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -169,6 +172,10 @@ async fn put_template(
 
 /// Removes the tenant's text for a mail in one locale: the next in line
 /// (its language, no locale, the built-in text) applies.
+#[utoipa::path(delete, path = "/api/tenant/email-templates/{key}", tag = "tenant configuration",
+    params(("key" = String, Path, description = "Template key: `welcome` or `invitation`"),
+        LocaleQuery),
+    responses((status = 204, description = "Removed")))]
 async fn delete_template(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -338,6 +345,11 @@ async fn new_version(
     Ok(version)
 }
 
+#[utoipa::path(get, path = "/api/tenant/config", tag = "tenant configuration",
+    responses((status = 200, description = "`version`: the current version (0: never changed); \
+        `config`: every key (`locale`, `timezone`, `date_format`, `allow_public_signup`, \
+        `session_timeout_minutes`, `audit_retention_days`, `support_email`), \
+        with defaults for those not set", body = serde_json::Value)))]
 async fn read_config(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -351,6 +363,13 @@ async fn read_config(
     Ok(Json(json!({"version": version, "config": config})))
 }
 
+#[utoipa::path(put, path = "/api/tenant/config", tag = "tenant configuration",
+    request_body(content = serde_json::Value,
+        description = "A JSON object of the keys to change (at least one; the others are kept), \
+            among `locale`, `timezone`, `date_format`, `allow_public_signup`, \
+            `session_timeout_minutes`, `audit_retention_days`, `support_email`"),
+    responses((status = 200, description = "A new version: `version`, its number; `config`, \
+        the whole configuration after the change", body = serde_json::Value)))]
 async fn update_config(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -381,7 +400,7 @@ async fn update_config(
     Ok(Json(json!({"version": version, "config": after})))
 }
 
-#[derive(Serialize, sqlx::FromRow)]
+#[derive(Serialize, sqlx::FromRow, utoipa::ToSchema)]
 struct Version {
     version: i32,
     kind: String,
@@ -391,6 +410,9 @@ struct Version {
     restored_from: Option<i32>,
 }
 
+#[utoipa::path(get, path = "/api/tenant/config/versions", tag = "tenant configuration",
+    responses((status = 200, description = "Every version of the configuration and the \
+        branding, newest first (who, when, what changed)", body = [Version])))]
 async fn versions(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -450,6 +472,11 @@ async fn load_version(
     Ok((kind, value, meta))
 }
 
+#[utoipa::path(get, path = "/api/tenant/config/versions/{version}", tag = "tenant configuration",
+    params(("version" = i32, Path, description = "Version number")),
+    responses((status = 200, description = "The version: `version`, `kind` (`config` or \
+        `branding`), `value` (the whole document after the change), `changes`, `changed_by`, \
+        `changed_at`, `restored_from`", body = serde_json::Value)))]
 async fn version(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -463,6 +490,12 @@ async fn version(
     Ok(Json(load_version(&mut db, decided, number).await?.2))
 }
 
+#[utoipa::path(post, path = "/api/tenant/config/versions/{version}/restore",
+    tag = "tenant configuration",
+    params(("version" = i32, Path, description = "Version number to bring back")),
+    responses((status = 200, description = "Restored as a new version: `version`, its number; \
+        `kind` (`config` or `branding`); `value`, the document now in force; `restored_from`",
+        body = serde_json::Value)))]
 async fn restore(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -516,6 +549,9 @@ async fn restore(
     ))
 }
 
+#[utoipa::path(get, path = "/api/tenant/branding", tag = "tenant configuration",
+    responses((status = 200, description = "`display_name`, `logo_url` and `primary_color` \
+        (null when not set)", body = serde_json::Value)))]
 async fn read_branding(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -527,7 +563,7 @@ async fn read_branding(
     Ok(Json(current_branding(&mut db, decided).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Branding {
     display_name: Option<String>,
@@ -551,15 +587,15 @@ async fn apply_branding(
             .bind(primary_color)
             .fetch_one(db.conn(decided)?)
             .await
-            .map_err(|e| match &e {
-                sqlx::Error::Database(d) if d.code().as_deref() == Some("22023") => {
-                    AppError::Validation(d.message().to_owned())
-                }
-                _ => AppError::from(e),
-            })?;
+            .map_err(AppError::user_facing)?;
     Ok(branding_map(display_name, logo_url, primary_color))
 }
 
+#[utoipa::path(put, path = "/api/tenant/branding", tag = "tenant configuration",
+    request_body(content = Branding, description = "At least one field; absent fields are kept"),
+    responses((status = 200, description = "A new version: `version`, its number; `branding`, \
+        `display_name`, `logo_url` and `primary_color` after the change",
+        body = serde_json::Value)))]
 async fn update_branding(
     State(state): State<AppState>,
     tenant: Tenant,

@@ -8,9 +8,9 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::post;
 use axum::Json;
 use serde_json::{json, Value};
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::auth::AuthUser;
@@ -24,10 +24,14 @@ use crate::tenant::{Db, Tenant};
 
 /// Routes of a signed-in user whose tenant may no longer be active.
 pub fn authenticated_router() -> Routes {
-    Routes::default().route("/api/tenants/{id}/restore", post(restore))
+    Routes::default().routes(routes!(restore))
 }
 
 /// `DELETE /api/tenant`: owners only (`tenant:delete`).
+#[utoipa::path(delete, path = "/api/tenant", tag = "tenant",
+    responses((status = 202, description = "Deactivated at once, removed after the grace period: \
+        `{tenant_id, status, purge_after}`",
+        body = serde_json::Value)))]
 pub async fn request(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -85,6 +89,10 @@ pub async fn request(
 
 /// Brings back a tenant its owner deleted, during the grace period. The
 /// caller must be an owner of it; anyone else gets 404.
+#[utoipa::path(post, path = "/api/tenants/{id}/restore", tag = "tenant",
+    params(("id" = Uuid, Path, description = "Tenant")),
+    responses((status = 200, description = "Active again: `{tenant_id, status}`",
+        body = serde_json::Value)))]
 async fn restore(
     State(state): State<AppState>,
     AuthUser(claims): AuthUser,

@@ -15,7 +15,6 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use hickory_resolver::config::{NameServerConfigGroup, ResolverConfig};
@@ -23,6 +22,7 @@ use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::Resolver;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use utoipa_axum::routes;
 
 use crate::authz::Action;
 use crate::error::{AppError, AppResult};
@@ -40,12 +40,9 @@ pub const CHALLENGE_LABEL: &str = "_tenancy-challenge";
 
 pub fn router() -> Routes {
     Routes::default()
-        .route("/api/tenant/domains", get(list).post(claim))
-        .route(
-            "/api/tenant/domains/{domain}",
-            axum::routing::delete(remove),
-        )
-        .route("/api/tenant/domains/{domain}/verify", post(verify))
+        .routes(routes!(list, claim))
+        .routes(routes!(remove))
+        .routes(routes!(verify))
 }
 
 #[derive(sqlx::FromRow)]
@@ -56,9 +53,10 @@ struct Claim {
     verified_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct ClaimView {
     domain: String,
+    /// `pending` or `verified`.
     status: &'static str,
     requested_at: DateTime<Utc>,
     verified_at: Option<DateTime<Utc>>,
@@ -118,12 +116,17 @@ fn normalized(state: &AppState, domain: &str) -> AppResult<String> {
     Ok(host)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ClaimRequest {
     domain: String,
 }
 
+#[utoipa::path(post, path = "/api/tenant/domains", tag = "domains",
+    request_body(content = ClaimRequest,
+        description = "A fully qualified host name, outside the service's base domain"),
+    responses((status = 201, description = "Claimed, pending: publish the TXT record of \
+        `verification`, then verify", body = ClaimView)))]
 async fn claim(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -170,6 +173,10 @@ async fn claim(
     Ok((StatusCode::CREATED, Json(claim.into())))
 }
 
+#[utoipa::path(get, path = "/api/tenant/domains", tag = "domains",
+    responses((status = 200, description = "`domains`: the tenant's claims, verified or pending, \
+        by domain (each `domain`, `status`, `requested_at`, `verified_at`, `verification`)",
+        body = serde_json::Value)))]
 async fn list(State(state): State<AppState>, tenant: Tenant, db: Db) -> AppResult<Json<Value>> {
     let mut db = db.lock().await?;
     let decided =
@@ -203,6 +210,11 @@ async fn claim_to_change(
     Ok(claim)
 }
 
+#[utoipa::path(post, path = "/api/tenant/domains/{domain}/verify", tag = "domains",
+    params(("domain" = String, Path, description = "A domain the tenant has claimed")),
+    responses((status = 200, description = "Verified: the TXT record holds the claim's value and \
+        the domain now resolves to the tenant (also when it was already verified)",
+        body = ClaimView)))]
 async fn verify(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -264,6 +276,9 @@ async fn verify(
     Ok(Json(verified.into()))
 }
 
+#[utoipa::path(delete, path = "/api/tenant/domains/{domain}", tag = "domains",
+    params(("domain" = String, Path, description = "A domain the tenant has claimed")),
+    responses((status = 204, description = "The claim is removed and, if verified, the mapping")))]
 async fn remove(
     State(state): State<AppState>,
     tenant: Tenant,

@@ -2,9 +2,9 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
 use axum::Json;
 use serde_json::{json, Value};
+use utoipa_axum::routes;
 
 use crate::error::AppError;
 use crate::routes::Routes;
@@ -12,13 +12,15 @@ use crate::state::AppState;
 
 pub fn router() -> Routes {
     Routes::default()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
 }
 
 /// The Prometheus exposition, for a bearer of `TENANCY_METRICS_TOKEN`
 /// (404 when none is configured).
+#[utoipa::path(get, path = "/metrics", tag = "operations", security(("metrics" = [])),
+    responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain")))]
 async fn metrics(
     State(state): State<AppState>,
     headers: axum::http::HeaderMap,
@@ -51,11 +53,16 @@ async fn metrics(
     ))
 }
 
+#[utoipa::path(get, path = "/healthz", tag = "operations", security(()),
+    responses((status = 200, description = "The process is up")))]
 async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
 /// Ready only when PostgreSQL and Redis both answer.
+#[utoipa::path(get, path = "/readyz", tag = "operations", security(()),
+    responses((status = 200, description = "PostgreSQL and Redis answer"),
+        (status = 503, description = "One of them does not")))]
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let postgres = sqlx::query("SELECT 1").execute(&state.db).await.is_ok();
     let mut redis = state.redis.clone();

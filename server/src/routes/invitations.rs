@@ -11,11 +11,11 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{delete, get, post};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sqlx::Row;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::error::{AppError, AppResult};
@@ -32,17 +32,17 @@ pub const VALID_DAYS: i32 = 7;
 /// Routes of the tenant's admins (inside the tenant layer).
 pub fn router() -> Routes {
     Routes::default()
-        .route("/api/tenant/invitations", get(list).post(create))
-        .route("/api/tenant/invitations/{id}", delete(revoke))
-        .route("/api/tenant/invitations/{id}/resend", post(resend))
+        .routes(routes!(list, create))
+        .routes(routes!(revoke))
+        .routes(routes!(resend))
 }
 
 /// The invitee's route (no token: the link is the credential).
 pub fn public_router() -> Routes {
-    Routes::default().route("/auth/invitations/accept", post(accept))
+    Routes::default().routes(routes!(accept))
 }
 
-#[derive(Serialize, sqlx::FromRow)]
+#[derive(Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Invitation {
     id: Uuid,
     email: String,
@@ -55,7 +55,7 @@ pub struct Invitation {
 const INVITATION: &str =
     "SELECT id, email, role, invited_by, created_at, expires_at FROM app.invitations";
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InviteRequest {
     pub email: String,
@@ -183,6 +183,11 @@ async fn mail(
     Ok(())
 }
 
+#[utoipa::path(post, path = "/api/tenant/invitations", tag = "invitations",
+    request_body = InviteRequest,
+    responses((status = 202,
+        description = "Invited and mailed, whether or not the address has an account",
+        body = Invitation)))]
 async fn create(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -194,6 +199,9 @@ async fn create(
 }
 
 /// Pending invitations, newest first.
+#[utoipa::path(get, path = "/api/tenant/invitations", tag = "invitations",
+    responses((status = 200, description = "Pending invitations, newest first",
+        body = [Invitation])))]
 async fn list(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -227,6 +235,9 @@ async fn pending_role(
 
 /// A new link (the old one stops working), valid for another
 /// [`VALID_DAYS`] days, mailed again.
+#[utoipa::path(post, path = "/api/tenant/invitations/{id}/resend", tag = "invitations",
+    params(("id" = Uuid, Path, description = "Invitation")),
+    responses((status = 202, description = "A new link, mailed again", body = Invitation)))]
 async fn resend(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -261,6 +272,9 @@ async fn resend(
     Ok((StatusCode::ACCEPTED, Json(invitation)))
 }
 
+#[utoipa::path(delete, path = "/api/tenant/invitations/{id}", tag = "invitations",
+    params(("id" = Uuid, Path, description = "Invitation")),
+    responses((status = 204, description = "Revoked: its link no longer works")))]
 async fn revoke(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -288,7 +302,7 @@ async fn revoke(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct AcceptRequest {
     token: String,
@@ -301,6 +315,11 @@ const NO_INVITATION: AppError = AppError::NotFound("Invitation");
 
 /// Accepts an invitation: proves or sets the account's password, then the
 /// membership is created in the invitation's tenant.
+#[utoipa::path(post, path = "/auth/invitations/accept", tag = "invitations", security(()),
+    request_body = AcceptRequest,
+    responses((status = 200,
+        description = "The new membership: `{tenant_id, user_id, email, role}`",
+        body = serde_json::Value)))]
 async fn accept(
     State(state): State<AppState>,
     ClientAddress(address): ClientAddress,

@@ -3,10 +3,10 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, patch};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::authz::{Action, Resource};
@@ -21,19 +21,10 @@ use crate::tenant::{Db, DbGuard, Tenant};
 
 pub fn router() -> Routes {
     Routes::default()
-        .route("/api/tenant/members", get(list_tenant).post(add_tenant))
-        .route(
-            "/api/tenant/members/{user_id}",
-            patch(change_tenant).delete(remove_tenant),
-        )
-        .route(
-            "/api/workspaces/{id}/members",
-            get(list_workspace).post(add_workspace),
-        )
-        .route(
-            "/api/workspaces/{id}/members/{user_id}",
-            patch(change_workspace).delete(remove_workspace),
-        )
+        .routes(routes!(list_tenant, add_tenant))
+        .routes(routes!(change_tenant, remove_tenant))
+        .routes(routes!(list_workspace, add_workspace))
+        .routes(routes!(change_workspace, remove_workspace))
 }
 
 pub(crate) fn tenant_role(role: &str) -> AppResult<&str> {
@@ -54,7 +45,7 @@ fn workspace_role(role: &str) -> AppResult<&str> {
     }
 }
 
-#[derive(Serialize, sqlx::FromRow)]
+#[derive(Serialize, sqlx::FromRow, utoipa::ToSchema)]
 struct Member {
     user_id: Uuid,
     email: String,
@@ -62,6 +53,9 @@ struct Member {
     role: String,
 }
 
+#[utoipa::path(get, path = "/api/tenant/members", tag = "members",
+    responses((status = 200, description = "The tenant's members (user id, email, display name, \
+        tenant role: owner, admin or member), by email", body = [Member])))]
 async fn list_tenant(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -108,6 +102,10 @@ pub(crate) async fn authorize_role_change(
 
 /// Invites an address (the same as `POST /api/tenant/invitations`): the
 /// membership exists once the person accepts.
+#[utoipa::path(post, path = "/api/tenant/members", tag = "members",
+    request_body = InviteRequest,
+    responses((status = 202, description = "Invitation sent; the membership exists once it is \
+        accepted", body = Invitation)))]
 async fn add_tenant(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -174,12 +172,16 @@ async fn spare_owners(
     Ok(())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ChangeRole {
     role: String,
 }
 
+#[utoipa::path(patch, path = "/api/tenant/members/{user_id}", tag = "members",
+    params(("user_id" = Uuid, Path, description = "Member")),
+    request_body(content = ChangeRole, description = "The new tenant role: owner, admin or member"),
+    responses((status = 200, description = "Role changed", body = Member)))]
 async fn change_tenant(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -214,6 +216,10 @@ async fn change_tenant(
     Ok(Json(member))
 }
 
+#[utoipa::path(delete, path = "/api/tenant/members/{user_id}", tag = "members",
+    params(("user_id" = Uuid, Path, description = "Member")),
+    responses((status = 204,
+        description = "Removed from the tenant; their WebSockets in it close")))]
 async fn remove_tenant(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -247,7 +253,7 @@ async fn remove_tenant(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Serialize, sqlx::FromRow)]
+#[derive(Serialize, sqlx::FromRow, utoipa::ToSchema)]
 struct WorkspaceMember {
     user_id: Uuid,
     email: String,
@@ -271,6 +277,10 @@ async fn workspace_member(
     .await?)
 }
 
+#[utoipa::path(get, path = "/api/workspaces/{id}/members", tag = "members",
+    params(("id" = Uuid, Path, description = "Workspace")),
+    responses((status = 200, description = "The workspace's members (user id, email, workspace \
+        role: admin, member or viewer), by email", body = [WorkspaceMember])))]
 async fn list_workspace(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -289,13 +299,18 @@ async fn list_workspace(
     Ok(Json(rows))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct AddWorkspaceMember {
     user_id: Uuid,
     role: String,
 }
 
+#[utoipa::path(post, path = "/api/workspaces/{id}/members", tag = "members",
+    params(("id" = Uuid, Path, description = "Workspace")),
+    request_body(content = AddWorkspaceMember,
+        description = "A member of the tenant and a workspace role: admin, member or viewer"),
+    responses((status = 201, description = "Added", body = WorkspaceMember)))]
 async fn add_workspace(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -351,6 +366,12 @@ async fn add_workspace(
     Ok((StatusCode::CREATED, Json(row)))
 }
 
+#[utoipa::path(patch, path = "/api/workspaces/{id}/members/{user_id}", tag = "members",
+    params(("id" = Uuid, Path, description = "Workspace"),
+        ("user_id" = Uuid, Path, description = "Workspace member")),
+    request_body(content = ChangeRole,
+        description = "The new workspace role: admin, member or viewer"),
+    responses((status = 200, description = "Role changed", body = WorkspaceMember)))]
 async fn change_workspace(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -394,6 +415,10 @@ async fn change_workspace(
     Ok(Json(row))
 }
 
+#[utoipa::path(delete, path = "/api/workspaces/{id}/members/{user_id}", tag = "members",
+    params(("id" = Uuid, Path, description = "Workspace"),
+        ("user_id" = Uuid, Path, description = "Workspace member")),
+    responses((status = 204, description = "Removed from the workspace")))]
 async fn remove_workspace(
     State(state): State<AppState>,
     tenant: Tenant,

@@ -23,23 +23,22 @@ use crate::tenant::decide::Decided;
 use crate::tenant::DbGuard;
 use uuid::Uuid;
 
-/// A module's routes: the router, and the path of each route, which make
-/// the service's route table ([`crate::route_paths`]): tests walk it, so a
-/// new route is covered without editing them.
+/// A module's routes: each handler carries its `#[utoipa::path]`, which
+/// gives both its place in the router and its operation in the OpenAPI
+/// document, so the two cannot drift apart. The paths make the service's
+/// route table ([`crate::route_paths`]): tests walk it, so a new route is
+/// covered without editing them.
 #[derive(Default)]
 pub struct Routes {
-    router: axum::Router<AppState>,
-    paths: Vec<&'static str>,
+    router: utoipa_axum::router::OpenApiRouter<AppState>,
+    paths: Vec<String>,
 }
 
 impl Routes {
-    pub fn route(
-        mut self,
-        path: &'static str,
-        method_router: axum::routing::MethodRouter<AppState>,
-    ) -> Self {
-        self.router = self.router.route(path, method_router);
-        self.paths.push(path);
+    /// Adds the handlers of one path, collected with `utoipa_axum::routes!`.
+    pub fn routes(mut self, routes: utoipa_axum::router::UtoipaMethodRouter<AppState>) -> Self {
+        self.paths.extend(routes.1.paths.keys().cloned());
+        self.router = self.router.routes(routes);
         self
     }
 
@@ -49,12 +48,13 @@ impl Routes {
         self
     }
 
-    pub fn paths(&self) -> &[&'static str] {
+    pub fn paths(&self) -> &[String] {
         &self.paths
     }
 
-    pub fn into_router(self) -> axum::Router<AppState> {
-        self.router
+    /// The router and the OpenAPI operations of its routes.
+    pub fn split(self) -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
+        self.router.split_for_parts()
     }
 }
 

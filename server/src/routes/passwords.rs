@@ -10,10 +10,10 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::post;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::auth::{self, AuthUser};
@@ -29,16 +29,16 @@ pub const RESET_VALID_MINUTES: i32 = 60;
 /// Routes that need no token.
 pub fn public_router() -> Routes {
     Routes::default()
-        .route("/auth/password/forgot", post(forgot))
-        .route("/auth/password/reset", post(reset))
+        .routes(routes!(forgot))
+        .routes(routes!(reset))
 }
 
 /// Routes of a signed-in user.
 pub fn authenticated_router() -> Routes {
-    Routes::default().route("/auth/password", post(change))
+    Routes::default().routes(routes!(change))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ChangeRequest {
     current_password: String,
@@ -59,6 +59,9 @@ async fn throttle(state: &AppState, address: &str) -> AppResult<()> {
 
 /// Changes the caller's password: the current one proves it is them (its
 /// attempts count against the login budgets), and every other session ends.
+#[utoipa::path(post, path = "/auth/password", tag = "passwords",
+    request_body = ChangeRequest,
+    responses((status = 204, description = "Changed; the caller's other sessions have ended")))]
 async fn change(
     State(state): State<AppState>,
     ClientAddress(address): ClientAddress,
@@ -90,7 +93,7 @@ async fn change(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ForgotRequest {
     email: String,
@@ -109,6 +112,11 @@ fn forgot_answer() -> (StatusCode, Json<Value>) {
 /// Mails a reset link to the address if it has an account. The answer,
 /// and the work done before it, are the same either way: the link is
 /// recorded for any address, and the mail is queued after the answer.
+#[utoipa::path(post, path = "/auth/password/forgot", tag = "passwords", security(()),
+    request_body = ForgotRequest,
+    responses((status = 202, description = "The same answer whether or not the address has an \
+        account: `{message}`",
+        body = serde_json::Value)))]
 async fn forgot(
     State(state): State<AppState>,
     ClientAddress(address): ClientAddress,
@@ -176,7 +184,7 @@ async fn queue_reset_mail(
     .await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ResetRequest {
     token: String,
@@ -187,6 +195,11 @@ struct ResetRequest {
 const NO_LINK: AppError = AppError::NotFound("Reset link");
 
 /// Sets a new password with a reset link; every session of the account ends.
+#[utoipa::path(post, path = "/auth/password/reset", tag = "passwords", security(()),
+    request_body = ResetRequest,
+    responses((status = 200, description = "Changed; every session of the account has ended: \
+        `{message}`",
+        body = serde_json::Value)))]
 async fn reset(
     State(state): State<AppState>,
     ClientAddress(address): ClientAddress,

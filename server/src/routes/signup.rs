@@ -12,10 +12,10 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::post;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::auth;
@@ -55,13 +55,13 @@ pub const VERIFY_VALID_HOURS: i32 = 24;
 
 pub fn public_router() -> Routes {
     Routes::default()
-        .route("/auth/signup", post(signup))
-        .route("/auth/signup/verify", post(verify))
-        .route("/auth/signup/tenant", post(signup_tenant))
-        .route("/auth/signup/tenant/verify", post(verify_tenant))
+        .routes(routes!(signup))
+        .routes(routes!(verify))
+        .routes(routes!(signup_tenant))
+        .routes(routes!(verify_tenant))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SignupRequest {
     email: String,
@@ -101,6 +101,11 @@ async fn throttle(state: &AppState, address: &str) -> AppResult<()> {
     .await
 }
 
+#[utoipa::path(post, path = "/auth/signup", tag = "signup", security(()),
+    request_body = SignupRequest,
+    responses((status = 202, description = "The same answer whether or not the address has an \
+        account; a link is mailed to a new one: `{message}`",
+        body = serde_json::Value)))]
 async fn signup(
     State(state): State<AppState>,
     ClientAddress(address): ClientAddress,
@@ -162,7 +167,7 @@ async fn signup(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct VerifyRequest {
     token: String,
@@ -186,6 +191,11 @@ const NO_LINK: AppError = AppError::NotFound("Signup link");
 
 /// Uses a verification link with the password chosen at signup; the
 /// account becomes a member of the tenant it signed up to.
+#[utoipa::path(post, path = "/auth/signup/verify", tag = "signup", security(()),
+    request_body = VerifyRequest,
+    responses((status = 200,
+        description = "The new membership: `{tenant_id, user_id, email, role}`",
+        body = serde_json::Value)))]
 async fn verify(
     State(state): State<AppState>,
     ClientAddress(address): ClientAddress,
@@ -236,7 +246,7 @@ async fn verify(
 /// account: a new address confirms with the password chosen here, an
 /// existing account with its own (so nobody is made owner of a tenant
 /// without their consent).
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct TenantSignupRequest {
     email: String,
@@ -247,6 +257,11 @@ struct TenantSignupRequest {
     name: Option<String>,
 }
 
+#[utoipa::path(post, path = "/auth/signup/tenant", tag = "signup", security(()),
+    request_body = TenantSignupRequest,
+    responses((status = 202,
+        description = "The slug is reserved and a link is mailed: `{slug, message}`",
+        body = serde_json::Value)))]
 async fn signup_tenant(
     State(state): State<AppState>,
     ClientAddress(address): ClientAddress,
@@ -290,7 +305,7 @@ async fn signup_tenant(
         .bind(&name)
         .fetch_one(&mut *tx)
         .await
-        .map_err(crate::provision::catalog_error)?;
+        .map_err(crate::error::AppError::user_facing)?;
     sqlx::query(
         "INSERT INTO app.tenant_signups (token_hash, tenant, email, password_hash, expires_at)
          VALUES ($1, $2, $3, $4, now() + make_interval(hours => $5))",
@@ -362,6 +377,11 @@ async fn signup_tenant(
 /// Uses a tenant signup link: a new address with the password chosen at
 /// signup, an existing account with its own. The tenant becomes active,
 /// provisioned, with the person as its owner.
+#[utoipa::path(post, path = "/auth/signup/tenant/verify", tag = "signup", security(()),
+    request_body = VerifyRequest,
+    responses((status = 201,
+        description = "The tenant, active, with its owner: `{tenant_id, slug, user_id, role}`",
+        body = serde_json::Value)))]
 async fn verify_tenant(
     State(state): State<AppState>,
     ClientAddress(address): ClientAddress,

@@ -1,10 +1,10 @@
 //! Tasks, on boards of the current tenant.
 
 use axum::http::StatusCode;
-use axum::routing::get;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use axum::extract::State;
@@ -19,11 +19,11 @@ use crate::tenant::{Db, Tenant};
 
 pub fn router() -> Routes {
     Routes::default()
-        .route("/api/boards/{id}/tasks", get(list).post(create))
-        .route("/api/tasks/{id}", get(read).patch(update).delete(remove))
+        .routes(routes!(list, create))
+        .routes(routes!(read, update, remove))
 }
 
-#[derive(Serialize, sqlx::FromRow)]
+#[derive(Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Task {
     id: Uuid,
     board_id: Uuid,
@@ -75,7 +75,8 @@ async fn valid_assignee(conn: &mut sqlx::PgConnection, assignee: Option<Uuid>) -
     Ok(())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ListTasks {
     /// At most this many (1 to 500, default 100): no request does unbounded work.
@@ -84,6 +85,10 @@ struct ListTasks {
     after: Option<Uuid>,
 }
 
+#[utoipa::path(get, path = "/api/boards/{id}/tasks", tag = "tasks",
+    params(("id" = Uuid, Path, description = "Board"), ListTasks),
+    responses((status = 200, description = "A page of the board's tasks, oldest first",
+        body = [Task])))]
 async fn list(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -127,7 +132,7 @@ async fn list(
     Ok(Json(rows))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateTask {
     title: String,
@@ -136,6 +141,12 @@ struct CreateTask {
     assignee_id: Option<Uuid>,
 }
 
+#[utoipa::path(post, path = "/api/boards/{id}/tasks", tag = "tasks",
+    params(("id" = Uuid, Path, description = "Board")),
+    request_body(content = CreateTask,
+        description = "`status` is todo (default), doing or done; the assignee must be a member \
+            of the tenant"),
+    responses((status = 201, description = "Created", body = Task)))]
 async fn create(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -165,6 +176,9 @@ async fn create(
     Ok((StatusCode::CREATED, Json(task)))
 }
 
+#[utoipa::path(get, path = "/api/tasks/{id}", tag = "tasks",
+    params(("id" = Uuid, Path, description = "Task")),
+    responses((status = 200, description = "The task", body = Task)))]
 async fn read(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -182,7 +196,7 @@ async fn read(
         .ok_or(AppError::NotFound("Task"))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct UpdateTask {
     title: Option<String>,
@@ -190,9 +204,15 @@ struct UpdateTask {
     status: Option<String>,
     /// Absent: unchanged; `null`: unassigned; an id: assigned.
     #[serde(default, deserialize_with = "crate::routes::present")]
+    #[schema(value_type = Option<Uuid>)]
     assignee_id: Option<Option<Uuid>>,
 }
 
+#[utoipa::path(patch, path = "/api/tasks/{id}", tag = "tasks",
+    params(("id" = Uuid, Path, description = "Task")),
+    request_body(content = UpdateTask,
+        description = "At least one field; absent fields are unchanged"),
+    responses((status = 200, description = "Updated", body = Task)))]
 async fn update(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -238,6 +258,9 @@ async fn update(
     .ok_or(AppError::NotFound("Task"))
 }
 
+#[utoipa::path(delete, path = "/api/tasks/{id}", tag = "tasks",
+    params(("id" = Uuid, Path, description = "Task")),
+    responses((status = 204, description = "Deleted")))]
 async fn remove(
     State(state): State<AppState>,
     tenant: Tenant,

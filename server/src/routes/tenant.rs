@@ -4,10 +4,10 @@
 //! catalog row (`configuration`), which the tenant layer loads per request.
 
 use axum::extract::State;
-use axum::routing::{get, put};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
+use utoipa_axum::routes;
 
 use crate::authz::{Action, Resource};
 use crate::error::{AppError, AppResult};
@@ -23,14 +23,15 @@ const BILLING_KEY: &str = "billing_email";
 
 pub fn router() -> Routes {
     Routes::default()
-        .route(
-            "/api/tenant",
-            get(current).delete(crate::routes::deletion::request),
-        )
-        .route("/api/tenant/settings", get(settings).put(update_settings))
-        .route("/api/tenant/billing", put(update_billing))
+        .routes(routes!(current, crate::routes::deletion::request))
+        .routes(routes!(settings, update_settings))
+        .routes(routes!(update_billing))
 }
 
+#[utoipa::path(get, path = "/api/tenant", tag = "tenant",
+    responses((status = 200, description = "The tenant: `id`, `slug`, `name`, `display_name`, \
+        `role` (the caller's: owner, admin or member) and `configuration` (its settings \
+        document, null unless the caller may manage settings)", body = serde_json::Value)))]
 async fn current(State(state): State<AppState>, tenant: Tenant, db: Db) -> AppResult<Json<Value>> {
     let mut db = db.lock().await?;
     crate::tenant::decide::as_member(&state, &tenant, &mut db).await?;
@@ -52,6 +53,10 @@ async fn current(State(state): State<AppState>, tenant: Tenant, db: Db) -> AppRe
     })))
 }
 
+#[utoipa::path(get, path = "/api/tenant/settings", tag = "tenant",
+    responses((status = 200, description = "The tenant's settings document (a JSON object: the \
+        configuration keys, the billing contact and the tenant's own keys)",
+        body = serde_json::Value)))]
 async fn settings(State(state): State<AppState>, tenant: Tenant, db: Db) -> AppResult<Json<Value>> {
     let mut db = db.lock().await?;
     authorize(
@@ -79,6 +84,12 @@ async fn store(
 }
 
 /// Replaces the settings (a JSON object); the billing contact is kept.
+#[utoipa::path(put, path = "/api/tenant/settings", tag = "tenant",
+    request_body(content = serde_json::Value,
+        description = "The whole settings document, a JSON object without `billing_email`; its \
+            configuration keys must be valid (a change to them is a new configuration version)"),
+    responses((status = 200, description = "The settings document as stored",
+        body = serde_json::Value)))]
 async fn update_settings(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -144,12 +155,16 @@ async fn update_settings(
     Ok(Json(stored))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Billing {
     billing_email: String,
 }
 
+#[utoipa::path(put, path = "/api/tenant/billing", tag = "tenant",
+    request_body(content = Billing, description = "The billing contact's email address"),
+    responses((status = 200, description = "The settings document as stored, with the new \
+        `billing_email`", body = serde_json::Value)))]
 async fn update_billing(
     State(state): State<AppState>,
     tenant: Tenant,

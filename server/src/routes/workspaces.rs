@@ -2,11 +2,11 @@
 //! request's transaction has the tenant context and RLS does the rest.
 
 use axum::http::StatusCode;
-use axum::routing::get;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use axum::extract::State;
@@ -21,14 +21,11 @@ use crate::tenant::{Db, Tenant};
 
 pub fn router() -> Routes {
     Routes::default()
-        .route("/api/workspaces", get(list).post(create))
-        .route(
-            "/api/workspaces/{id}",
-            get(read).patch(update).delete(remove),
-        )
+        .routes(routes!(list, create))
+        .routes(routes!(read, update, remove))
 }
 
-#[derive(Serialize, sqlx::FromRow)]
+#[derive(Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Workspace {
     id: Uuid,
     name: String,
@@ -39,6 +36,9 @@ pub struct Workspace {
 const COLUMNS: &str = "id, name, archived_at, created_at";
 
 /// The workspaces of the tenant the caller may view.
+#[utoipa::path(get, path = "/api/workspaces", tag = "workspaces",
+    responses((status = 200, description = "The workspaces the caller may view, oldest first",
+        body = [Workspace])))]
 async fn list(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -69,12 +69,16 @@ async fn list(
     Ok(Json(visible))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateWorkspace {
     name: String,
 }
 
+#[utoipa::path(post, path = "/api/workspaces", tag = "workspaces",
+    request_body = CreateWorkspace,
+    responses((status = 201, description = "Created; the caller administers it",
+        body = Workspace)))]
 async fn create(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -118,6 +122,9 @@ async fn create(
     Ok((StatusCode::CREATED, Json(workspace)))
 }
 
+#[utoipa::path(get, path = "/api/workspaces/{id}", tag = "workspaces",
+    params(("id" = Uuid, Path, description = "Workspace")),
+    responses((status = 200, description = "The workspace", body = Workspace)))]
 async fn read(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -137,13 +144,18 @@ async fn read(
     .ok_or(AppError::NotFound("Workspace"))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct UpdateWorkspace {
     name: Option<String>,
     archived: Option<bool>,
 }
 
+#[utoipa::path(patch, path = "/api/workspaces/{id}", tag = "workspaces",
+    params(("id" = Uuid, Path, description = "Workspace")),
+    request_body(content = UpdateWorkspace,
+        description = "A new name and/or `archived` (true archives, false unarchives)"),
+    responses((status = 200, description = "Updated", body = Workspace)))]
 async fn update(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -204,6 +216,9 @@ async fn update(
     Ok(Json(workspace))
 }
 
+#[utoipa::path(delete, path = "/api/workspaces/{id}", tag = "workspaces",
+    params(("id" = Uuid, Path, description = "Workspace")),
+    responses((status = 204, description = "Deleted, with its boards and tasks")))]
 async fn remove(
     State(state): State<AppState>,
     tenant: Tenant,
