@@ -12,7 +12,9 @@ use std::path::Path;
 use std::time::Instant;
 
 use criterion::{black_box, Criterion};
-use tenancy_server::authz::{Action, Authz, Kind, Principal, Resource, TenantRole, WorkspaceRole};
+use tenancy_server::domain::authz::{
+    Action, Authz, Kind, Principal, Resource, TenantRole, WorkspaceRole,
+};
 use uuid::Uuid;
 
 const USERS: usize = 1_000;

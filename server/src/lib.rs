@@ -2,29 +2,27 @@
 //!
 //! Request path, one layer per job (see `app`): authenticate the bearer
 //! token, resolve the tenant, open a transaction with the signed tenant
-//! context, run the handler. Isolation is the database's job: handlers never
-//! filter by tenant themselves.
+//! context, decide, run the handler. Isolation is the database's job:
+//! handlers never filter by tenant themselves.
+//!
+//! - [`http`]: the request path (authentication, tenant resolution and its
+//!   transaction, the decision a handler needs for a database handle,
+//!   limits, extraction, the routes and their OpenAPI document);
+//! - [`domain`]: what the routes and jobs share (authorization, the tenant
+//!   context, the audit trail, passwords, provisioning, configuration,
+//!   mail texts, message streams);
+//! - [`jobs`]: work outside the request path (outbox relays, the message
+//!   worker, mail delivery, audit retention, the command line's operations);
+//! - [`error`]: the one error type, mapped to a status and `{error, code}`
+//!   in one place (database errors by SQLSTATE).
 
-pub mod audit;
-pub mod auth;
-pub mod authz;
 pub mod config;
-pub mod context;
+pub mod domain;
 pub mod error;
-pub mod extract;
-pub mod limits;
-pub mod mail;
-pub mod mail_templates;
-pub mod messaging;
+pub mod http;
+pub mod jobs;
 pub mod metrics;
-mod openapi;
-pub mod ops;
-pub mod password;
-pub mod provision;
-pub mod routes;
 pub mod state;
-pub mod tenant;
-pub mod tenant_config;
 
 use axum::extract::DefaultBodyLimit;
 use axum::middleware::from_fn_with_state;
@@ -37,13 +35,13 @@ pub use state::AppState;
 /// The routes of the service by the layers they pass: public, signed in
 /// (`authenticate`), and tenant-scoped (`authenticate`, then `tenant_scope`).
 struct Table {
-    public: routes::Routes,
-    authenticated: routes::Routes,
-    tenant_scoped: routes::Routes,
+    public: http::routes::Routes,
+    authenticated: http::routes::Routes,
+    tenant_scoped: http::routes::Routes,
 }
 
 fn table() -> Table {
-    use routes::*;
+    use http::routes::*;
     Table {
         public: Routes::default()
             .merge(health::router())
@@ -96,8 +94,8 @@ struct Parts {
 impl Parts {
     fn new() -> Self {
         let table = table();
-        let mut doc = openapi::base();
-        let mut split = |routes: routes::Routes| {
+        let mut doc = http::openapi::base();
+        let mut split = |routes: http::routes::Routes| {
             let (router, api) = routes.split();
             doc.merge(api);
             router
@@ -105,10 +103,10 @@ impl Parts {
         let public = split(table.public);
         let authenticated = split(table.authenticated);
         let (tenant_scoped, mut api) = table.tenant_scoped.split();
-        openapi::each_operation(&mut api, openapi::tenant_scoped);
+        http::openapi::each_operation(&mut api, http::openapi::tenant_scoped);
         doc.merge(api);
-        openapi::each_operation(&mut doc, openapi::refusals);
-        openapi::operation_ids(&mut doc);
+        http::openapi::each_operation(&mut doc, http::openapi::refusals);
+        http::openapi::operation_ids(&mut doc);
         Parts {
             public,
             authenticated,
@@ -121,13 +119,14 @@ impl Parts {
 /// The whole HTTP application; tests serve it on port 0.
 pub fn app(state: AppState) -> Router {
     let parts = Parts::new();
-    let tenant_scoped = parts
-        .tenant_scoped
-        .route_layer(from_fn_with_state(state.clone(), tenant::tenant_scope));
+    let tenant_scoped = parts.tenant_scoped.route_layer(from_fn_with_state(
+        state.clone(),
+        http::tenant::tenant_scope,
+    ));
     let authenticated = parts
         .authenticated
         .merge(tenant_scoped)
-        .route_layer(from_fn_with_state(state.clone(), auth::authenticate));
+        .route_layer(from_fn_with_state(state.clone(), http::auth::authenticate));
     parts
         .public
         .merge(authenticated)
@@ -135,7 +134,7 @@ pub fn app(state: AppState) -> Router {
         .fallback(|| async { error::AppError::NotFound("Route") })
         .method_not_allowed_fallback(|| async { error::AppError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
-        .layer(from_fn_with_state(state.clone(), limits::guard))
+        .layer(from_fn_with_state(state.clone(), http::limits::guard))
         .layer(cors(&state.config.cors_origins))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
@@ -188,22 +187,22 @@ pub async fn serve(listener: tokio::net::TcpListener, state: AppState) -> std::i
         stopped.clone(),
     ));
     if state.config.relay {
-        let mailer = mail::Mailer::from_config(&state.config)
+        let mailer = jobs::mail::Mailer::from_config(&state.config)
             .map_err(|e| std::io::Error::other(format!("mail: {e}")))?;
-        background.spawn(mail::run(
+        background.spawn(jobs::mail::run(
             state.admin_db.clone(),
             mailer,
             std::time::Duration::from_secs(1),
             stopped.clone(),
         ));
         if state.config.audit_purge_secs > 0 {
-            background.spawn(audit::run_purge(
+            background.spawn(jobs::retention::run_purge(
                 state.clone(),
                 std::time::Duration::from_secs(state.config.audit_purge_secs),
                 stopped.clone(),
             ));
         }
-        match messaging::relay::Relay::connect(&state.config).await {
+        match jobs::relay::Relay::connect(&state.config).await {
             Ok(relay) => {
                 background.spawn(relay.run(stopped.clone()));
             }
@@ -246,9 +245,9 @@ async fn accept(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(limits.header_timeout_secs.max(1)))
-        // Above the service's own limits (crate::limits::MAX_HEADERS...),
+        // Above the service's own limits (crate::http::limits::MAX_HEADERS...),
         // which answer with a JSON body; these only catch the absurd.
-        .max_headers(4 * crate::limits::MAX_HEADERS);
+        .max_headers(4 * crate::http::limits::MAX_HEADERS);
     builder.http2().timer(TokioTimer::new());
     tokio::pin!(shutdown);
     loop {

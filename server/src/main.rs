@@ -3,9 +3,10 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tenancy_server::messaging::relay::Relay;
-use tenancy_server::messaging::worker::{Worker, WorkerOptions};
-use tenancy_server::{ops, AppState, Config};
+use tenancy_server::jobs::ops;
+use tenancy_server::jobs::relay::Relay;
+use tenancy_server::jobs::worker::{Worker, WorkerOptions};
+use tenancy_server::{AppState, Config};
 use uuid::Uuid;
 
 #[derive(Parser)]
@@ -173,10 +174,10 @@ async fn main() -> ExitCode {
             worker(config, options, worker_redis_url).await
         }
         Command::Relay => relay(config).await,
-        Command::Migrate => ops::migrate(&config).await.map_err(|e| e.to_string()),
+        Command::Migrate => ops::migrate(&config).await.map_err(|e| format!("{e:#}")),
         Command::MigrateDown { steps } => ops::migrate_down(&config, steps)
             .await
-            .map_err(|e| e.to_string()),
+            .map_err(|e| format!("{e:#}")),
         Command::CreateSuperAdmin {
             email,
             password_stdin,
@@ -184,7 +185,7 @@ async fn main() -> ExitCode {
             Ok(password) => ops::create_super_admin(&config, &email, password)
                 .await
                 .map(|id| println!("{id}"))
-                .map_err(|e| e.to_string()),
+                .map_err(|e| format!("{e:#}")),
             Err(e) => Err(e),
         },
         Command::CreateTenant {
@@ -196,7 +197,7 @@ async fn main() -> ExitCode {
             Ok(password) => ops::create_tenant(&config, &slug, &name, &owner_email, password)
                 .await
                 .map(|(tenant, owner)| println!("{tenant} {owner}"))
-                .map_err(|e| e.to_string()),
+                .map_err(|e| format!("{e:#}")),
             Err(e) => Err(e),
         },
         Command::AddMember {
@@ -208,7 +209,7 @@ async fn main() -> ExitCode {
             Ok(password) => ops::add_member(&config, tenant, &email, password, &role)
                 .await
                 .map(|id| println!("{id}"))
-                .map_err(|e| e.to_string()),
+                .map_err(|e| format!("{e:#}")),
             Err(e) => Err(e),
         },
         Command::Openapi => Ok(()),
@@ -253,7 +254,7 @@ async fn worker(
         .connect(&config.database_url)
         .await
         .map_err(|e| format!("database: {e}"))?;
-    let keys = std::sync::Arc::new(tenancy_server::auth::Keys::new(&config));
+    let keys = std::sync::Arc::new(tenancy_server::domain::sessions::Keys::new(&config));
     let url = redis_url.unwrap_or_else(|| config.stream_redis_url().to_owned());
     tracing::info!(tenants = ?options.tenants, group = %options.group, consumer = %options.consumer, "worker starting");
     let worker = Worker::connect(options, &url, db, keys)

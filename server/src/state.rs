@@ -7,12 +7,12 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 use tokio::sync::Semaphore;
 
-use crate::auth::Keys;
-use crate::authz::{Authz, AuthzError};
 use crate::config::Config;
+use crate::domain::authz::{Authz, AuthzError};
+use crate::domain::messaging::hub::Hub;
+use crate::domain::sessions::Keys;
 use crate::error::{AppError, AppResult};
-use crate::limits::Shares;
-use crate::messaging::hub::Hub;
+use crate::http::limits::Shares;
 
 /// Why the service refuses to start.
 #[derive(Debug, thiserror::Error)]
@@ -59,8 +59,8 @@ pub struct AppState {
     pub in_flight: Arc<Semaphore>,
     /// Each tenant's share of `db`.
     pub shares: Arc<Shares>,
-    /// Budgets known to be spent (see [`crate::limits::Refusals`]).
-    pub refusals: Arc<crate::limits::Refusals>,
+    /// Budgets known to be spent (see [`crate::http::limits::Refusals`]).
+    pub refusals: Arc<crate::http::limits::Refusals>,
 }
 
 /// A Redis connection manager with short timeouts and few retries: with

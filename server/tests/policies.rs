@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use tenancy_server::authz::{
+use tenancy_server::domain::authz::{
     Action, Authz, AuthzError, Principal, Resource, TenantRole, WorkspaceRole, POLICY_FILE,
     SCHEMA_FILE,
 };
@@ -196,18 +196,18 @@ fn cross_tenant_is_denied_for_every_role_and_action() {
             };
             for action in Action::ALL {
                 let resource = match action.kind() {
-                    tenancy_server::authz::Kind::Platform => continue,
-                    tenancy_server::authz::Kind::Tenant => Resource::Tenant(other),
-                    tenancy_server::authz::Kind::Workspace => Resource::Workspace {
+                    tenancy_server::domain::authz::Kind::Platform => continue,
+                    tenancy_server::domain::authz::Kind::Tenant => Resource::Tenant(other),
+                    tenancy_server::domain::authz::Kind::Workspace => Resource::Workspace {
                         id: workspace,
                         tenant: other,
                     },
-                    tenancy_server::authz::Kind::Board => Resource::Board {
+                    tenancy_server::domain::authz::Kind::Board => Resource::Board {
                         id: Uuid::from_u128(4),
                         tenant: other,
                         workspace,
                     },
-                    tenancy_server::authz::Kind::Task => Resource::Task {
+                    tenancy_server::domain::authz::Kind::Task => Resource::Task {
                         id: Uuid::from_u128(5),
                         tenant: other,
                         workspace,

@@ -105,7 +105,7 @@ async fn clients(app: &TestApp, tenants: usize) -> BenchResult<Vec<Client>> {
     let mut out = Vec::new();
     for n in 0..tenants {
         let email = format!("owner{n}@bench.test");
-        tenancy_server::ops::create_tenant(
+        tenancy_server::jobs::ops::create_tenant(
             &app.config,
             &format!("bench{n}"),
             &format!("Bench {n}"),

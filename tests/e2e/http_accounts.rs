@@ -696,7 +696,7 @@ mod tenant_member {
 
 mod bootstrap {
     use super::*;
-    use tenancy_server::ops;
+    use tenancy_server::jobs::ops;
 
     #[tokio::test]
     async fn add_member_sets_the_password_of_an_invited_account_only() -> TestResult {
@@ -759,8 +759,12 @@ mod bootstrap {
                 weak.to_owned(),
             )
             .await;
+            let error = outcome.as_ref().err();
             assert!(
-                matches!(outcome, Err(tenancy_server::error::AppError::Validation(_))),
+                matches!(
+                    error.and_then(|e| e.downcast_ref()),
+                    Some(tenancy_server::error::AppError::Validation(_))
+                ),
                 "{weak}: {outcome:?}"
             );
         }

@@ -544,7 +544,7 @@ async fn the_api_rate_and_storage_limits_of_a_tenant() -> TestResult {
     .fetch_one(&mut su)
     .await?;
     // Writes as the service's role through acme's context, like a request.
-    let keys = tenancy_server::auth::Keys::new(&app.config);
+    let keys = tenancy_server::domain::sessions::Keys::new(&app.config);
     let mut conn = app.app_role().await?;
     let mut outcomes = Vec::new();
     for n in 0..5 {

@@ -239,7 +239,7 @@ async fn the_audit_trail_is_per_tenant_filterable_and_purged_past_retention() ->
     let state = tenancy_server::AppState::connect(app.config.clone())
         .await
         .map_err(|e| format!("{e:?}"))?;
-    let deleted = tenancy_server::audit::purge(&state).await?;
+    let deleted = tenancy_server::jobs::retention::purge(&state).await?;
     assert_eq!(deleted, 2, "acme's two old entries; globex keeps 365 days");
     let left: Vec<String> = sqlx::query_scalar(
         "SELECT action FROM app.audit_events WHERE tenant_id = $1 ORDER BY id DESC",
@@ -276,7 +276,7 @@ async fn a_forged_retention_never_purges_more_than_the_default_allows() -> TestR
     .execute(&mut su)
     .await?;
     // Raw SQL as the service's role, in acme's context: a forged version.
-    let keys = tenancy_server::auth::Keys::new(&app.config);
+    let keys = tenancy_server::domain::sessions::Keys::new(&app.config);
     let mut conn = app.app_role().await?;
     let mut tx = sqlx::Connection::begin(&mut conn).await?;
     tenancy_tests::use_token(&mut tx, &keys.context_token(app.acme, Uuid::new_v4())?).await?;
@@ -291,7 +291,7 @@ async fn a_forged_retention_never_purges_more_than_the_default_allows() -> TestR
         .await
         .map_err(|e| format!("{e:?}"))?;
     assert_eq!(
-        tenancy_server::audit::purge(&state).await?,
+        tenancy_server::jobs::retention::purge(&state).await?,
         0,
         "3 days is within the default 365"
     );

@@ -9,9 +9,9 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use reqwest::Method;
 use serde_json::{json, Value};
-use tenancy_server::messaging::relay::Relay;
-use tenancy_server::messaging::stream_key;
-use tenancy_server::messaging::worker::{Worker, WorkerOptions};
+use tenancy_server::domain::messaging::stream_key;
+use tenancy_server::jobs::relay::Relay;
+use tenancy_server::jobs::worker::{Worker, WorkerOptions};
 use tenancy_tests::server::{Options, PrivateRedis, TestApp, ALICE, BOB, GUS};
 use tenancy_tests::TestResult;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -364,7 +364,7 @@ async fn the_application_role_cannot_read_or_forge_other_users_messages() -> Tes
     let bob_id: Uuid = bob_me["id"].as_str().unwrap_or_default().parse()?;
 
     // Raw SQL as the service's role, inside a context signed for alice.
-    let keys = tenancy_server::auth::Keys::new(&app.config);
+    let keys = tenancy_server::domain::sessions::Keys::new(&app.config);
     let context = keys.context_token(app.acme, alice_id)?;
     let mut conn = app.app_role().await?;
     let mut tx = sqlx::Connection::begin(&mut conn).await?;
@@ -474,7 +474,7 @@ fn worker_options(tenants: Vec<Uuid>, consumer: &str) -> WorkerOptions {
 
 async fn worker(app: &TestApp, options: WorkerOptions, redis_url: &str) -> TestResult<Worker> {
     let db = sqlx::PgPool::connect(&app.config.database_url).await?;
-    let keys = std::sync::Arc::new(tenancy_server::auth::Keys::new(&app.config));
+    let keys = std::sync::Arc::new(tenancy_server::domain::sessions::Keys::new(&app.config));
     Ok(Worker::connect(options, redis_url, db, keys).await?)
 }
 
@@ -627,7 +627,7 @@ async fn entries_a_dead_worker_left_pending_are_claimed_by_another() -> TestResu
         .arg(&["GROUP", &group, "dead", "COUNT", "10", "STREAMS", &key, ">"])
         .query_async(&mut conn)
         .await?;
-    let pending = tenancy_server::messaging::worker::pending(&mut conn, app.acme, &group).await?;
+    let pending = tenancy_server::jobs::worker::pending(&mut conn, app.acme, &group).await?;
     assert_eq!(pending, 3, "left pending on the dead consumer");
 
     let mut survivor = worker(&app, options, &shared_redis_url(&app)).await?;
@@ -642,7 +642,7 @@ async fn entries_a_dead_worker_left_pending_are_claimed_by_another() -> TestResu
         processed += survivor.run_once().await?;
     }
     assert_eq!(processed, 3);
-    let pending = tenancy_server::messaging::worker::pending(&mut conn, app.acme, &group).await?;
+    let pending = tenancy_server::jobs::worker::pending(&mut conn, app.acme, &group).await?;
     assert_eq!(pending, 0, "acknowledged");
     assert_eq!(
         count(
@@ -962,7 +962,7 @@ async fn a_suspended_tenant_waits_pending_without_holding_up_the_others() -> Tes
     }
     assert_eq!(processed, 3, "globex's three, though acme's fail first");
     let mut conn = redis(&shared_redis_url(&app)).await?;
-    let pending = tenancy_server::messaging::worker::pending(&mut conn, app.acme, &group).await?;
+    let pending = tenancy_server::jobs::worker::pending(&mut conn, app.acme, &group).await?;
     assert_eq!(pending, 3, "acme's wait, unacknowledged");
 
     sqlx::query("SELECT tenancy.set_tenant_status($1, 'active')")
@@ -979,7 +979,7 @@ async fn a_suspended_tenant_waits_pending_without_holding_up_the_others() -> Tes
         "claimed again and processed once the tenant is back"
     );
     assert_eq!(
-        tenancy_server::messaging::worker::pending(&mut conn, app.acme, &group).await?,
+        tenancy_server::jobs::worker::pending(&mut conn, app.acme, &group).await?,
         0
     );
     Ok(())

@@ -459,7 +459,7 @@ async fn the_application_role_sees_one_tenant_even_with_a_handler_bug() -> TestR
     seed_work(&app, &alice).await?;
     seed_work(&app, &gus).await?;
 
-    let keys = tenancy_server::auth::Keys::new(&app.config);
+    let keys = tenancy_server::domain::sessions::Keys::new(&app.config);
     let alice_id: Uuid =
         serde_json::from_value(tenancy_tests::server::claims(&alice)["sub"].clone())?;
     let mut conn = app.app_role().await?;
@@ -533,7 +533,7 @@ async fn single_tenant_deployments_refuse_a_second_tenant_per_user() -> TestResu
         ..Options::default()
     })
     .await?;
-    let outcome = tenancy_server::ops::add_member(
+    let outcome = tenancy_server::jobs::ops::add_member(
         &app.config,
         app.globex,
         BOB,
@@ -554,7 +554,7 @@ async fn single_tenant_deployments_refuse_a_second_tenant_per_user() -> TestResu
 #[tokio::test]
 async fn migrations_roll_back_and_forward() -> TestResult {
     let app = TestApp::spawn().await?;
-    tenancy_server::ops::migrate_down(&app.config, 16)
+    tenancy_server::jobs::ops::migrate_down(&app.config, 16)
         .await
         .map_err(|e| format!("{e:?}"))?;
     let mut su = app.superuser().await?;
@@ -563,7 +563,7 @@ async fn migrations_roll_back_and_forward() -> TestResult {
             .fetch_optional(&mut su)
             .await?;
     assert_eq!(schema, None, "everything the migrations made is gone");
-    tenancy_server::ops::migrate(&app.config)
+    tenancy_server::jobs::ops::migrate(&app.config)
         .await
         .map_err(|e| format!("{e:?}"))?;
     let tables: i64 = sqlx::query_scalar(

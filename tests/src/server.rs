@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 
 use serde_json::Value;
 use sqlx::{Connection, PgConnection};
-use tenancy_server::{ops, AppState, Config};
+use tenancy_server::jobs::ops;
+use tenancy_server::{AppState, Config};
 use uuid::Uuid;
 
 use crate::{server_url, TestResult, SETUP_LOCK};
@@ -369,7 +370,7 @@ impl TestApp {
         let state = tenancy_server::AppState::connect(self.config.clone())
             .await
             .map_err(|e| format!("{e:?}"))?;
-        Ok(tenancy_server::routes::deletion::purge_due(&state)
+        Ok(tenancy_server::jobs::retention::purge_due(&state)
             .await
             .map_err(|e| format!("{e:?}"))?)
     }

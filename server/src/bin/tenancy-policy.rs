@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use tenancy_server::authz::Authz;
+use tenancy_server::domain::authz::Authz;
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);

@@ -1,0 +1,197 @@
+//! Outgoing mail: a sender delivers `app.email_outbox` rows and stamps them
+//! sent. Mail is written in the transaction that causes it (a tenant's
+//! provisioning writes its welcome email), so a mail server being down loses
+//! nothing: rows stay pending and are retried.
+//!
+//! Pluggable delivery: SMTP (`TENANCY_SMTP_URL`, e.g.
+//! `smtps://user:password@mail.example.com` or `smtp://localhost:25`) for
+//! real deployments, a folder (`TENANCY_MAIL_DIR`, one `.eml` file per
+//! message) or, by default, the log. Runs as the owner role, like the message relay: it is
+//! the one reader of every tenant's pending mail, through `app.mail_due` and
+//! `app.mail_attempted` (the owner is otherwise confined to a tenant context).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+/// Where mail goes.
+#[derive(Clone)]
+pub enum Mailer {
+    /// An SMTP server.
+    Smtp(Box<Smtp>),
+    /// One RFC 5322 file per message in this folder.
+    Dir(PathBuf),
+    /// A log line per message (the default; nothing leaves the machine).
+    Log,
+}
+
+#[derive(sqlx::FromRow)]
+struct Mail {
+    tenant_id: Uuid,
+    id: i64,
+    recipient: String,
+    subject: String,
+    body: String,
+    /// The HTML part beside the text, when the mail has one.
+    html: Option<String>,
+}
+
+/// An SMTP server and the address mail comes from.
+#[derive(Clone)]
+pub struct Smtp {
+    transport: lettre::AsyncSmtpTransport<lettre::Tokio1Executor>,
+    from: lettre::message::Mailbox,
+}
+
+/// Why a mail was not delivered (retried later).
+#[derive(Debug, thiserror::Error)]
+pub enum MailError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("smtp: {0}")]
+    Smtp(#[from] lettre::transport::smtp::Error),
+    #[error("message: {0}")]
+    Message(String),
+}
+
+impl Mailer {
+    /// The sender the configuration asks for: SMTP, a folder, or the log.
+    pub fn from_config(config: &crate::config::Config) -> Result<Mailer, MailError> {
+        if let Some(url) = config.smtp_url.as_deref().filter(|u| !u.trim().is_empty()) {
+            let transport = lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::from_url(url)?
+                .timeout(Some(std::time::Duration::from_secs(10)))
+                .build();
+            let from = config
+                .mail_from
+                .parse()
+                .map_err(|e| MailError::Message(format!("TENANCY_MAIL_FROM: {e}")))?;
+            return Ok(Mailer::Smtp(Box::new(Smtp { transport, from })));
+        }
+        Ok(match &config.mail_dir {
+            Some(dir) => Mailer::Dir(dir.clone()),
+            None => Mailer::Log,
+        })
+    }
+
+    async fn deliver(&self, mail: &Mail) -> Result<(), MailError> {
+        match self {
+            Mailer::Smtp(smtp) => {
+                use lettre::AsyncTransport;
+                let to = mail
+                    .recipient
+                    .parse()
+                    .map_err(|e| MailError::Message(format!("recipient: {e}")))?;
+                let builder = lettre::Message::builder()
+                    .from(smtp.from.clone())
+                    .to(to)
+                    .subject(mail.subject.clone());
+                let message = match &mail.html {
+                    Some(html) => {
+                        builder.multipart(lettre::message::MultiPart::alternative_plain_html(
+                            mail.body.clone(),
+                            html.clone(),
+                        ))
+                    }
+                    None => builder
+                        .header(lettre::message::header::ContentType::TEXT_PLAIN)
+                        .body(mail.body.clone()),
+                }
+                .map_err(|e| MailError::Message(e.to_string()))?;
+                smtp.transport.send(message).await?;
+                Ok(())
+            }
+            Mailer::Log => {
+                tracing::info!(tenant = %mail.tenant_id, to = %mail.recipient, subject = %mail.subject, "mail (log sink)");
+                Ok(())
+            }
+            Mailer::Dir(dir) => {
+                tokio::fs::create_dir_all(dir).await?;
+                let file = dir.join(format!("{}-{}.eml", mail.tenant_id, mail.id));
+                // Header values cannot carry line breaks.
+                let clean = |s: &str| s.replace(['\r', '\n'], " ");
+                let crlf = |s: &str| s.replace("\r\n", "\n").replace('\n', "\r\n");
+                let head = format!(
+                    "To: {}\r\nSubject: {}\r\nX-Tenant-ID: {}\r\nMIME-Version: 1.0\r\n",
+                    clean(&mail.recipient),
+                    clean(&mail.subject),
+                    mail.tenant_id,
+                );
+                let text = match &mail.html {
+                    None => format!(
+                        "{head}Content-Type: text/plain; charset=utf-8\r\n\r\n{}",
+                        crlf(&mail.body)
+                    ),
+                    Some(html) => {
+                        // Random, so no part can close it early.
+                        let boundary = format!("tenancy-{}", Uuid::new_v4().simple());
+                        format!(
+                            "{head}Content-Type: multipart/alternative; boundary=\"{boundary}\"\r\n\r\n\
+                             --{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{}\r\n\
+                             --{boundary}\r\nContent-Type: text/html; charset=utf-8\r\n\r\n{}\r\n\
+                             --{boundary}--\r\n",
+                            crlf(&mail.body),
+                            crlf(html)
+                        )
+                    }
+                };
+                // Write then rename, so a reader never sees half a message.
+                let partial = file.with_extension("eml.partial");
+                tokio::fs::write(&partial, text).await?;
+                tokio::fs::rename(&partial, &file).await?;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Delivers up to one batch of mail that is due; returns how many were
+/// sent. A failure is retried later, waiting 1, 2, 4 ... seconds, at most an
+/// hour, so failing mail never holds up the rest.
+pub async fn send_pending(db: &PgPool, mailer: &Mailer) -> Result<usize, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    let batch: Vec<Mail> = sqlx::query_as(
+        "SELECT tenant_id, id, recipient, subject, body, html FROM app.mail_due(50)",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut sent = 0;
+    for mail in &batch {
+        let outcome = mailer.deliver(mail).await;
+        sqlx::query("SELECT app.mail_attempted($1, $2, $3, $4)")
+            .bind(mail.tenant_id)
+            .bind(mail.id)
+            .bind(outcome.is_ok())
+            .bind(outcome.as_ref().err().map(|e| e.to_string()))
+            .execute(&mut *tx)
+            .await?;
+        match outcome {
+            Ok(()) => sent += 1,
+            Err(e) => {
+                tracing::warn!(tenant = %mail.tenant_id, id = mail.id, error = %e, "mail not delivered; will retry")
+            }
+        }
+    }
+    tx.commit().await?;
+    Ok(sent)
+}
+
+/// Delivers pending mail every `every` until `shutdown`.
+pub async fn run(db: PgPool, mailer: Mailer, every: Duration, mut shutdown: watch::Receiver<bool>) {
+    while !*shutdown.borrow() {
+        match send_pending(&db, &mailer).await {
+            Ok(n) if n > 0 => {
+                tracing::debug!(sent = n, "mail sent");
+                continue;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "mail sender cannot read the outbox"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! Work outside the request path: the outbox relays (messages to Redis
+//! Streams, mail to SMTP), the message worker, audit retention and tenant
+//! removal, and the operations of the command line.
+
+pub mod mail;
+pub mod ops;
+pub mod relay;
+pub mod retention;
+pub mod worker;
