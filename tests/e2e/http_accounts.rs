@@ -178,13 +178,7 @@ mod sessions {
         let mut settings = settings.as_object().cloned().unwrap_or_default();
         settings.insert("session_timeout_minutes".into(), json!(5));
         let (status, body) = app
-            .call(
-                Method::PUT,
-                "/api/tenant/settings",
-                Some(&alice),
-                &[],
-                Some(Value::Object(settings)),
-            )
+            .put("/api/tenant/settings", &alice, Value::Object(settings))
             .await?;
         assert_eq!(status, 200, "{body}");
 
@@ -236,13 +230,7 @@ mod sessions {
 
         let phone_sid = sid(&phone);
         let (status, _) = app
-            .call(
-                Method::DELETE,
-                &format!("/auth/sessions/{phone_sid}"),
-                Some(&laptop),
-                &[],
-                None,
-            )
+            .delete(&format!("/auth/sessions/{phone_sid}"), &laptop)
             .await?;
         assert_eq!(status, 204);
         assert_eq!(works(&app, &phone).await?, 401);
@@ -673,15 +661,7 @@ mod tenant_member {
         let (alice, _) = session(&app, ALICE, PASSWORD).await?;
         let (bob, _) = session(&app, BOB, PASSWORD).await?;
         let sid = sid(&alice);
-        let (status, body) = app
-            .call(
-                Method::DELETE,
-                &format!("/auth/sessions/{sid}"),
-                Some(&bob),
-                &[],
-                None,
-            )
-            .await?;
+        let (status, body) = app.delete(&format!("/auth/sessions/{sid}"), &bob).await?;
         assert_eq!((status, &body["error"]), (404, &json!("Session not found")));
         assert_eq!(works(&app, &alice).await?, 200);
         let (_, listed) = app.get("/auth/sessions", &bob).await?;
@@ -811,12 +791,10 @@ mod signup {
     async fn open_acme(app: &TestApp) -> TestResult {
         let alice = app.login(ALICE).await?;
         let (status, body) = app
-            .call(
-                Method::PUT,
+            .put(
                 "/api/tenant/config",
-                Some(&alice),
-                &[],
-                Some(json!({"allow_public_signup": true})),
+                &alice,
+                json!({"allow_public_signup": true}),
             )
             .await?;
         assert_eq!(status, 200, "{body}");
@@ -956,12 +934,10 @@ mod signup {
                 .await?;
             let alice = app.login(ALICE).await?;
             let (status, _) = app
-                .call(
-                    Method::PUT,
+                .put(
                     "/api/tenant/config",
-                    Some(&alice),
-                    &[],
-                    Some(json!({"allow_public_signup": false})),
+                    &alice,
+                    json!({"allow_public_signup": false}),
                 )
                 .await?;
             assert_eq!(status, 200);

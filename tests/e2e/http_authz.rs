@@ -122,24 +122,14 @@ async fn a_member_creates_a_task_in_their_workspace() -> TestResult {
     // Members edit, but do not delete or create boards.
     let task_id = id(&task);
     let (status, _) = app
-        .call(
-            Method::PATCH,
+        .patch(
             &format!("/api/tasks/{task_id}"),
-            Some(&bob),
-            &[],
-            Some(json!({"status": "doing"})),
+            &bob,
+            json!({"status": "doing"}),
         )
         .await?;
     assert_eq!(status, 200);
-    let (status, _) = app
-        .call(
-            Method::DELETE,
-            &format!("/api/tasks/{task_id}"),
-            Some(&bob),
-            &[],
-            None,
-        )
-        .await?;
+    let (status, _) = app.delete(&format!("/api/tasks/{task_id}"), &bob).await?;
     assert_eq!(status, 403);
     let (status, _) = app
         .post(
@@ -150,12 +140,10 @@ async fn a_member_creates_a_task_in_their_workspace() -> TestResult {
         .await?;
     assert_eq!(status, 403);
     let (status, _) = app
-        .call(
-            Method::PATCH,
+        .patch(
             &format!("/api/boards/{board}"),
-            Some(&bob),
-            &[],
-            Some(json!({"name": "Renamed"})),
+            &bob,
+            json!({"name": "Renamed"}),
         )
         .await?;
     assert_eq!(status, 403, "members do not rename boards");
@@ -173,26 +161,14 @@ async fn tenant_settings_are_for_owners_and_admins() -> TestResult {
     let settings = json!({"system_prompt": "Be brief.", "vector_index": "acme"});
 
     let (status, _) = app
-        .call(
-            Method::PUT,
-            "/api/tenant/settings",
-            Some(&bob),
-            &[],
-            Some(settings.clone()),
-        )
+        .put("/api/tenant/settings", &bob, settings.clone())
         .await?;
     assert_eq!(status, 403, "a member cannot update tenant settings");
     let (status, _) = app.get("/api/tenant/settings", &bob).await?;
     assert_eq!(status, 403);
 
     let (status, body) = app
-        .call(
-            Method::PUT,
-            "/api/tenant/settings",
-            Some(&alice),
-            &[],
-            Some(settings.clone()),
-        )
+        .put("/api/tenant/settings", &alice, settings.clone())
         .await?;
     assert_eq!((status, body), (200, settings.clone()), "an owner can");
     let (status, body) = app.get("/api/tenant/settings", &erin).await?;
@@ -200,22 +176,18 @@ async fn tenant_settings_are_for_owners_and_admins() -> TestResult {
 
     // Billing: owners only; and it survives a settings update.
     let (status, _) = app
-        .call(
-            Method::PUT,
+        .put(
             "/api/tenant/billing",
-            Some(&erin),
-            &[],
-            Some(json!({"billing_email": "ap@acme.test"})),
+            &erin,
+            json!({"billing_email": "ap@acme.test"}),
         )
         .await?;
     assert_eq!(status, 403);
     let (status, body) = app
-        .call(
-            Method::PUT,
+        .put(
             "/api/tenant/billing",
-            Some(&alice),
-            &[],
-            Some(json!({"billing_email": "ap@acme.test"})),
+            &alice,
+            json!({"billing_email": "ap@acme.test"}),
         )
         .await?;
     assert_eq!(
@@ -223,12 +195,10 @@ async fn tenant_settings_are_for_owners_and_admins() -> TestResult {
         (200, json!("ap@acme.test"))
     );
     let (status, body) = app
-        .call(
-            Method::PUT,
+        .put(
             "/api/tenant/settings",
-            Some(&erin),
-            &[],
-            Some(json!({"system_prompt": "Be kind."})),
+            &erin,
+            json!({"system_prompt": "Be kind."}),
         )
         .await?;
     assert_eq!(status, 200);
@@ -242,15 +212,7 @@ async fn tenant_settings_are_for_owners_and_admins() -> TestResult {
         .get("/api/tenant/settings", &app.login(GUS).await?)
         .await?;
     assert_eq!(body, json!({}));
-    let (status, body) = app
-        .call(
-            Method::PUT,
-            "/api/tenant/settings",
-            Some(&alice),
-            &[],
-            Some(json!([1])),
-        )
-        .await?;
+    let (status, body) = app.put("/api/tenant/settings", &alice, json!([1])).await?;
     assert_eq!(
         (status, body["error"].clone()),
         (422, json!("settings must be a JSON object"))
@@ -267,15 +229,12 @@ async fn a_tenant_member_outside_a_workspace_gets_403_on_its_board() -> TestResu
     let (status, _) = app.get(&format!("/api/boards/{board}"), &erin_free).await?;
     assert_eq!(status, 200);
     let (status, body) = app
-        .call(
-            Method::DELETE,
+        .delete(
             &format!(
                 "/api/workspaces/{ws}/members/{}",
                 sub(&app.login(BOB).await?).as_str().unwrap_or_default()
             ),
-            Some(&alice),
-            &[],
-            None,
+            &alice,
         )
         .await?;
     assert_eq!(status, 204, "{body}");
@@ -367,12 +326,10 @@ async fn tenant_membership_changes_follow_the_policies() -> TestResult {
 
     let alice_id = sub(&alice).as_str().unwrap_or_default().to_owned();
     let (status, body) = app
-        .call(
-            Method::PATCH,
+        .patch(
             &format!("/api/tenant/members/{alice_id}"),
-            Some(&alice),
-            &[],
-            Some(json!({"role": "admin"})),
+            &alice,
+            json!({"role": "admin"}),
         )
         .await?;
     assert_eq!(
@@ -497,13 +454,7 @@ async fn a_workspace_admin_who_is_a_tenant_member_cannot_demote_the_owner() -> T
         )
     };
     let (status, body) = app
-        .call(
-            Method::PATCH,
-            &path(&bob),
-            Some(&alice),
-            &[],
-            Some(json!({"role": "admin"})),
-        )
+        .patch(&path(&bob), &alice, json!({"role": "admin"}))
         .await?;
     assert_eq!(status, 200, "{body}");
     for (method, body) in [
@@ -530,13 +481,7 @@ async fn a_workspace_admin_who_is_a_tenant_member_cannot_demote_the_owner() -> T
     // Another member of the workspace he may manage.
     let dave = app.login(DAVE).await?;
     let (status, _) = app
-        .call(
-            Method::PATCH,
-            &path(&dave),
-            Some(&bob),
-            &[],
-            Some(json!({"role": "member"})),
-        )
+        .patch(&path(&dave), &bob, json!({"role": "member"}))
         .await?;
     assert_eq!(status, 200);
     Ok(())
@@ -549,15 +494,13 @@ async fn two_owners_removing_each_other_leave_one_owner_and_no_500() -> TestResu
         let alice = app.login(ALICE).await?;
         let erin = app.login(ERIN).await?;
         let (status, body) = app
-            .call(
-                Method::PATCH,
+            .patch(
                 &format!(
                     "/api/tenant/members/{}",
                     sub(&erin).as_str().unwrap_or_default()
                 ),
-                Some(&alice),
-                &[],
-                Some(json!({"role": "owner"})),
+                &alice,
+                json!({"role": "owner"}),
             )
             .await?;
         assert_eq!(status, 200, "{body}");
@@ -568,10 +511,7 @@ async fn two_owners_removing_each_other_leave_one_owner_and_no_500() -> TestResu
             )
         };
         let (to_erin, to_alice) = (path(&erin), path(&alice));
-        let (a, e) = tokio::join!(
-            app.call(Method::DELETE, &to_erin, Some(&alice), &[], None),
-            app.call(Method::DELETE, &to_alice, Some(&erin), &[], None)
-        );
+        let (a, e) = tokio::join!(app.delete(&to_erin, &alice), app.delete(&to_alice, &erin));
         let mut statuses = vec![a?.0, e?.0];
         statuses.sort();
         assert_eq!(statuses[0], 204, "one removal happens: {statuses:?}");

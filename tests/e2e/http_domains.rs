@@ -106,13 +106,7 @@ async fn admin_claims_proves_and_removes_a_custom_domain() -> TestResult {
     assert_eq!(listed["domains"][0]["status"], "verified");
 
     let (status, _) = app
-        .call(
-            Method::DELETE,
-            &format!("/api/tenant/domains/{DOMAIN}"),
-            Some(&erin),
-            &[],
-            None,
-        )
+        .delete(&format!("/api/tenant/domains/{DOMAIN}"), &erin)
         .await?;
     assert_eq!(status, 204);
     assert_eq!(tenant_at(&app, DOMAIN).await?, Err(400));
@@ -224,13 +218,7 @@ mod tenant_admin {
         publish(&dns, &acme_claim);
         assert_eq!(verify(&app, &alice, DOMAIN).await?.0, 200);
         let (status, _) = app
-            .call(
-                Method::DELETE,
-                &format!("/api/tenant/domains/{DOMAIN}"),
-                Some(&gus),
-                &[],
-                None,
-            )
+            .delete(&format!("/api/tenant/domains/{DOMAIN}"), &gus)
             .await?;
         assert_eq!(status, 404);
         let (_, listed) = app.get("/api/tenant/domains", &gus).await?;

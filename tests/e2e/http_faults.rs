@@ -140,14 +140,8 @@ async fn create_workspace(
     token: &str,
     name: &str,
 ) -> TestResult<(u16, serde_json::Value)> {
-    app.call(
-        Method::POST,
-        "/api/workspaces",
-        Some(token),
-        &[],
-        Some(json!({ "name": name })),
-    )
-    .await
+    app.post("/api/workspaces", token, json!({ "name": name }))
+        .await
 }
 
 async fn tries(app: &TestApp) -> TestResult<i64> {

@@ -227,9 +227,7 @@ async fn an_overlong_uri_or_too_many_headers_get_json_errors() -> TestResult {
     let app = TestApp::spawn().await?;
     let alice = app.login(ALICE).await?;
     let long = format!("/api/workspaces?q={}", "a".repeat(10 * 1024));
-    let (status, body) = app
-        .call(Method::GET, &long, Some(&alice), &[], None)
-        .await?;
+    let (status, body) = app.get(&long, &alice).await?;
     assert_eq!(
         (status, body),
         (

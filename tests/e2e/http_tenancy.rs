@@ -258,12 +258,10 @@ async fn crud_works_within_a_tenant() -> TestResult {
         (200, json!("Launch"), json!("todo"))
     );
     let (status, body) = app
-        .call(
-            Method::PATCH,
+        .patch(
             &format!("/api/tasks/{task}"),
-            Some(&alice),
-            &[],
-            Some(json!({"status": "done"})),
+            &alice,
+            json!({"status": "done"}),
         )
         .await?;
     assert_eq!((status, body["status"].clone()), (200, json!("done")));
@@ -272,25 +270,15 @@ async fn crud_works_within_a_tenant() -> TestResult {
         .await?;
     assert_eq!((status, body.as_array().map(Vec::len)), (200, Some(1)));
     let (status, body) = app
-        .call(
-            Method::PATCH,
+        .patch(
             &format!("/api/workspaces/{ws}"),
-            Some(&alice),
-            &[],
-            Some(json!({"archived": true})),
+            &alice,
+            json!({"archived": true}),
         )
         .await?;
     assert_eq!(status, 200);
     assert!(body["archived_at"].is_string());
-    let (status, _) = app
-        .call(
-            Method::DELETE,
-            &format!("/api/boards/{board}"),
-            Some(&alice),
-            &[],
-            None,
-        )
-        .await?;
+    let (status, _) = app.delete(&format!("/api/boards/{board}"), &alice).await?;
     assert_eq!(status, 204);
     let (status, body) = app.get(&format!("/api/tasks/{task}"), &alice).await?;
     assert_eq!(
@@ -416,12 +404,10 @@ async fn another_tenant_never_reads_changes_or_learns_of_rows() -> TestResult {
     // And an assignee from another tenant cannot be set.
     let gus_id = tenancy_tests::server::claims(&gus)["sub"].clone();
     let (status, body) = app
-        .call(
-            Method::PATCH,
+        .patch(
             &format!("/api/tasks/{task}"),
-            Some(&alice),
-            &[],
-            Some(json!({"assignee_id": gus_id})),
+            &alice,
+            json!({"assignee_id": gus_id}),
         )
         .await?;
     assert_eq!(
@@ -432,12 +418,10 @@ async fn another_tenant_never_reads_changes_or_learns_of_rows() -> TestResult {
     let alice_id = tenancy_tests::server::claims(&alice)["sub"].clone();
     for (assignee, title) in [(alice_id, "Launch"), (Value::Null, "Launch")] {
         let (status, body) = app
-            .call(
-                Method::PATCH,
+            .patch(
                 &format!("/api/tasks/{task}"),
-                Some(&alice),
-                &[],
-                Some(json!({ "assignee_id": assignee })),
+                &alice,
+                json!({ "assignee_id": assignee }),
             )
             .await?;
         assert_eq!(status, 200, "{body}");

@@ -234,12 +234,10 @@ async fn one_configuration_store_and_each_tenant_gets_its_own() -> TestResult {
     let mut carol = app.login(CAROL).await?;
     for (tenant, lifetime) in [(app.acme, 300), (app.globex, 600), (app.acme, 300)] {
         let (status, body) = app
-            .call(
-                Method::POST,
+            .post(
                 "/auth/switch-tenant",
-                Some(&carol),
-                &[],
-                Some(json!({ "tenant_id": tenant })),
+                &carol,
+                json!({ "tenant_id": tenant }),
             )
             .await?;
         assert_eq!((status, expires(&body)), (200, json!(lifetime)), "{body}");
