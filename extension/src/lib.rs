@@ -17,6 +17,7 @@ use error::{OrRaise, TenancyError};
 ::pgrx::pg_module_magic!(name, version);
 
 extension_sql_file!("../sql/catalog.sql", name = "catalog", bootstrap);
+extension_sql_file!("../sql/lint.sql", name = "lint");
 extension_sql_file!("../sql/api.sql", name = "api", finalize);
 
 #[pg_guard]

@@ -75,6 +75,10 @@ enum Command {
         #[arg(long)]
         password_stdin: bool,
     },
+    /// Check a database's schema for what tenant isolation needs (the
+    /// extension's tenancy.lint()): text, JSON or SARIF, a baseline, an exit
+    /// code for CI. See `tenancy-server lint --help`; needs only DATABASE_URL.
+    Lint,
     /// Print the OpenAPI 3.1 document (what `/openapi.json` serves), for
     /// client generators and API diffs in CI; needs no configuration.
     Openapi,
@@ -140,6 +144,18 @@ async fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("error: {e}");
                 ExitCode::FAILURE
+            }
+        };
+    }
+    // The lint reads one database's catalogs: it needs only its URL.
+    if std::env::args().nth(1).as_deref() == Some("lint") {
+        use clap::Parser as _;
+        let args = tenancy_server::jobs::lint::LintArgs::parse_from(std::env::args().skip(1));
+        return match tenancy_server::jobs::lint::run(args).await {
+            Ok(code) => ExitCode::from(code),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(2)
             }
         };
     }
@@ -212,7 +228,7 @@ async fn main() -> ExitCode {
                 .map_err(|e| format!("{e:#}")),
             Err(e) => Err(e),
         },
-        Command::Openapi => Ok(()),
+        Command::Openapi | Command::Lint => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -34,5 +34,6 @@ mod http_routes;
 mod http_tenancy;
 mod http_tenant_config;
 mod isolation;
+mod lint;
 mod pooling;
 mod protect;

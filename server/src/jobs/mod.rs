@@ -1,7 +1,9 @@
 //! Work outside the request path: the outbox relays (messages to Redis
 //! Streams, mail to SMTP), the message worker, audit retention and tenant
-//! removal, and the operations of the command line.
+//! removal, and the operations of the command line (migrations, accounts,
+//! the schema lint).
 
+pub mod lint;
 pub mod mail;
 pub mod ops;
 pub mod relay;
