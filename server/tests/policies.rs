@@ -294,3 +294,120 @@ fn a_policy_naming_a_role_that_does_not_exist_is_refused() {
             .unwrap_or_else(|e| panic!("{role:?}: {e}"));
     }
 }
+
+/// Every shape a decision can have, with fresh ids each time it is asked.
+fn shapes(mut ids: impl FnMut() -> Uuid) -> Vec<(Principal, Action, Resource)> {
+    use tenancy_server::domain::authz::Kind;
+    let mut out = Vec::new();
+    for role in TenantRole::ALL {
+        for super_admin in [false, true] {
+            for ws_role in [
+                None,
+                Some(WorkspaceRole::Admin),
+                Some(WorkspaceRole::Member),
+                Some(WorkspaceRole::Viewer),
+            ] {
+                for same_tenant in [true, false] {
+                    for action in Action::ALL {
+                        let (home, workspace) = (ids(), ids());
+                        let tenant = if same_tenant { home } else { ids() };
+                        let principal = Principal {
+                            user: ids(),
+                            tenant: home,
+                            tenant_role: role,
+                            super_admin,
+                            // The caller's role in this workspace, and roles
+                            // in others, which a decision must not look at.
+                            workspace_roles: ws_role
+                                .map(|r| {
+                                    HashMap::from([(workspace, r), (ids(), WorkspaceRole::Admin)])
+                                })
+                                .unwrap_or_else(|| HashMap::from([(ids(), WorkspaceRole::Admin)])),
+                        };
+                        let resource = match action.kind() {
+                            Kind::Platform => Resource::Platform,
+                            Kind::Tenant => Resource::Tenant(tenant),
+                            Kind::Workspace => Resource::Workspace {
+                                id: workspace,
+                                tenant,
+                            },
+                            Kind::Board => Resource::Board {
+                                id: ids(),
+                                tenant,
+                                workspace,
+                            },
+                            Kind::Task => Resource::Task {
+                                id: ids(),
+                                tenant,
+                                workspace,
+                            },
+                        };
+                        out.push((principal, action, resource));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn decisions_kept_by_shape_are_what_evaluating_each_request_decides() {
+    let authz = authz();
+    assert!(authz.memoizes(), "the shipped policies name no entity ids");
+    let mut next = 1_000u128;
+    let mut ids = || {
+        next += 1;
+        Uuid::from_u128(next)
+    };
+    // Three rounds with new ids: the first fills the memo, the others are
+    // answered from it, and every answer equals a full evaluation.
+    let mut allowed = 0;
+    for _ in 0..3 {
+        for (principal, action, resource) in shapes(&mut ids) {
+            let kept = authz.decide(&principal, action, &resource);
+            let evaluated = authz.evaluate(&principal, action, &resource);
+            assert_eq!(kept, evaluated, "{principal:?} {action} {resource:?}");
+            allowed += usize::from(kept.allowed);
+        }
+    }
+    assert!(allowed > 0, "some shapes are allowed");
+}
+
+#[test]
+fn policies_that_name_an_entity_are_evaluated_for_every_request() {
+    let schema = std::fs::read_to_string(dir().join(SCHEMA_FILE)).unwrap();
+    let policies = std::fs::read_to_string(dir().join(POLICY_FILE)).unwrap();
+    let banned = Uuid::from_u128(77);
+    let with_literal = format!(
+        "{policies}\n@id(\"ban-one-tenant\")\nforbid (principal, action, resource)\n\
+         when {{ principal.tenant == Tenancy::Tenant::\"{banned}\" }};\n"
+    );
+    let authz = Authz::from_sources(SCHEMA_FILE, &schema, POLICY_FILE, &with_literal).unwrap();
+    assert!(!authz.memoizes());
+    let principal = |tenant| Principal {
+        user: Uuid::from_u128(1),
+        tenant,
+        tenant_role: TenantRole::Owner,
+        super_admin: false,
+        workspace_roles: HashMap::new(),
+    };
+    let other = Uuid::from_u128(78);
+    // Same shape, different ids, different decisions.
+    assert!(
+        authz
+            .decide(
+                &principal(other),
+                Action::TenantView,
+                &Resource::Tenant(other)
+            )
+            .allowed
+    );
+    let decision = authz.decide(
+        &principal(banned),
+        Action::TenantView,
+        &Resource::Tenant(banned),
+    );
+    assert!(!decision.allowed);
+    assert_eq!(decision.policies, ["ban-one-tenant"]);
+}

@@ -35,7 +35,7 @@ pub enum AuthzError {
 }
 
 /// The resource kinds actions apply to, as in the schema.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     Platform,
     Tenant,
@@ -302,6 +302,84 @@ pub struct Authz {
     schema: Schema,
     authorizer: Authorizer,
     types: Types,
+    /// Decisions by [`Shape`], when the policies name no entity but actions
+    /// and tenant roles (see [`Authz::decide`]); `None` otherwise.
+    memo: Option<std::sync::RwLock<HashMap<Shape, Decision>>>,
+}
+
+/// Everything a decision depends on when the policies name no entity:
+/// roles, the action, the kind of resource, and how the resource's tenant
+/// and workspace relate to the caller's. Entity ids enter the policies
+/// only through equality and membership (`principal.tenant ==
+/// resource.tenant`, `principal.workspace_admin.contains(resource)`), so
+/// two requests of one shape decide alike whatever their ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Shape {
+    tenant_role: TenantRole,
+    super_admin: bool,
+    /// The caller's role in the workspace the request concerns.
+    scope_role: Option<WorkspaceRole>,
+    action: Action,
+    kind: Kind,
+    /// Whether the resource belongs to the caller's tenant.
+    same_tenant: bool,
+}
+
+impl Shape {
+    fn of(principal: &Principal, action: Action, resource: &Resource) -> Shape {
+        let (kind, tenant, scope) = match resource {
+            Resource::Platform => (Kind::Platform, None, None),
+            Resource::Tenant(t) => (Kind::Tenant, Some(*t), None),
+            Resource::Workspace { id, tenant } => (Kind::Workspace, Some(*tenant), Some(*id)),
+            Resource::Board {
+                tenant, workspace, ..
+            } => (Kind::Board, Some(*tenant), Some(*workspace)),
+            Resource::Task {
+                tenant, workspace, ..
+            } => (Kind::Task, Some(*tenant), Some(*workspace)),
+        };
+        Shape {
+            tenant_role: principal.tenant_role,
+            super_admin: principal.super_admin,
+            scope_role: scope.and_then(|w| principal.workspace_roles.get(&w).copied()),
+            action,
+            kind,
+            same_tenant: tenant == Some(principal.tenant),
+        }
+    }
+}
+
+/// Whether no policy names an entity other than an action or a tenant role
+/// (a policy such as `resource == Tenancy::Tenant::"..."` would make
+/// decisions depend on ids). Anything that cannot be read counts as naming
+/// one: the memo is then off.
+fn names_only_actions_and_roles(policies: &PolicySet) -> bool {
+    policies.policies().all(|policy| {
+        let Ok(json) = policy.to_json() else {
+            return false;
+        };
+        let mut stack = vec![&json];
+        while let Some(value) = stack.pop() {
+            match value {
+                serde_json::Value::Object(map) => {
+                    for (key, v) in map {
+                        if key == "type" {
+                            let allowed = v.as_str().is_some_and(|t| {
+                                t == "Tenancy::Action" || t == "Tenancy::TenantRole"
+                            });
+                            if !allowed {
+                                return false;
+                            }
+                        }
+                        stack.push(v);
+                    }
+                }
+                serde_json::Value::Array(items) => stack.extend(items),
+                _ => {}
+            }
+        }
+        true
+    })
 }
 
 fn line_of(src: &str, diagnostic: &dyn miette::Diagnostic) -> usize {
@@ -432,11 +510,14 @@ impl Authz {
             action: type_name("Tenancy::Action")?,
             tenant_role: type_name("Tenancy::TenantRole")?,
         };
+        let memo =
+            names_only_actions_and_roles(&policies).then(|| std::sync::RwLock::new(HashMap::new()));
         Ok(Self {
             policies,
             schema,
             authorizer: Authorizer::new(),
             types,
+            memo,
         })
     }
 
@@ -574,7 +655,37 @@ impl Authz {
 
     /// Decides `action` by `principal` on `resource`. Anything that keeps
     /// the request from being evaluated is a deny, with the reason in `errors`.
+    ///
+    /// When the policies name no entity but actions and tenant roles, a
+    /// decision is kept by its [`Shape`] (a few thousand at most) and the
+    /// next request of that shape gets it without evaluating; a decision
+    /// with errors is never kept. Policies that name other entities are
+    /// evaluated every time.
     pub fn decide(&self, principal: &Principal, action: Action, resource: &Resource) -> Decision {
+        let Some(memo) = &self.memo else {
+            return self.evaluate(principal, action, resource);
+        };
+        let shape = Shape::of(principal, action, resource);
+        if let Some(decision) = memo.read().ok().and_then(|m| m.get(&shape).cloned()) {
+            return decision;
+        }
+        let decision = self.evaluate(principal, action, resource);
+        if decision.errors.is_empty() {
+            if let Ok(mut m) = memo.write() {
+                m.insert(shape, decision.clone());
+            }
+        }
+        decision
+    }
+
+    /// Whether decisions are kept by shape (the policies name no entity
+    /// but actions and tenant roles).
+    pub fn memoizes(&self) -> bool {
+        self.memo.is_some()
+    }
+
+    /// Evaluates the policies for one request, every time.
+    pub fn evaluate(&self, principal: &Principal, action: Action, resource: &Resource) -> Decision {
         let deny = |error: String| Decision {
             allowed: false,
             policies: Vec::new(),
@@ -601,9 +712,12 @@ impl Authz {
             .authorizer
             .is_authorized(&request, &self.policies, &entities);
         let diagnostics = response.diagnostics();
+        // Sorted: Cedar gives the deciding policies in no set order.
+        let mut policies: Vec<String> = diagnostics.reason().map(ToString::to_string).collect();
+        policies.sort();
         Decision {
             allowed: response.decision() == CedarDecision::Allow,
-            policies: diagnostics.reason().map(ToString::to_string).collect(),
+            policies,
             errors: diagnostics.errors().map(ToString::to_string).collect(),
         }
     }
