@@ -81,6 +81,10 @@ if [ "${TENANCY_SKIP_INSTALL:-0}" != "1" ]; then
     profile_flag=()
     [ "${TENANCY_PROFILE:-debug}" = "release" ] && profile_flag=(--release)
     (cd "$(dirname "$0")/../extension" && cargo pgrx install --pg-config "${PG_CONFIG}" "${profile_flag[@]}" >/dev/null)
+    # Released versions, frozen, beside the current one: databases created
+    # with them update with ALTER EXTENSION tenancy UPDATE (the update
+    # scripts in extension/sql are installed by cargo pgrx).
+    install -m 644 "$(dirname "$0")"/../extension/versions/tenancy--*.sql "$("${PG_CONFIG}" --sharedir)/extension/"
 fi
 
 log "ready: PostgreSQL $(pg_config --version | awk '{print $2}'), $(redis-server --version | awk '{print $3}'), cargo-pgrx ${PGRX_VERSION}"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Every test: lint, the token codec's unit tests, and the end-to-end tests
-# against the real PostgreSQL with the extension installed (and Redis).
+# Every test: lint, the token codec's unit tests, the end-to-end tests
+# against the real PostgreSQL with the extension installed (and Redis), and
+# the extension's Debian package installed and exercised.
 set -euo pipefail
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 cd "$(dirname "$0")/.."
@@ -25,3 +26,6 @@ trap 'rm -f "$log"' EXIT
 cargo test --workspace --exclude tenancy --lib --bins --tests 2>&1 | tee "$log"
 # One closing line for the whole run, summed over every test binary.
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tenancy tests: %d passed, %d failed\n", p, f }' "$log"
+
+echo "== Debian package: built, installed with dpkg, exercised without the Rust toolchain"
+bash scripts/test-package.sh

@@ -8,6 +8,7 @@
     clippy::type_complexity
 )]
 
+mod adopting;
 mod attack_app_role;
 mod attack_resources;
 mod attack_tenancy_admin;
@@ -37,3 +38,4 @@ mod isolation;
 mod lint;
 mod pooling;
 mod protect;
+mod upgrade;

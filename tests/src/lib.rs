@@ -72,6 +72,12 @@ impl TestDb {
     /// A new database with the extension, the fixture schema, tenants
     /// `acme` and `globex`, an HS256 and an EdDSA key.
     pub async fn new() -> TestResult<TestDb> {
+        TestDb::at_version(None).await
+    }
+
+    /// The same with the extension installed at a released `version`
+    /// (`CREATE EXTENSION tenancy VERSION ...`), or the current one.
+    pub async fn at_version(version: Option<&str>) -> TestResult<TestDb> {
         let name = format!("tenancy_t_{}", Uuid::new_v4().simple());
         {
             let _guard = SETUP_LOCK.lock().await;
@@ -95,9 +101,13 @@ impl TestDb {
             globex: Uuid::nil(),
         };
         let mut su = db.superuser().await?;
+        let create = match version {
+            Some(version) => format!("CREATE EXTENSION tenancy VERSION '{version}'"),
+            None => "CREATE EXTENSION tenancy".to_owned(),
+        };
+        sqlx::raw_sql(&create).execute(&mut su).await?;
         sqlx::raw_sql(
-            "CREATE EXTENSION tenancy;
-             GRANT tenancy_admin TO tenancy_t_admin;
+            "GRANT tenancy_admin TO tenancy_t_admin;
              SELECT tenancy.grant_table_owner('tenancy_t_owner');
              SELECT tenancy.grant_context_setter('tenancy_t_service');
              GRANT CREATE ON SCHEMA public TO tenancy_t_owner;",

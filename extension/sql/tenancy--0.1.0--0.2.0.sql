@@ -1,0 +1,237 @@
+-- tenancy 0.1.0 -> 0.2.0: ALTER EXTENSION tenancy UPDATE TO '0.2.0'.
+-- Frozen once 0.2.0 is released. What changed: tenancy.lint() (docs/LINT.md).
+-- tests/e2e/upgrade.rs checks that a database updated this way ends with
+-- exactly what a fresh 0.2.0 install creates.
+
+------------------------------------------------------------------------------
+-- tenancy.lint(): what tenant isolation needs of a schema, checked across
+-- the whole database. One row per finding: the rule, its severity (error:
+-- rows of one tenant can reach another; warning: isolation holds but leaks
+-- or costs; info: worth knowing), the object, a message, and the SQL that
+-- fixes it (NULL where a person must decide). Rules are documented in
+-- docs/LINT.md; `tenancy-server lint` prints them as text, JSON or SARIF.
+--
+-- Reads only the catalogs: any role may run it, and it sees what that role
+-- may see of them.
+------------------------------------------------------------------------------
+
+CREATE FUNCTION tenancy.lint()
+RETURNS TABLE (rule text, severity text, object text, message text, fix text)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    -- TN001: a table with a tenant column that is not protected.
+    RETURN QUERY
+    SELECT 'TN001', 'error', c.oid::regclass::text,
+           format('%s has the tenant column %I but is not protected: every role that can read it reads every tenant''s rows',
+                  c.oid::regclass, a.attname),
+           format('SELECT tenancy.protect(%L, %L);', c.oid::regclass::text, a.attname)
+    FROM pg_class c
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+    WHERE c.relkind IN ('r', 'p')
+      AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'tenancy', 'pg_toast')
+      AND n.nspname NOT LIKE 'pg_temp%' AND n.nspname NOT LIKE 'pg_toast_temp%'
+      AND a.attname IN (SELECT 'tenant_id'::name UNION SELECT p.col FROM (SELECT pt.table_name::oid AS oid, pt.tenant_column AS col FROM tenancy.protected_tables pt) p)
+      AND NOT EXISTS (SELECT 1 FROM (SELECT pt.table_name::oid AS oid, pt.tenant_column AS col FROM tenancy.protected_tables pt) p WHERE p.oid = c.oid)
+      -- A partition or child of a protected table is TN010's.
+      AND NOT EXISTS (SELECT 1 FROM pg_inherits i JOIN (SELECT pt.table_name::oid AS oid, pt.tenant_column AS col FROM tenancy.protected_tables pt) p ON p.oid = i.inhparent
+                      WHERE i.inhrelid = c.oid);
+
+    -- TN002: row-level security not enabled, or not forced, on a protected table.
+    RETURN QUERY
+    SELECT 'TN002', 'error', c.oid::regclass::text,
+           format('row-level security is %s on %s: %s',
+                  CASE WHEN NOT c.relrowsecurity THEN 'not enabled' ELSE 'not forced' END, c.oid::regclass,
+                  CASE WHEN NOT c.relrowsecurity THEN 'its policies do nothing'
+                       ELSE 'the table''s owner reads every tenant''s rows' END),
+           format('ALTER TABLE %s %s ROW LEVEL SECURITY;', c.oid::regclass,
+                  CASE WHEN NOT c.relrowsecurity THEN 'ENABLE' ELSE 'FORCE' END)
+    FROM pg_class c JOIN (SELECT pt.table_name::oid AS oid, pt.tenant_column AS col FROM tenancy.protected_tables pt) p ON p.oid = c.oid
+    WHERE NOT (c.relrowsecurity AND c.relforcerowsecurity);
+
+    -- TN003: another permissive policy on a protected table widens access
+    -- (permissive policies are OR-ed with tenancy's): for every role when
+    -- it applies to PUBLIC (error), for the roles it names (warning).
+    RETURN QUERY
+    SELECT 'TN003', CASE WHEN 0::oid = ANY (pol.polroles) THEN 'error' ELSE 'warning' END,
+           format('%I on %s', pol.polname, pol.polrelid::regclass),
+           format('policy %I on %s is permissive for %s: rows it allows are visible to %s whatever the tenant context',
+                  pol.polname, pol.polrelid::regclass,
+                  CASE WHEN 0::oid = ANY (pol.polroles) THEN 'every role'
+                       ELSE (SELECT string_agg(quote_ident(pg_get_userbyid(r)), ', ' ORDER BY pg_get_userbyid(r))
+                             FROM unnest(pol.polroles) r) END,
+                  CASE WHEN 0::oid = ANY (pol.polroles) THEN 'anyone' ELSE 'them' END),
+           format('DROP POLICY %I ON %s; -- then, if it is still needed: CREATE POLICY %I ON %s AS RESTRICTIVE ...',
+                  pol.polname, pol.polrelid::regclass, pol.polname, pol.polrelid::regclass)
+    FROM pg_policy pol JOIN (SELECT pt.table_name::oid AS oid, pt.tenant_column AS col FROM tenancy.protected_tables pt) p ON p.oid = pol.polrelid
+    WHERE pol.polpermissive AND pol.polname NOT IN ('tenancy_isolation', 'tenancy_bypass');
+
+    -- TN004: a foreign key between protected tables without the tenant column.
+    RETURN QUERY
+    SELECT 'TN004', 'error', format('%I on %s', k.conname, k.conrelid::regclass),
+           format('foreign key %I from %s to %s does not pair the tenant columns: its check ignores row-level security, so a row of one tenant can reference a row of another',
+                  k.conname, k.conrelid::regclass, k.confrelid::regclass),
+           format('ALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I FOREIGN KEY (%I, %s) REFERENCES %s (%I, %s);',
+                  k.conrelid::regclass, k.conname, k.conname, ps.col,
+                  (SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY o.n)
+                   FROM unnest(k.conkey) WITH ORDINALITY o(num, n)
+                   JOIN pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = o.num),
+                  k.confrelid::regclass, pd.col,
+                  (SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY o.n)
+                   FROM unnest(k.confkey) WITH ORDINALITY o(num, n)
+                   JOIN pg_attribute a ON a.attrelid = k.confrelid AND a.attnum = o.num))
+               || ' -- the referenced table needs a unique key on the same columns'
+    FROM pg_constraint k
+    JOIN (SELECT pt.table_name::oid AS oid, pt.tenant_column AS col FROM tenancy.protected_tables pt) ps ON ps.oid = k.conrelid
+    JOIN (SELECT pt.table_name::oid AS oid, pt.tenant_column AS col FROM tenancy.protected_tables pt) pd ON pd.oid = k.confrelid
+    WHERE k.contype = 'f' AND k.conparentid = 0
+      AND NOT EXISTS (
+          SELECT 1 FROM generate_subscripts(k.conkey, 1) g(i)
+          JOIN pg_attribute sa ON sa.attrelid = k.conrelid AND sa.attnum = k.conkey[g.i]
+          JOIN pg_attribute da ON da.attrelid = k.confrelid AND da.attnum = k.confkey[g.i]
+          WHERE sa.attname = ps.col AND da.attname = pd.col);
+
+    -- TN005: a unique constraint or unique index without the tenant column.
+    RETURN QUERY
+    SELECT 'TN005', 'error', i.indexrelid::regclass::text,
+           format('unique index %s on %s does not include the tenant column %I: a duplicate in another tenant is reported to this one, revealing that the value exists',
+                  i.indexrelid::regclass, i.indrelid::regclass, p.col),
+           CASE WHEN k.conname IS NOT NULL THEN
+               format('ALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I UNIQUE (%I, %s);',
+                      i.indrelid::regclass, k.conname, k.conname, p.col,
+                      (SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY o.n)
+                       FROM unnest(i.indkey::int2[]) WITH ORDINALITY o(num, n)
+                       JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = o.num))
+           -- A plain unique index on columns (no expressions, no predicate).
+           WHEN i.indexprs IS NULL AND i.indpred IS NULL THEN
+               format('DROP INDEX %s; CREATE UNIQUE INDEX %I ON %s (%I, %s);',
+                      i.indexrelid::regclass, (SELECT c.relname FROM pg_class c WHERE c.oid = i.indexrelid),
+                      i.indrelid::regclass, p.col,
+                      (SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY o.n)
+                       FROM unnest(i.indkey::int2[]) WITH ORDINALITY o(num, n)
+                       JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = o.num))
+           END
+    FROM pg_index i
+    JOIN (SELECT pt.table_name::oid AS oid, pt.tenant_column AS col FROM tenancy.protected_tables pt) p ON p.oid = i.indrelid
+    JOIN pg_attribute ta ON ta.attrelid = i.indrelid AND ta.attname = p.col
+    LEFT JOIN pg_constraint k ON k.conindid = i.indexrelid AND k.conrelid = i.indrelid
+    WHERE i.indisunique AND NOT ta.attnum = ANY ((i.indkey::int2[])[0:i.indnkeyatts - 1])
+      -- A partition's index is its parent's: reported once, there.
+      AND NOT EXISTS (SELECT 1 FROM pg_inherits ii WHERE ii.inhrelid = i.indexrelid);
+
+    -- TN006: no index leads with the tenant column.
+    RETURN QUERY
+    SELECT 'TN006', 'warning', c.oid::regclass::text,
+           format('no index on %s leads with the tenant column %I: every query scans other tenants'' rows before the policy filters them',
+                  c.oid::regclass, p.col),
+           format('CREATE INDEX ON %s (%I);', c.oid::regclass, p.col)
+    FROM pg_class c JOIN (SELECT pt.table_name::oid AS oid, pt.tenant_column AS col FROM tenancy.protected_tables pt) p ON p.oid = c.oid
+    JOIN pg_attribute ta ON ta.attrelid = c.oid AND ta.attname = p.col
+    WHERE NOT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indkey[0] = ta.attnum);
+
+    -- TN007: a view over a protected table that runs as its owner, or a
+    -- materialized view of one (a snapshot no policy applies to).
+    RETURN QUERY
+    SELECT DISTINCT 'TN007', 'error', v.oid::regclass::text,
+           CASE WHEN v.relkind = 'm' THEN
+               format('materialized view %s holds rows of the protected table %s, which no policy filters: whoever can read it reads every tenant''s',
+                      v.oid::regclass, d.refobjid::regclass)
+           ELSE
+               format('view %s reads the protected table %s with its owner''s rights: the policies see the owner, not the caller',
+                      v.oid::regclass, d.refobjid::regclass)
+           END,
+           CASE WHEN v.relkind = 'v' THEN format('ALTER VIEW %s SET (security_invoker = true);', v.oid::regclass) END
+    FROM pg_rewrite r
+    JOIN pg_class v ON v.oid = r.ev_class
+    JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid
+                    AND d.refclassid = 'pg_class'::regclass
+    JOIN (SELECT pt.table_name::oid AS oid, pt.tenant_column AS col FROM tenancy.protected_tables pt) p ON p.oid = d.refobjid
+    WHERE v.relkind IN ('v', 'm') AND d.refobjid <> v.oid
+      AND (v.relkind = 'm' OR NOT coalesce(
+              (SELECT o.option_value::bool FROM pg_options_to_table(v.reloptions) o
+               WHERE o.option_name = 'security_invoker'), false));
+
+    -- TN008: SECURITY DEFINER functions that read protected tables, or whose
+    -- search_path is not fixed (a caller's schema can capture its names).
+    RETURN QUERY
+    SELECT 'TN008', CASE WHEN reads THEN 'error' ELSE 'warning' END, f.oid::regprocedure::text,
+           CASE WHEN reads THEN
+               format('SECURITY DEFINER function %s names a protected table: it runs as %s, so the policies apply to its owner, not its caller',
+                      f.oid::regprocedure, pg_get_userbyid(f.proowner))
+           ELSE
+               format('SECURITY DEFINER function %s has no fixed search_path: a schema its caller controls can capture the names it uses',
+                      f.oid::regprocedure)
+           END,
+           CASE WHEN NOT fixed THEN format('ALTER FUNCTION %s SET search_path = pg_catalog, pg_temp;', f.oid::regprocedure)
+                ELSE format('ALTER FUNCTION %s SECURITY INVOKER;', f.oid::regprocedure) END
+    FROM (
+        SELECT f.*,
+               EXISTS (SELECT 1 FROM (SELECT pt.table_name::oid AS oid, pt.tenant_column AS col FROM tenancy.protected_tables pt) p JOIN pg_class c ON c.oid = p.oid
+                       WHERE f.prosrc ~* ('\m' || regexp_replace(c.relname, '([^A-Za-z0-9_])', '\\\1', 'g') || '\M')) AS reads,
+               EXISTS (SELECT 1 FROM unnest(f.proconfig) s WHERE s LIKE 'search_path=%') AS fixed
+        FROM pg_proc f JOIN pg_namespace n ON n.oid = f.pronamespace
+        WHERE f.prosecdef AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'tenancy')
+    ) f
+    WHERE reads OR NOT fixed;
+
+    -- TN009: roles of this database's application (they hold privileges on
+    -- a protected table) that bypass row-level security, or can become a
+    -- role that does (SET ROLE). Superusers themselves are the DBA's.
+    RETURN QUERY
+    WITH bypass AS (
+        SELECT r.oid, r.rolname, r.rolsuper FROM pg_roles r
+        WHERE (r.rolbypassrls OR r.rolsuper) AND r.rolname NOT LIKE 'pg\_%'
+    ), reaches AS (
+        SELECT DISTINCT ro.oid FROM pg_roles ro, (SELECT pt.table_name::oid AS oid, pt.tenant_column AS col FROM tenancy.protected_tables pt) p
+        WHERE has_table_privilege(ro.oid, p.oid, 'SELECT, INSERT, UPDATE, DELETE')
+    )
+    SELECT 'TN009', 'warning', b.rolname::text,
+           format('role %I has BYPASSRLS and privileges on protected tables: it reads every tenant''s rows', b.rolname),
+           format('ALTER ROLE %I NOBYPASSRLS;', b.rolname)
+    FROM bypass b WHERE NOT b.rolsuper AND b.oid IN (SELECT r.oid FROM reaches r)
+    UNION ALL
+    SELECT 'TN009', 'error', m.rolname::text,
+           format('role %I is a member of %I, which %s: it can SET ROLE and read every tenant''s rows',
+                  m.rolname, b.rolname, CASE WHEN b.rolsuper THEN 'is a superuser' ELSE 'has BYPASSRLS' END),
+           format('REVOKE %I FROM %I;', b.rolname, m.rolname)
+    FROM pg_auth_members am
+    JOIN bypass b ON b.oid = am.roleid
+    JOIN pg_roles m ON m.oid = am.member
+    WHERE NOT (m.rolsuper OR m.rolbypassrls) AND m.oid IN (SELECT r.oid FROM reaches r);
+
+    -- TN010: a partition or inheritance child of a protected table that is
+    -- not protected itself (row-level security is per table).
+    RETURN QUERY
+    SELECT 'TN010', 'error', i.inhrelid::regclass::text,
+           format('%s is a partition or child of the protected table %s but is not protected: read directly, it shows every tenant''s rows',
+                  i.inhrelid::regclass, i.inhparent::regclass),
+           format('SELECT tenancy.protect(%L, %L);', i.inhrelid::regclass::text, p.col)
+    FROM pg_inherits i JOIN (SELECT pt.table_name::oid AS oid, pt.tenant_column AS col FROM tenancy.protected_tables pt) p ON p.oid = i.inhparent
+    WHERE NOT EXISTS (SELECT 1 FROM (SELECT pt.table_name::oid AS oid, pt.tenant_column AS col FROM tenancy.protected_tables pt) c WHERE c.oid = i.inhrelid);
+
+    -- TN011: privileges granted to PUBLIC on a protected table.
+    RETURN QUERY
+    SELECT 'TN011', 'warning', c.oid::regclass::text,
+           format('%s grants %s to PUBLIC: every role, present and future, reaches it and depends on the policy alone',
+                  c.oid::regclass, string_agg(DISTINCT g.privilege_type, ', ')),
+           format('REVOKE ALL ON %s FROM PUBLIC;', c.oid::regclass)
+    FROM pg_class c JOIN (SELECT pt.table_name::oid AS oid, pt.tenant_column AS col FROM tenancy.protected_tables pt) p ON p.oid = c.oid,
+         aclexplode(c.relacl) g
+    WHERE g.grantee = 0
+    GROUP BY c.oid;
+
+    -- TN012: a sequence shared by every tenant's rows: its values tell one
+    -- tenant how many rows the others create.
+    RETURN QUERY
+    SELECT 'TN012', 'info', format('%s.%I', c.oid::regclass, a.attname),
+           format('%s.%I takes its values from a sequence shared by every tenant: the gaps a tenant sees count the other tenants'' rows',
+                  c.oid::regclass, a.attname),
+           NULL::text
+    FROM pg_class c JOIN (SELECT pt.table_name::oid AS oid, pt.tenant_column AS col FROM tenancy.protected_tables pt) p ON p.oid = c.oid
+    JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+    WHERE pg_get_serial_sequence(c.oid::regclass::text, a.attname) IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhrelid = c.oid);
+END
+$$;
+
+GRANT EXECUTE ON FUNCTION tenancy.lint() TO PUBLIC;
