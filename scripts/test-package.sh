@@ -14,6 +14,7 @@ echo "installed $(dpkg-query -W -f='${Package} ${Version}' postgresql-15-tenancy
 
 # From here on, only the system's programs.
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+export PGOPTIONS="-c client_min_messages=warning"
 if command -v cargo >/dev/null 2>&1 || command -v rustc >/dev/null 2>&1; then
     echo "a Rust toolchain is on the PATH" >&2
     exit 1
@@ -45,7 +46,8 @@ q "CREATE TABLE notes (tenant_id uuid NOT NULL, id int, body text, PRIMARY KEY (
    SELECT tenancy.protect('notes');
    GRANT SELECT, INSERT ON notes TO ${role};
    SELECT tenancy.grant_context_setter('${role}');" >/dev/null
-q "INSERT INTO notes VALUES ('${acme}', 1, 'a'), ('${globex}', 1, 'g')"
+q "BEGIN; SET LOCAL tenancy.tenant_id = '${acme}'; INSERT INTO notes VALUES ('${acme}', 1, 'a'); COMMIT;
+   BEGIN; SET LOCAL tenancy.tenant_id = '${globex}'; INSERT INTO notes VALUES ('${globex}', 1, 'g'); COMMIT;"
 
 as_app() { PGPASSWORD=pkg psql "postgres://${role}@127.0.0.1:5432/${db}" -qAtX -v ON_ERROR_STOP=1 -c "$1" 2>&1; }
 expect "acme's context sees acme's row only" \
