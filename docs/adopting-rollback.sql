@@ -10,6 +10,17 @@ SELECT tenancy.unprotect('orders');
 -- step:
 SELECT tenancy.unprotect('customers');
 
+-- step: writes without a tenant context work again at once: the column
+-- (NOT NULL, in the keys until the swap) takes the adopted tenant by default
+DO $$
+DECLARE
+    legacy uuid := (SELECT id FROM tenancy.tenants WHERE slug = 'legacy');
+BEGIN
+    EXECUTE format('ALTER TABLE orders ALTER COLUMN tenant_id SET DEFAULT %L', legacy);
+    EXECUTE format('ALTER TABLE customers ALTER COLUMN tenant_id SET DEFAULT %L', legacy);
+END
+$$;
+
 -- step: the single-tenant keys, built without blocking writes
 CREATE UNIQUE INDEX CONCURRENTLY customers_id ON customers (id);
 

@@ -17,6 +17,18 @@ ALTER TABLE customers ADD COLUMN tenant_id uuid;
 -- step:
 ALTER TABLE orders ADD COLUMN tenant_id uuid;
 
+-- step: rows the application writes from now on belong to the adopted
+-- tenant too (existing rows stay NULL until the backfill: a default set
+-- after ADD COLUMN does not touch them)
+DO $$
+DECLARE
+    legacy uuid := (SELECT id FROM tenancy.tenants WHERE slug = 'legacy');
+BEGIN
+    EXECUTE format('ALTER TABLE customers ALTER COLUMN tenant_id SET DEFAULT %L', legacy);
+    EXECUTE format('ALTER TABLE orders ALTER COLUMN tenant_id SET DEFAULT %L', legacy);
+END
+$$;
+
 -- step: a batched backfill; each batch commits, so no lock is held long
 CREATE PROCEDURE tenancy_adopt_backfill(tbl regclass, parent regclass, parent_key text, child_key text, batch int)
 LANGUAGE plpgsql AS $$
@@ -31,12 +43,15 @@ BEGIN
                  WHERE ctid = ANY (ARRAY(SELECT ctid FROM %s WHERE tenant_id IS NULL LIMIT %s))',
                 tbl, 'legacy', tbl, batch);
         ELSE
-            -- Children take their parent's tenant.
+            -- Children take their parent's tenant; a row without a parent
+            -- (a NULL or dangling key) the adopted tenant, so that every
+            -- batch makes progress.
             EXECUTE format(
-                'UPDATE %s c SET tenant_id = p.tenant_id FROM %s p
-                 WHERE p.%I = c.%I
-                   AND c.ctid = ANY (ARRAY(SELECT ctid FROM %s WHERE tenant_id IS NULL LIMIT %s))',
-                tbl, parent, parent_key, child_key, tbl, batch);
+                'UPDATE %s c SET tenant_id = coalesce(
+                     (SELECT p.tenant_id FROM %s p WHERE p.%I = c.%I),
+                     (SELECT id FROM tenancy.tenants WHERE slug = %L))
+                 WHERE c.ctid = ANY (ARRAY(SELECT ctid FROM %s WHERE tenant_id IS NULL LIMIT %s))',
+                tbl, parent, parent_key, child_key, 'legacy', tbl, batch);
         END IF;
         GET DIAGNOSTICS done = ROW_COUNT;
         COMMIT;
@@ -96,11 +111,34 @@ COMMIT;
 -- step:
 ALTER TABLE orders VALIDATE CONSTRAINT orders_customer_id_fkey;
 
--- step: protect, parents first; then the temporary checks and procedure go
-SELECT tenancy.protect('customers');
+-- step: the foreign key to the tenant catalog protect() would add, added
+-- here NOT VALID and validated while writes go on (protect() then keeps it)
+ALTER TABLE customers ADD CONSTRAINT customers_tenant_id_tenant_fkey
+    FOREIGN KEY (tenant_id) REFERENCES tenancy.tenants (id) NOT VALID;
 
 -- step:
+ALTER TABLE customers VALIDATE CONSTRAINT customers_tenant_id_tenant_fkey;
+
+-- step:
+ALTER TABLE orders ADD CONSTRAINT orders_tenant_id_tenant_fkey
+    FOREIGN KEY (tenant_id) REFERENCES tenancy.tenants (id) NOT VALID;
+
+-- step:
+ALTER TABLE orders VALIDATE CONSTRAINT orders_tenant_id_tenant_fkey;
+
+-- step: protect, parents first, each with the adopted tenant's default
+-- replaced by the context's in the same transaction; then the temporary
+-- checks and procedure go
+BEGIN;
+ALTER TABLE customers ALTER COLUMN tenant_id DROP DEFAULT;
+SELECT tenancy.protect('customers');
+COMMIT;
+
+-- step:
+BEGIN;
+ALTER TABLE orders ALTER COLUMN tenant_id DROP DEFAULT;
 SELECT tenancy.protect('orders');
+COMMIT;
 
 -- step:
 ALTER TABLE customers DROP CONSTRAINT customers_tenant_id_set;

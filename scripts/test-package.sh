@@ -25,6 +25,8 @@ db="tenancy_pkg_$$"
 role="tenancy_pkg_app_$$"
 cleanup() {
     psql "${PG_URL}/postgres" -qc "DROP DATABASE IF EXISTS ${db}" >/dev/null 2>&1 || true
+    # The SET privileges on tenancy's parameters are the cluster's.
+    psql "${PG_URL}/postgres" -qc "REVOKE SET ON PARAMETER tenancy.tenant_id, tenancy.user_id FROM ${role}" >/dev/null 2>&1 || true
     psql "${PG_URL}/postgres" -qc "DROP ROLE IF EXISTS ${role}" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT

@@ -31,23 +31,50 @@ BEGIN
     WHERE c.relkind IN ('r', 'p')
       AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'tenancy', 'pg_toast')
       AND n.nspname NOT LIKE 'pg_temp%' AND n.nspname NOT LIKE 'pg_toast_temp%'
-      AND a.attname IN (SELECT 'tenant_id'::name UNION SELECT p.col FROM (SELECT pt.table_name::oid AS oid, pt.tenant_column AS col FROM tenancy.protected_tables pt) p)
-      AND NOT EXISTS (SELECT 1 FROM (SELECT pt.table_name::oid AS oid, pt.tenant_column AS col FROM tenancy.protected_tables pt) p WHERE p.oid = c.oid)
+      AND a.atttypid = 'uuid'::regtype AND NOT c.relispartition
+      AND a.attname IN (SELECT 'tenant_id'::name UNION SELECT p.col FROM (SELECT pt.table_name::oid AS oid, pt.tenant_column AS col FROM tenancy.protected_tables pt WHERE pt.tenant_column IS NOT NULL) p)
+      AND NOT EXISTS (SELECT 1 FROM (SELECT pt.table_name::oid AS oid, pt.tenant_column AS col FROM tenancy.protected_tables pt WHERE pt.tenant_column IS NOT NULL) p WHERE p.oid = c.oid)
       -- A partition or child of a protected table is TN010's.
-      AND NOT EXISTS (SELECT 1 FROM pg_inherits i JOIN (SELECT pt.table_name::oid AS oid, pt.tenant_column AS col FROM tenancy.protected_tables pt) p ON p.oid = i.inhparent
+      AND NOT EXISTS (SELECT 1 FROM pg_inherits i JOIN (SELECT pt.table_name::oid AS oid, pt.tenant_column AS col FROM tenancy.protected_tables pt WHERE pt.tenant_column IS NOT NULL) p ON p.oid = i.inhparent
                       WHERE i.inhrelid = c.oid);
 
-    -- TN002: row-level security not enabled, or not forced, on a protected table.
+    -- TN002: row-level security not enabled, or not forced, on a protected
+    -- table; tenancy's own policies changed since protect() made them; a
+    -- table with the policy but not the trigger that fills the tenant.
     RETURN QUERY
     SELECT 'TN002', 'error', c.oid::regclass::text,
            format('row-level security is %s on %s: %s',
                   CASE WHEN NOT c.relrowsecurity THEN 'not enabled' ELSE 'not forced' END, c.oid::regclass,
                   CASE WHEN NOT c.relrowsecurity THEN 'its policies do nothing'
                        ELSE 'the table''s owner reads every tenant''s rows' END),
-           format('ALTER TABLE %s %s ROW LEVEL SECURITY;', c.oid::regclass,
-                  CASE WHEN NOT c.relrowsecurity THEN 'ENABLE' ELSE 'FORCE' END)
-    FROM pg_class c JOIN (SELECT pt.table_name::oid AS oid, pt.tenant_column AS col FROM tenancy.protected_tables pt) p ON p.oid = c.oid
+           format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY;', c.oid::regclass)
+    FROM pg_class c JOIN (SELECT pt.table_name::oid AS oid FROM tenancy.protected_tables pt) p ON p.oid = c.oid
     WHERE NOT (c.relrowsecurity AND c.relforcerowsecurity);
+
+    RETURN QUERY
+    SELECT 'TN002', 'error', format('%I on %s', pol.polname, pol.polrelid::regclass),
+           format('policy %I on %s is not what tenancy.protect() made: it no longer confines rows to the tenant context as written',
+                  pol.polname, pol.polrelid::regclass),
+           format('DROP POLICY %I ON %s; SELECT tenancy.protect(%L, %L);',
+                  pol.polname, pol.polrelid::regclass, pol.polrelid::regclass::text, p.col)
+    FROM pg_policy pol JOIN (SELECT pt.table_name::oid AS oid, pt.tenant_column AS col FROM tenancy.protected_tables pt WHERE pt.tenant_column IS NOT NULL) p ON p.oid = pol.polrelid
+    WHERE (pol.polname = 'tenancy_isolation' AND NOT (
+               pol.polcmd = '*' AND pol.polpermissive AND pol.polroles = '{0}'::oid[]
+               AND pg_get_expr(pol.polqual, pol.polrelid)
+                   = format('(%I = ( SELECT tenancy.current_tenant_id() AS current_tenant_id))', p.col)
+               AND pg_get_expr(pol.polwithcheck, pol.polrelid)
+                   = format('(%I = ( SELECT tenancy.current_tenant_id() AS current_tenant_id))', p.col)))
+       OR (pol.polname = 'tenancy_bypass' AND NOT (
+               pol.polcmd = '*' AND pol.polroles = ARRAY['tenancy_admin'::regrole::oid]
+               AND pg_get_expr(pol.polqual, pol.polrelid) = '( SELECT tenancy.bypass_active() AS bypass_active)'
+               AND pg_get_expr(pol.polwithcheck, pol.polrelid) = '( SELECT tenancy.bypass_active() AS bypass_active)'));
+
+    RETURN QUERY
+    SELECT 'TN002', 'error', pt.table_name::text,
+           format('%s has tenancy''s policy but not its trigger: new rows are not filled or checked against the tenant context',
+                  pt.table_name),
+           NULL::text
+    FROM tenancy.protected_tables pt WHERE pt.tenant_column IS NULL;
 
     -- TN003: another permissive policy on a protected table widens access
     -- (permissive policies are OR-ed with tenancy's): for every role when
@@ -63,7 +90,7 @@ BEGIN
                   CASE WHEN 0::oid = ANY (pol.polroles) THEN 'anyone' ELSE 'them' END),
            format('DROP POLICY %I ON %s; -- then, if it is still needed: CREATE POLICY %I ON %s AS RESTRICTIVE ...',
                   pol.polname, pol.polrelid::regclass, pol.polname, pol.polrelid::regclass)
-    FROM pg_policy pol JOIN (SELECT pt.table_name::oid AS oid, pt.tenant_column AS col FROM tenancy.protected_tables pt) p ON p.oid = pol.polrelid
+    FROM pg_policy pol JOIN (SELECT pt.table_name::oid AS oid, pt.tenant_column AS col FROM tenancy.protected_tables pt WHERE pt.tenant_column IS NOT NULL) p ON p.oid = pol.polrelid
     WHERE pol.polpermissive AND pol.polname NOT IN ('tenancy_isolation', 'tenancy_bypass');
 
     -- TN004: a foreign key between protected tables without the tenant column.
@@ -82,8 +109,8 @@ BEGIN
                    JOIN pg_attribute a ON a.attrelid = k.confrelid AND a.attnum = o.num))
                || ' -- the referenced table needs a unique key on the same columns'
     FROM pg_constraint k
-    JOIN (SELECT pt.table_name::oid AS oid, pt.tenant_column AS col FROM tenancy.protected_tables pt) ps ON ps.oid = k.conrelid
-    JOIN (SELECT pt.table_name::oid AS oid, pt.tenant_column AS col FROM tenancy.protected_tables pt) pd ON pd.oid = k.confrelid
+    JOIN (SELECT pt.table_name::oid AS oid, pt.tenant_column AS col FROM tenancy.protected_tables pt WHERE pt.tenant_column IS NOT NULL) ps ON ps.oid = k.conrelid
+    JOIN (SELECT pt.table_name::oid AS oid, pt.tenant_column AS col FROM tenancy.protected_tables pt WHERE pt.tenant_column IS NOT NULL) pd ON pd.oid = k.confrelid
     WHERE k.contype = 'f' AND k.conparentid = 0
       AND NOT EXISTS (
           SELECT 1 FROM generate_subscripts(k.conkey, 1) g(i)
@@ -112,9 +139,9 @@ BEGIN
                        JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = o.num))
            END
     FROM pg_index i
-    JOIN (SELECT pt.table_name::oid AS oid, pt.tenant_column AS col FROM tenancy.protected_tables pt) p ON p.oid = i.indrelid
+    JOIN (SELECT pt.table_name::oid AS oid, pt.tenant_column AS col FROM tenancy.protected_tables pt WHERE pt.tenant_column IS NOT NULL) p ON p.oid = i.indrelid
     JOIN pg_attribute ta ON ta.attrelid = i.indrelid AND ta.attname = p.col
-    LEFT JOIN pg_constraint k ON k.conindid = i.indexrelid AND k.conrelid = i.indrelid
+    LEFT JOIN pg_constraint k ON k.conindid = i.indexrelid AND k.conrelid = i.indrelid AND k.contype IN ('p', 'u')
     WHERE i.indisunique AND NOT ta.attnum = ANY ((i.indkey::int2[])[0:i.indnkeyatts - 1])
       -- A partition's index is its parent's: reported once, there.
       AND NOT EXISTS (SELECT 1 FROM pg_inherits ii WHERE ii.inhrelid = i.indexrelid);
@@ -125,9 +152,10 @@ BEGIN
            format('no index on %s leads with the tenant column %I: every query scans other tenants'' rows before the policy filters them',
                   c.oid::regclass, p.col),
            format('CREATE INDEX ON %s (%I);', c.oid::regclass, p.col)
-    FROM pg_class c JOIN (SELECT pt.table_name::oid AS oid, pt.tenant_column AS col FROM tenancy.protected_tables pt) p ON p.oid = c.oid
+    FROM pg_class c JOIN (SELECT pt.table_name::oid AS oid, pt.tenant_column AS col FROM tenancy.protected_tables pt WHERE pt.tenant_column IS NOT NULL) p ON p.oid = c.oid
     JOIN pg_attribute ta ON ta.attrelid = c.oid AND ta.attname = p.col
-    WHERE NOT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indkey[0] = ta.attnum);
+    WHERE NOT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indkey[0] = ta.attnum
+                      AND i.indisvalid AND i.indpred IS NULL);
 
     -- TN007: a view over a protected table that runs as its owner, or a
     -- materialized view of one (a snapshot no policy applies to).
@@ -145,7 +173,7 @@ BEGIN
     JOIN pg_class v ON v.oid = r.ev_class
     JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid
                     AND d.refclassid = 'pg_class'::regclass
-    JOIN (SELECT pt.table_name::oid AS oid, pt.tenant_column AS col FROM tenancy.protected_tables pt) p ON p.oid = d.refobjid
+    JOIN (SELECT pt.table_name::oid AS oid, pt.tenant_column AS col FROM tenancy.protected_tables pt WHERE pt.tenant_column IS NOT NULL) p ON p.oid = d.refobjid
     WHERE v.relkind IN ('v', 'm') AND d.refobjid <> v.oid
       AND (v.relkind = 'm' OR NOT coalesce(
               (SELECT o.option_value::bool FROM pg_options_to_table(v.reloptions) o
@@ -162,11 +190,11 @@ BEGIN
                format('SECURITY DEFINER function %s has no fixed search_path: a schema its caller controls can capture the names it uses',
                       f.oid::regprocedure)
            END,
-           CASE WHEN NOT fixed THEN format('ALTER FUNCTION %s SET search_path = pg_catalog, pg_temp;', f.oid::regprocedure)
-                ELSE format('ALTER FUNCTION %s SECURITY INVOKER;', f.oid::regprocedure) END
+           CASE WHEN NOT fixed THEN format('ALTER ROUTINE %s SET search_path = pg_catalog, pg_temp;', f.oid::regprocedure)
+                ELSE format('ALTER ROUTINE %s SECURITY INVOKER;', f.oid::regprocedure) END
     FROM (
         SELECT f.*,
-               EXISTS (SELECT 1 FROM (SELECT pt.table_name::oid AS oid, pt.tenant_column AS col FROM tenancy.protected_tables pt) p JOIN pg_class c ON c.oid = p.oid
+               EXISTS (SELECT 1 FROM (SELECT pt.table_name::oid AS oid, pt.tenant_column AS col FROM tenancy.protected_tables pt WHERE pt.tenant_column IS NOT NULL) p JOIN pg_class c ON c.oid = p.oid
                        WHERE f.prosrc ~* ('\m' || regexp_replace(c.relname, '([^A-Za-z0-9_])', '\\\1', 'g') || '\M')) AS reads,
                EXISTS (SELECT 1 FROM unnest(f.proconfig) s WHERE s LIKE 'search_path=%') AS fixed
         FROM pg_proc f JOIN pg_namespace n ON n.oid = f.pronamespace
@@ -182,7 +210,7 @@ BEGIN
         SELECT r.oid, r.rolname, r.rolsuper FROM pg_roles r
         WHERE (r.rolbypassrls OR r.rolsuper) AND r.rolname NOT LIKE 'pg\_%'
     ), reaches AS (
-        SELECT DISTINCT ro.oid FROM pg_roles ro, (SELECT pt.table_name::oid AS oid, pt.tenant_column AS col FROM tenancy.protected_tables pt) p
+        SELECT DISTINCT ro.oid FROM pg_roles ro, (SELECT pt.table_name::oid AS oid, pt.tenant_column AS col FROM tenancy.protected_tables pt WHERE pt.tenant_column IS NOT NULL) p
         WHERE has_table_privilege(ro.oid, p.oid, 'SELECT, INSERT, UPDATE, DELETE')
     )
     SELECT 'TN009', 'warning', b.rolname::text,
@@ -193,10 +221,13 @@ BEGIN
     SELECT 'TN009', 'error', m.rolname::text,
            format('role %I is a member of %I, which %s: it can SET ROLE and read every tenant''s rows',
                   m.rolname, b.rolname, CASE WHEN b.rolsuper THEN 'is a superuser' ELSE 'has BYPASSRLS' END),
-           format('REVOKE %I FROM %I;', b.rolname, m.rolname)
-    FROM pg_auth_members am
-    JOIN bypass b ON b.oid = am.roleid
-    JOIN pg_roles m ON m.oid = am.member
+           -- Revoke the memberships of the member through which it reaches the role.
+           (SELECT string_agg(format('REVOKE %I FROM %I;', pg_get_userbyid(am.roleid), m.rolname), ' '
+                              ORDER BY pg_get_userbyid(am.roleid))
+            FROM pg_auth_members am
+            WHERE am.member = m.oid AND pg_has_role(am.roleid, b.oid, 'MEMBER'))
+    FROM bypass b
+    JOIN pg_roles m ON m.oid <> b.oid AND pg_has_role(m.oid, b.oid, 'MEMBER')
     WHERE NOT (m.rolsuper OR m.rolbypassrls) AND m.oid IN (SELECT r.oid FROM reaches r);
 
     -- TN010: a partition or inheritance child of a protected table that is
@@ -206,8 +237,8 @@ BEGIN
            format('%s is a partition or child of the protected table %s but is not protected: read directly, it shows every tenant''s rows',
                   i.inhrelid::regclass, i.inhparent::regclass),
            format('SELECT tenancy.protect(%L, %L);', i.inhrelid::regclass::text, p.col)
-    FROM pg_inherits i JOIN (SELECT pt.table_name::oid AS oid, pt.tenant_column AS col FROM tenancy.protected_tables pt) p ON p.oid = i.inhparent
-    WHERE NOT EXISTS (SELECT 1 FROM (SELECT pt.table_name::oid AS oid, pt.tenant_column AS col FROM tenancy.protected_tables pt) c WHERE c.oid = i.inhrelid);
+    FROM pg_inherits i JOIN (SELECT pt.table_name::oid AS oid, pt.tenant_column AS col FROM tenancy.protected_tables pt WHERE pt.tenant_column IS NOT NULL) p ON p.oid = i.inhparent
+    WHERE NOT EXISTS (SELECT 1 FROM (SELECT pt.table_name::oid AS oid, pt.tenant_column AS col FROM tenancy.protected_tables pt WHERE pt.tenant_column IS NOT NULL) c WHERE c.oid = i.inhrelid);
 
     -- TN011: privileges granted to PUBLIC on a protected table.
     RETURN QUERY
@@ -215,7 +246,7 @@ BEGIN
            format('%s grants %s to PUBLIC: every role, present and future, reaches it and depends on the policy alone',
                   c.oid::regclass, string_agg(DISTINCT g.privilege_type, ', ')),
            format('REVOKE ALL ON %s FROM PUBLIC;', c.oid::regclass)
-    FROM pg_class c JOIN (SELECT pt.table_name::oid AS oid, pt.tenant_column AS col FROM tenancy.protected_tables pt) p ON p.oid = c.oid,
+    FROM pg_class c JOIN (SELECT pt.table_name::oid AS oid, pt.tenant_column AS col FROM tenancy.protected_tables pt WHERE pt.tenant_column IS NOT NULL) p ON p.oid = c.oid,
          aclexplode(c.relacl) g
     WHERE g.grantee = 0
     GROUP BY c.oid;
@@ -227,9 +258,11 @@ BEGIN
            format('%s.%I takes its values from a sequence shared by every tenant: the gaps a tenant sees count the other tenants'' rows',
                   c.oid::regclass, a.attname),
            NULL::text
-    FROM pg_class c JOIN (SELECT pt.table_name::oid AS oid, pt.tenant_column AS col FROM tenancy.protected_tables pt) p ON p.oid = c.oid
+    FROM pg_class c JOIN (SELECT pt.table_name::oid AS oid, pt.tenant_column AS col FROM tenancy.protected_tables pt WHERE pt.tenant_column IS NOT NULL) p ON p.oid = c.oid
     JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-    WHERE pg_get_serial_sequence(c.oid::regclass::text, a.attname) IS NOT NULL
+    WHERE EXISTS (SELECT 1 FROM pg_depend d JOIN pg_class q ON q.oid = d.objid AND q.relkind = 'S'
+                  WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+                    AND d.refobjid = c.oid AND d.refobjsubid = a.attnum AND d.deptype IN ('a', 'i'))
       AND NOT EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhrelid = c.oid);
 END
 $$;

@@ -81,9 +81,13 @@ async fn tn001_a_table_with_a_tenant_column_that_is_not_protected() -> TestResul
     let db = TestDb::new().await?;
     let mut conn = db.superuser().await?;
     // A table without a tenant column is nobody's business.
-    sqlx::raw_sql("CREATE TABLE countries (code text PRIMARY KEY)")
-        .execute(&mut conn)
-        .await?;
+    // Nor is a tenant column protect() could not use (not a uuid).
+    sqlx::raw_sql(
+        "CREATE TABLE countries (code text PRIMARY KEY);
+         CREATE TABLE imports (tenant_id text, line text)",
+    )
+    .execute(&mut conn)
+    .await?;
     assert!(findings(&mut conn).await?.iter().all(|f| f.rule != "TN001"));
     fires_then_fix_clears(
         &mut conn,
@@ -107,11 +111,30 @@ async fn tn002_row_level_security_not_forced_or_not_enabled() -> TestResult {
         "error",
     )
     .await?;
+    // Disabled and not forced: one fix does both.
     fires_then_fix_clears(
         &mut conn,
-        "ALTER TABLE tasks DISABLE ROW LEVEL SECURITY",
+        "ALTER TABLE tasks DISABLE ROW LEVEL SECURITY, NO FORCE ROW LEVEL SECURITY",
         "TN002",
         "public.tasks",
+        "error",
+    )
+    .await?;
+    // tenancy's own policy, rewritten to let everything through.
+    fires_then_fix_clears(
+        &mut conn,
+        "ALTER POLICY tenancy_isolation ON projects USING (true)",
+        "TN002",
+        "tenancy_isolation on public.projects",
+        "error",
+    )
+    .await?;
+    // The bypass policy, opened to everyone.
+    fires_then_fix_clears(
+        &mut conn,
+        "ALTER POLICY tenancy_bypass ON tasks TO PUBLIC",
+        "TN002",
+        "tenancy_bypass on public.tasks",
         "error",
     )
     .await
@@ -258,10 +281,11 @@ async fn tn009_an_application_role_that_bypasses_or_can_become_one_that_does() -
     let db = TestDb::new().await?;
     let mut conn = db.superuser().await?;
     let suffix = Uuid::new_v4().simple().to_string();
-    let (reader, bypass, app) = (
+    let (reader, bypass, app, middle) = (
         format!("lint_reader_{suffix}"),
         format!("lint_bypass_{suffix}"),
         format!("lint_app_{suffix}"),
+        format!("lint_middle_{suffix}"),
     );
     // A BYPASSRLS role with no privilege here is another database's matter.
     sqlx::raw_sql(&format!(
@@ -279,10 +303,12 @@ async fn tn009_an_application_role_that_bypasses_or_can_become_one_that_does() -
             "warning",
         )
         .await?;
+        // A member through another role (app -> middle -> bypass).
         fires_then_fix_clears(
             &mut conn,
             &format!(
-                "CREATE ROLE {app} LOGIN; GRANT SELECT ON tasks TO {app}; GRANT {bypass} TO {app}"
+                "CREATE ROLE {app} LOGIN; GRANT SELECT ON tasks TO {app}; \
+                 CREATE ROLE {middle}; GRANT {bypass} TO {middle}; GRANT {middle} TO {app}"
             ),
             "TN009",
             &app,
@@ -293,7 +319,8 @@ async fn tn009_an_application_role_that_bypasses_or_can_become_one_that_does() -
     .await;
     // Roles are the cluster's: leave none behind.
     sqlx::raw_sql(&format!(
-        "DROP OWNED BY {reader}, {app}; DROP ROLE IF EXISTS {reader}; DROP ROLE IF EXISTS {app}; DROP ROLE IF EXISTS {bypass}"
+        "DROP OWNED BY {reader}, {app}; DROP ROLE IF EXISTS {reader}; DROP ROLE IF EXISTS {app}; \
+         DROP ROLE IF EXISTS {middle}; DROP ROLE IF EXISTS {bypass}"
     ))
     .execute(&mut conn)
     .await?;

@@ -4,7 +4,6 @@
 //! exits 1 when a finding at or above `--fail-on` remains, so CI can gate
 //! a migration on it.
 
-use std::collections::HashSet;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
@@ -48,6 +47,10 @@ pub struct Baseline {
 pub struct Accepted {
     pub rule: String,
     pub object: String,
+    /// When given, only a finding of this severity is accepted: a later,
+    /// graver finding of the same rule on the same object is reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub severity: Option<String>,
     /// Why it is accepted: for the next reader.
     #[serde(default)]
     pub reason: String,
@@ -115,14 +118,15 @@ pub async fn findings(url: &str) -> Result<Vec<Finding>> {
 
 /// The findings a baseline does not accept.
 pub fn new_findings(findings: Vec<Finding>, baseline: &Baseline) -> Vec<Finding> {
-    let accepted: HashSet<(&str, &str)> = baseline
-        .accepted
-        .iter()
-        .map(|a| (a.rule.as_str(), a.object.as_str()))
-        .collect();
     findings
         .into_iter()
-        .filter(|f| !accepted.contains(&(f.rule.as_str(), f.object.as_str())))
+        .filter(|f| {
+            !baseline.accepted.iter().any(|a| {
+                a.rule == f.rule
+                    && a.object == f.object
+                    && a.severity.as_ref().is_none_or(|s| *s == f.severity)
+            })
+        })
         .collect()
 }
 
@@ -150,7 +154,9 @@ pub fn text(findings: &[Finding]) -> String {
 
 /// SARIF 2.1.0: one run of the tool, its rules, one result per finding
 /// (the object as a logical location; the fix SQL in the result's
-/// properties, since SARIF fixes are edits of files).
+/// properties, since SARIF fixes are edits of files). Findings are about
+/// database objects, not files: viewers that need a file location for
+/// every result (GitHub code scanning) show none of them.
 pub fn sarif(findings: &[Finding]) -> serde_json::Value {
     let level = |severity: &str| match severity {
         "error" => "error",
@@ -172,9 +178,8 @@ pub fn sarif(findings: &[Finding]) -> serde_json::Value {
     let results: Vec<_> = findings
         .iter()
         .map(|f| {
-            json!({
+            let mut result = json!({
                 "ruleId": f.rule,
-                "ruleIndex": RULES.iter().position(|(id, ..)| *id == f.rule),
                 "level": level(&f.severity),
                 "message": {"text": f.message},
                 "locations": [{
@@ -182,7 +187,11 @@ pub fn sarif(findings: &[Finding]) -> serde_json::Value {
                 }],
                 "partialFingerprints": {"tenancyFinding/v1": format!("{}:{}", f.rule, f.object)},
                 "properties": {"fix": f.fix},
-            })
+            });
+            if let Some(index) = RULES.iter().position(|(id, ..)| *id == f.rule) {
+                result["ruleIndex"] = json!(index);
+            }
+            result
         })
         .collect();
     json!({
@@ -210,6 +219,7 @@ pub async fn run(args: LintArgs) -> Result<u8> {
                 .map(|f| Accepted {
                     rule: f.rule.clone(),
                     object: f.object.clone(),
+                    severity: Some(f.severity.clone()),
                     reason: String::new(),
                 })
                 .collect(),
