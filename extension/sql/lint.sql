@@ -152,24 +152,35 @@ BEGIN
     WHERE NOT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indkey[0] = ta.attnum
                       AND i.indisvalid AND i.indpred IS NULL);
 
-    -- TN007: a view over a protected table that runs as its owner, or a
-    -- materialized view of one (a snapshot no policy applies to).
+    -- TN007: a view over a protected table (directly or through other
+    -- views) that runs as its owner, or a materialized view of one (a
+    -- snapshot no policy applies to).
     RETURN QUERY
+    WITH RECURSIVE reads(view_oid, base) AS (
+        SELECT r.ev_class, d.refobjid
+        FROM pg_rewrite r
+        JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid
+                        AND d.refclassid = 'pg_class'::regclass AND d.refobjid <> r.ev_class
+        UNION
+        SELECT r.ev_class, reads.base
+        FROM reads
+        JOIN pg_depend d ON d.refclassid = 'pg_class'::regclass AND d.refobjid = reads.view_oid
+                        AND d.classid = 'pg_rewrite'::regclass
+        JOIN pg_rewrite r ON r.oid = d.objid AND r.ev_class <> reads.view_oid
+    )
     SELECT DISTINCT 'TN007', 'error', v.oid::regclass::text,
            CASE WHEN v.relkind = 'm' THEN
                format('materialized view %s holds rows of the protected table %s, which no policy filters: whoever can read it reads every tenant''s',
-                      v.oid::regclass, d.refobjid::regclass)
+                      v.oid::regclass, reads.base::regclass)
            ELSE
                format('view %s reads the protected table %s with its owner''s rights: the policies see the owner, not the caller',
-                      v.oid::regclass, d.refobjid::regclass)
+                      v.oid::regclass, reads.base::regclass)
            END,
            CASE WHEN v.relkind = 'v' THEN format('ALTER VIEW %s SET (security_invoker = true);', v.oid::regclass) END
-    FROM pg_rewrite r
-    JOIN pg_class v ON v.oid = r.ev_class
-    JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid
-                    AND d.refclassid = 'pg_class'::regclass
-    JOIN (SELECT pt.table_name::oid AS oid, pt.tenant_column AS col FROM tenancy.protected_tables pt WHERE pt.tenant_column IS NOT NULL) p ON p.oid = d.refobjid
-    WHERE v.relkind IN ('v', 'm') AND d.refobjid <> v.oid
+    FROM reads
+    JOIN pg_class v ON v.oid = reads.view_oid
+    JOIN (SELECT pt.table_name::oid AS oid, pt.tenant_column AS col FROM tenancy.protected_tables pt WHERE pt.tenant_column IS NOT NULL) p ON p.oid = reads.base
+    WHERE v.relkind IN ('v', 'm')
       AND (v.relkind = 'm' OR NOT coalesce(
               (SELECT o.option_value::bool FROM pg_options_to_table(v.reloptions) o
                WHERE o.option_name = 'security_invoker'), false));
@@ -235,7 +246,8 @@ BEGIN
     FROM pg_inherits i JOIN (SELECT pt.table_name::oid AS oid, pt.tenant_column AS col FROM tenancy.protected_tables pt WHERE pt.tenant_column IS NOT NULL) p ON p.oid = i.inhparent
     WHERE NOT EXISTS (SELECT 1 FROM (SELECT pt.table_name::oid AS oid, pt.tenant_column AS col FROM tenancy.protected_tables pt WHERE pt.tenant_column IS NOT NULL) c WHERE c.oid = i.inhrelid);
 
-    -- TN011: privileges granted to PUBLIC on a protected table.
+    -- TN011: privileges granted to PUBLIC on a protected table or on
+    -- columns of one.
     RETURN QUERY
     SELECT 'TN011', 'warning', c.oid::regclass::text,
            format('%s grants %s to PUBLIC: every role, present and future, reaches it and depends on the policy alone',
@@ -245,6 +257,17 @@ BEGIN
          aclexplode(c.relacl) g
     WHERE g.grantee = 0
     GROUP BY c.oid;
+
+    RETURN QUERY
+    SELECT 'TN011', 'warning', format('%s.%I', c.oid::regclass, a.attname),
+           format('%s grants %s on column %I to PUBLIC: every role, present and future, reaches it and depends on the policy alone',
+                  c.oid::regclass, string_agg(DISTINCT g.privilege_type, ', '), a.attname),
+           string_agg(DISTINCT format('REVOKE %s (%I) ON %s FROM PUBLIC;', g.privilege_type, a.attname, c.oid::regclass), ' ')
+    FROM pg_class c JOIN (SELECT pt.table_name::oid AS oid, pt.tenant_column AS col FROM tenancy.protected_tables pt WHERE pt.tenant_column IS NOT NULL) p ON p.oid = c.oid
+    JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped,
+         aclexplode(a.attacl) g
+    WHERE g.grantee = 0
+    GROUP BY c.oid, a.attname;
 
     -- TN012: a sequence shared by every tenant's rows: its values tell one
     -- tenant how many rows the others create.

@@ -238,6 +238,20 @@ async fn tn007_a_view_that_reads_a_protected_table_as_its_owner() -> TestResult 
         "error",
     )
     .await?;
+    // Through another view: an invoker view over the table, and a view
+    // over it that runs as its owner (the invoker view then runs as that
+    // owner too).
+    fires_then_fix_clears(
+        &mut conn,
+        "CREATE VIEW outer_names AS SELECT name FROM invoker",
+        "TN007",
+        "public.outer_names",
+        "error",
+    )
+    .await?;
+    assert!(finding(&mut conn, "TN007", "public.invoker")
+        .await?
+        .is_none());
     // A materialized view holds the rows themselves: no setting fixes it.
     sqlx::raw_sql("CREATE MATERIALIZED VIEW snapshot AS SELECT * FROM projects WITH NO DATA")
         .execute(&mut conn)
@@ -355,6 +369,14 @@ async fn tn011_privileges_granted_to_public_on_a_protected_table() -> TestResult
         "GRANT SELECT, INSERT ON projects TO PUBLIC",
         "TN011",
         "public.projects",
+        "warning",
+    )
+    .await?;
+    fires_then_fix_clears(
+        &mut conn,
+        "GRANT SELECT (name), UPDATE (name) ON projects TO PUBLIC",
+        "TN011",
+        "public.projects.name",
         "warning",
     )
     .await
