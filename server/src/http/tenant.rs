@@ -271,8 +271,14 @@ pub async fn tenant_scope(
     // A request whose transaction loses a deadlock or a serialization
     // conflict runs again from the start (membership and decision included)
     // on a new transaction, a bounded number of times; its body is kept for
-    // that. A WebSocket upgrade is not run twice.
-    if request.headers().contains_key(axum::http::header::UPGRADE) {
+    // that. Reads (GET, HEAD) take no row locks at read committed, so they
+    // neither deadlock nor lose such conflicts: they run once, unbuffered,
+    // as does a WebSocket upgrade.
+    let reads = matches!(
+        *request.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD
+    );
+    if reads || request.headers().contains_key(axum::http::header::UPGRADE) {
         return attempt(&state, &user, tenant_id, source, request, next, true).await;
     }
     let (parts, body) = request.into_parts();
