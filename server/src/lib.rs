@@ -181,6 +181,11 @@ pub async fn serve(listener: tokio::net::TcpListener, state: AppState) -> std::i
             .clone()
             .run_fanout(state.config.stream_redis_url().to_owned(), stopped.clone()),
     );
+    background.spawn(jobs::announcements::run_sessions(
+        state.config.redis_url.clone(),
+        state.sessions.clone(),
+        stopped.clone(),
+    ));
     background.spawn(state.hub.clone().run_session_checks(
         state.redis.clone(),
         std::time::Duration::from_secs(state.config.ws_session_check_secs.max(1)),

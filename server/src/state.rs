@@ -61,6 +61,8 @@ pub struct AppState {
     pub shares: Arc<Shares>,
     /// Budgets known to be spent (see [`crate::http::limits::Refusals`]).
     pub refusals: Arc<crate::http::limits::Refusals>,
+    /// Sessions seen live (see [`crate::domain::live`]).
+    pub sessions: Arc<crate::domain::live::LiveSessions>,
 }
 
 /// A Redis connection manager with short timeouts and few retries: with
@@ -132,6 +134,7 @@ impl AppState {
             in_flight,
             shares,
             refusals: Arc::default(),
+            sessions: Arc::default(),
             auth_db,
             config: Arc::new(config),
             db,

@@ -71,26 +71,7 @@ async fn main() -> BenchResult {
 
     let app = TestApp::spawn().await?;
     let token = app.login(ALICE).await?;
-    let (_, ws) = app
-        .post("/api/workspaces", &token, json!({"name": "Bench"}))
-        .await?;
-    let ws = ws["id"].as_str().unwrap_or_default().to_owned();
-    let (_, board) = app
-        .post(
-            &format!("/api/workspaces/{ws}/boards"),
-            &token,
-            json!({"name": "Load"}),
-        )
-        .await?;
-    let board = board["id"].as_str().unwrap_or_default().to_owned();
-    for i in 0..20 {
-        app.post(
-            &format!("/api/boards/{board}/tasks"),
-            &token,
-            json!({"title": format!("task {i}")}),
-        )
-        .await?;
-    }
+    let board = tenancy_tests::load::board_with_tasks(&app, &token, 20).await?;
 
     let bare_pool =
         PgPool::connect(&format!("{}/{}", tenancy_tests::server_url(), app.db_name)).await?;

@@ -273,3 +273,45 @@ async fn the_super_admin_has_no_tenant_data_access() -> tenancy_tests::TestResul
     );
     Ok(())
 }
+
+/// An instance that has just served a token remembers its session as live;
+/// a logout through another instance must still end the token there, at
+/// once (within the delivery of one announcement, here well under a second).
+#[tokio::test]
+async fn a_token_logged_out_on_one_instance_is_refused_by_another() -> tenancy_tests::TestResult {
+    let app = TestApp::spawn().await?;
+    let second = tenancy_tests::server::serve(&app.config).await?;
+    let token = app.login(ALICE).await?;
+    let on_second = || async {
+        let response = app
+            .client
+            .get(format!("http://{second}/api/workspaces"))
+            .bearer_auth(&token)
+            .send()
+            .await?;
+        let status = response.status().as_u16();
+        let body: serde_json::Value = response.json().await?;
+        tenancy_tests::TestResult::Ok((status, body))
+    };
+    // Served twice: the second time from what the instance remembers.
+    assert_eq!(on_second().await?.0, 200);
+    assert_eq!(on_second().await?.0, 200);
+
+    let (status, _) = app
+        .call(Method::POST, "/auth/logout", Some(&token), &[], None)
+        .await?;
+    assert_eq!(status, 204);
+    let logged_out = std::time::Instant::now();
+    let mut answer = on_second().await?;
+    while answer.0 == 200 && logged_out.elapsed() < std::time::Duration::from_secs(1) {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        answer = on_second().await?;
+    }
+    assert_eq!(
+        (answer.0, answer.1["error"].clone()),
+        (401, json!("Token has been revoked")),
+        "still served {:?} after the logout",
+        logged_out.elapsed()
+    );
+    Ok(())
+}

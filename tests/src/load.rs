@@ -69,3 +69,34 @@ pub async fn load(
         errors,
     }
 }
+
+/// A new workspace of `token`'s tenant with one board of `tasks` tasks,
+/// made through the API; returns the board's id.
+pub async fn board_with_tasks(
+    app: &crate::server::TestApp,
+    token: &str,
+    tasks: u64,
+) -> crate::TestResult<String> {
+    use serde_json::json;
+    let (_, ws) = app
+        .post("/api/workspaces", token, json!({"name": "Bench"}))
+        .await?;
+    let ws = ws["id"].as_str().unwrap_or_default().to_owned();
+    let (_, board) = app
+        .post(
+            &format!("/api/workspaces/{ws}/boards"),
+            token,
+            json!({"name": "Load"}),
+        )
+        .await?;
+    let board = board["id"].as_str().unwrap_or_default().to_owned();
+    for i in 0..tasks {
+        app.post(
+            &format!("/api/boards/{board}/tasks"),
+            token,
+            json!({"title": format!("task {i}")}),
+        )
+        .await?;
+    }
+    Ok(board)
+}

@@ -188,8 +188,12 @@ pub async fn issue(
         .arg(session_key(sid))
         .arg(claims.jti.to_string())
         .arg(ttl.max(1))
+        .arg(crate::domain::live::SESSIONS_CHANNEL)
+        .arg(sid.to_string())
         .query_async(&mut redis)
         .await?;
+    // The session's earlier token is no longer current, here at once.
+    state.sessions.forget(sid);
     if current != 1 {
         // The session was ended meanwhile (logout, password change or
         // reset, reuse): its marker is never overwritten.
@@ -203,9 +207,11 @@ pub async fn issue(
 const REVOKED: &str = "revoked";
 
 /// Makes `ARGV[1]` the session's current access token for `ARGV[2]`
-/// seconds, unless the session has been revoked (then 0).
+/// seconds, unless the session has been revoked (then 0), and announces the
+/// change (`ARGV[4]`, the session id, on channel `ARGV[3]`).
 const CURRENT_TOKEN: &str = r"if redis.call('GET', KEYS[1]) == 'revoked' then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1";
 
 /// A new random secret: 32 bytes from the OS, as 64 hex digits, and the
@@ -390,8 +396,16 @@ pub async fn forget_sessions(state: &AppState, sids: &[Uuid]) -> AppResult<()> {
     let mut pipe = redis::pipe();
     for sid in sids {
         pipe.set_ex(session_key(*sid), REVOKED, ttl).ignore();
+        pipe.publish(crate::domain::live::SESSIONS_CHANNEL, sid.to_string())
+            .ignore();
+        state.sessions.forget(*sid);
     }
     let mut redis = state.redis.clone();
     let _: () = pipe.query_async(&mut redis).await?;
+    // Forgotten again after the write: a request that read the entry
+    // before it changed may have remembered it meanwhile.
+    for sid in sids {
+        state.sessions.forget(*sid);
+    }
     Ok(())
 }

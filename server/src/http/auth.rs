@@ -94,12 +94,20 @@ pub async fn authenticate(
             .invoke_async(&mut redis)
             .await?;
         (live == 1, Some(used), Some(ttl))
+    } else if state.sessions.is_live(claims.sid, claims.jti) {
+        // Seen current within the cache's bound, and no change announced.
+        (true, None, None)
     } else {
+        let epoch = state.sessions.epoch();
         let current: Option<String> = redis::cmd("GET")
             .arg(session_key(claims.sid))
             .query_async(&mut redis)
             .await?;
-        (current.as_deref() == Some(jti.as_str()), None, None)
+        let live = current.as_deref() == Some(jti.as_str());
+        if live {
+            state.sessions.remember(claims.sid, claims.jti, epoch);
+        }
+        (live, None, None)
     };
     if !live {
         return Err(AppError::Unauthorized("Token has been revoked"));

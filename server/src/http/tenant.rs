@@ -278,8 +278,11 @@ pub async fn tenant_scope(
         *request.method(),
         axum::http::Method::GET | axum::http::Method::HEAD
     );
-    if reads || request.headers().contains_key(axum::http::header::UPGRADE) {
-        return attempt(&state, &user, tenant_id, source, request, next, true).await;
+    if request.headers().contains_key(axum::http::header::UPGRADE) {
+        return attempt(&state, &user, tenant_id, source, request, next, Mode::Once).await;
+    }
+    if reads {
+        return attempt(&state, &user, tenant_id, source, request, next, Mode::Read).await;
     }
     let (parts, body) = request.into_parts();
     let body = axum::body::to_bytes(body, state.config.max_body_bytes)
@@ -302,7 +305,7 @@ pub async fn tenant_scope(
             source,
             request,
             next.clone(),
-            tries == 1,
+            if tries == 1 { Mode::Once } else { Mode::Again },
         )
         .await;
         let lost = match &outcome {
@@ -327,10 +330,22 @@ fn rand_millis() -> u8 {
     (uuid::Uuid::new_v4().as_bytes()[0]) % 10
 }
 
+/// How a tenant-scoped request runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// A write (or a WebSocket upgrade), run for the first time.
+    Once,
+    /// A write run again after a conflict: its API budget was already counted.
+    Again,
+    /// A read (GET, HEAD): a READ ONLY transaction, ended by a rollback that
+    /// the pool sends with the connection's release check (one round trip
+    /// fewer than a COMMIT; nothing to keep).
+    Read,
+}
+
 /// One run of a tenant-scoped request: a new transaction with the signed
 /// context, the caller's membership, the handler, then commit (on success)
-/// or rollback. `first` is false when the request runs again after a
-/// conflict: its API budget was already counted.
+/// or rollback.
 async fn attempt(
     state: &AppState,
     user: &AuthUser,
@@ -338,11 +353,15 @@ async fn attempt(
     source: Source,
     mut request: Request,
     next: Next,
-    first: bool,
+    mode: Mode,
 ) -> AppResult<Response> {
     let user_id = user.0.sub;
     let api_key = api_budget_key(tenant_id);
-    let mut tx = state.db.begin().await?;
+    let first = mode != Mode::Again;
+    let mut tx = match mode {
+        Mode::Read => state.db.begin_with("BEGIN READ ONLY").await?,
+        Mode::Once | Mode::Again => state.db.begin().await?,
+    };
     let context = state.keys.context_token(tenant_id, user_id)?;
     // One round trip: set the signed context, then read the caller's
     // membership and the tenant (both through the context just set).
@@ -376,6 +395,13 @@ async fn attempt(
             u8::from(tenant_claim_mismatch)
         );
         if let Some(count) = crate::http::limits::sample(state, &sample_key).await? {
+            if mode == Mode::Read {
+                // The trail is written, even for a read: in a transaction
+                // of its own, in the tenant's context.
+                drop(tx);
+                tx = state.db.begin().await?;
+                crate::domain::context::enter(&mut tx, &state.keys, tenant_id, user_id).await?;
+            }
             crate::domain::audit::record(
                 &mut tx,
                 tenant_id,
@@ -426,7 +452,10 @@ async fn attempt(
 
     let tx = db.0.lock().await.take();
     if let Some(tx) = tx {
-        if response.status().is_success() || response.status().is_redirection() {
+        if mode == Mode::Read {
+            // Rolled back on the way back to the pool (see Mode::Read).
+            drop(tx);
+        } else if response.status().is_success() || response.status().is_redirection() {
             tx.commit().await?;
         } else {
             tx.rollback().await?;
