@@ -1,5 +1,7 @@
 -- tenancy 0.1.0 -> 0.2.0: ALTER EXTENSION tenancy UPDATE TO '0.2.0'.
--- Frozen once 0.2.0 is released. What changed: tenancy.lint() (docs/LINT.md).
+-- Frozen once 0.2.0 is released. What changed: tenancy.lint() (docs/LINT.md);
+-- tenancy.current_tenant() and tenancy.lookup_tenant() in PL/pgSQL, whose
+-- plans are kept per session (the SQL versions were planned on every call).
 -- tests/e2e/upgrade.rs checks that a database updated this way ends with
 -- exactly what a fresh 0.2.0 install creates.
 
@@ -291,3 +293,26 @@ END
 $$;
 
 GRANT EXECUTE ON FUNCTION tenancy.lint() TO PUBLIC;
+
+------------------------------------------------------------------------------
+-- The catalog lookups in PL/pgSQL (plans kept per session).
+------------------------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION tenancy.lookup_tenant(tenant uuid)
+RETURNS TABLE (tenant_id uuid, slug text, status text)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN QUERY SELECT t.id, t.slug, t.status FROM tenancy.tenants t WHERE t.id = tenant;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION tenancy.current_tenant()
+RETURNS TABLE (id uuid, slug text, name text, display_name text, logo_url text,
+               primary_color text, configuration jsonb, status text)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN QUERY
+    SELECT t.id, t.slug, t.name, t.display_name, t.logo_url, t.primary_color, t.configuration, t.status
+    FROM tenancy.tenants t WHERE t.id = tenancy.current_tenant_id();
+END
+$$;

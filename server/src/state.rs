@@ -102,6 +102,11 @@ impl AppState {
         let db = PgPoolOptions::new()
             .max_connections(config.db_pool_size)
             .acquire_timeout(Duration::from_secs(3))
+            // No test round trip before each use: the request path opens its
+            // transaction again on another connection when the first one
+            // turns out dead (http::tenant::begin), and the pool's check on
+            // release closes it.
+            .test_before_acquire(false)
             .connect_with(with_timeouts(&config, &config.database_url)?)
             .await
             .map_err(|e| AppError::Unavailable(format!("database: {e}")))?;

@@ -120,6 +120,33 @@ async fn lost_database_connections_are_a_clean_503_then_recover() -> TestResult 
     Ok(())
 }
 
+/// Connections that died while idle in the pool (what a PostgreSQL restart
+/// leaves) cost no tenant-scoped request: the transaction is opened again
+/// on another connection, the dead ones are dropped.
+#[tokio::test]
+async fn dead_pooled_connections_cost_no_tenant_request() -> TestResult {
+    let app = TestApp::spawn().await?;
+    let token = app.login(ALICE).await?;
+    // Several connections in the pool, all idle.
+    let requests = (0..6).map(|_| app.get("/api/workspaces", &token));
+    for (status, _) in futures::future::try_join_all(requests).await? {
+        assert_eq!(status, 200);
+    }
+    let mut su = app.superuser().await?;
+    let killed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE datname = current_database() AND usename = 'tenancy_t_srv_app') t",
+    )
+    .fetch_one(&mut su)
+    .await?;
+    assert!(killed > 1, "the pool held {killed} connections");
+    for _ in 0..killed + 2 {
+        let (status, body) = app.get("/api/workspaces", &token).await?;
+        assert_eq!(status, 200, "{body}");
+    }
+    Ok(())
+}
+
 /// Makes every INSERT into app.workspaces fail with `sqlstate` for its first
 /// `times` tries (counted by a sequence, which a rollback does not undo).
 async fn fail_workspace_inserts(app: &TestApp, sqlstate: &str, times: i64) -> TestResult {

@@ -358,10 +358,7 @@ async fn attempt(
     let user_id = user.0.sub;
     let api_key = api_budget_key(tenant_id);
     let first = mode != Mode::Again;
-    let mut tx = match mode {
-        Mode::Read => state.db.begin_with("BEGIN READ ONLY").await?,
-        Mode::Once | Mode::Again => state.db.begin().await?,
-    };
+    let mut tx = begin(state, mode).await?;
     let context = state.keys.context_token(tenant_id, user_id)?;
     // One round trip: set the signed context, then read the caller's
     // membership and the tenant (both through the context just set).
@@ -462,6 +459,39 @@ async fn attempt(
         }
     }
     Ok(response)
+}
+
+/// Opens the request's transaction. Connections are handed out without a
+/// test round trip, so one that died while idle (PostgreSQL restarted, its
+/// backend terminated) fails its `BEGIN`; it is closed on its way back to
+/// the pool and the next one is tried, at most once per connection of the
+/// pool. Nothing has run yet, so trying again is always safe.
+async fn begin(state: &AppState, mode: Mode) -> AppResult<Transaction<'static, Postgres>> {
+    let mut left = state.config.db_pool_size.max(1) + 1;
+    loop {
+        let begun = match mode {
+            Mode::Read => state.db.begin_with("BEGIN READ ONLY").await,
+            Mode::Once | Mode::Again => state.db.begin().await,
+        };
+        match begun {
+            Err(e) if left > 1 && connection_lost(&e) => {
+                left -= 1;
+                tracing::debug!(error = %e, "a pooled connection was dead; taking another");
+            }
+            begun => return Ok(begun?),
+        }
+    }
+}
+
+/// Whether `e` says the connection itself is gone (not the statement).
+fn connection_lost(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+        _ => false,
+    }
 }
 
 /// The Redis key of `tenant`'s API budget (its plan's requests per minute).
