@@ -536,6 +536,35 @@ mod service_schema {
     }
 
     #[tokio::test]
+    async fn rewrites_its_tenants_storage_use_to_pass_the_limit() -> TestResult {
+        // Usage is the triggers' to keep (as the owner role); the application
+        // role only reads it. (The view app.tenant_usage sums the shards and
+        // cannot be written at all.)
+        let app = TestApp::spawn().await?;
+        let mut attacker = app.app_role().await?;
+        let acme = app.acme;
+        for sql in [
+            "UPDATE app.tenant_usage_shards SET storage_bytes = -1000000000".to_owned(),
+            format!(
+                "INSERT INTO app.tenant_usage_shards (tenant_id, shard, storage_bytes)
+                 VALUES ('{acme}', 15, -1000000000)"
+            ),
+            "DELETE FROM app.tenant_usage_shards".to_owned(),
+        ] {
+            // In acme's own context, as the compromised service would be.
+            let mut tx = attacker.begin().await?;
+            sqlx::query("SELECT tenancy.set_token($1)")
+                .bind(app.context_token(acme, Uuid::new_v4()))
+                .execute(&mut *tx)
+                .await?;
+            let (code, message) = db_error(sqlx::raw_sql(&sql).execute(&mut *tx).await);
+            assert_eq!(code, "42501", "{sql}: {message}");
+            assert!(message.starts_with("permission denied"), "{sql}: {message}");
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
     async fn takes_over_sessions_or_sets_passwords() -> TestResult {
         // Refresh-token digests, reset links and the functions that rotate,
         // revoke or set them are the credential role's alone.

@@ -64,7 +64,7 @@ pub async fn migrate(config: &Config) -> Result<()> {
         // (administration, provisioning, triggers); history is append-only.
         format!(
             "REVOKE INSERT, UPDATE, DELETE ON app.plans, app.tenant_plans, app.tenant_usage,
-             app.tenant_roles, app.email_outbox FROM {quoted}"
+             app.tenant_usage_shards, app.tenant_roles, app.email_outbox FROM {quoted}"
         ),
         format!("REVOKE UPDATE, DELETE ON app.tenant_config_versions FROM {quoted}"),
         // Mail bodies carry one-time links (invitations, password resets):
