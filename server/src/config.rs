@@ -131,6 +131,13 @@ pub struct Config {
     /// How often open WebSockets re-check that their session is still valid, in seconds.
     #[arg(long, env = "TENANCY_WS_SESSION_CHECK_SECS", default_value_t = 5)]
     pub ws_session_check_secs: u64,
+    /// How long, in milliseconds, an instance takes a session it found live
+    /// in Redis as live without asking again, while it hears every session
+    /// change announced (docs/SECURITY.md); 0 asks Redis on every request.
+    /// Set 0 while instances older than 0.2.0, which announce nothing, still
+    /// serve.
+    #[arg(long, env = "TENANCY_SESSION_CACHE_MS", default_value_t = 5000)]
+    pub session_cache_ms: u64,
     /// Origins browsers may call the API from (comma-separated, e.g.
     /// `https://app.example.com`); none: no cross-origin access.
     #[arg(long, env = "TENANCY_CORS_ORIGINS", value_delimiter = ',')]

@@ -183,6 +183,7 @@ pub async fn serve(listener: tokio::net::TcpListener, state: AppState) -> std::i
     );
     background.spawn(jobs::announcements::run_sessions(
         state.config.redis_url.clone(),
+        state.redis.clone(),
         state.sessions.clone(),
         stopped.clone(),
     ));

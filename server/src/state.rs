@@ -102,11 +102,21 @@ impl AppState {
         let db = PgPoolOptions::new()
             .max_connections(config.db_pool_size)
             .acquire_timeout(Duration::from_secs(3))
-            // No test round trip before each use: the request path opens its
-            // transaction again on another connection when the first one
-            // turns out dead (http::tenant::begin), and the pool's check on
-            // release closes it.
+            // No test round trip before each use of a connection that was
+            // busy a moment ago; one idle for a second or more (through which
+            // PostgreSQL may have restarted) is still tested. A dead one that
+            // slips through fails its request's BEGIN, which is then opened
+            // on another connection (http::tenant::begin); the pool's check
+            // on release closes it.
             .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= Duration::from_secs(1) {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_with(with_timeouts(&config, &config.database_url)?)
             .await
             .map_err(|e| AppError::Unavailable(format!("database: {e}")))?;
@@ -139,7 +149,9 @@ impl AppState {
             in_flight,
             shares,
             refusals: Arc::default(),
-            sessions: Arc::default(),
+            sessions: Arc::new(crate::domain::live::LiveSessions::new(
+                Duration::from_millis(config.session_cache_ms),
+            )),
             auth_db,
             config: Arc::new(config),
             db,

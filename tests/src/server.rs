@@ -154,6 +154,7 @@ impl TestApp {
             message_rate_per_minute: options.message_rate_per_minute,
             stream_maxlen: 10_000,
             ws_session_check_secs: 1,
+            session_cache_ms: 5000,
             limits: options.limits.clone(),
             metrics_token: Some(METRICS_TOKEN.to_owned()),
             app_url: "https://app.tenancy.test".to_owned(),

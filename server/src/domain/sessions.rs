@@ -182,7 +182,8 @@ pub async fn issue(
     };
     let token = keys.sign(&claims)?;
     let mut redis = state.redis.clone();
-    let current: i64 = redis::cmd("EVAL")
+    state.sessions.forget(sid);
+    let current: redis::RedisResult<i64> = redis::cmd("EVAL")
         .arg(CURRENT_TOKEN)
         .arg(1)
         .arg(session_key(sid))
@@ -191,10 +192,11 @@ pub async fn issue(
         .arg(crate::domain::live::SESSIONS_CHANNEL)
         .arg(sid.to_string())
         .query_async(&mut redis)
-        .await?;
-    // The session's earlier token is no longer current, here at once.
+        .await;
+    // The session's earlier token is no longer current, here at once, even
+    // if the answer was lost (the write may have happened).
     state.sessions.forget(sid);
-    if current != 1 {
+    if current? != 1 {
         // The session was ended meanwhile (logout, password change or
         // reset, reuse): its marker is never overwritten.
         return Err(AppError::Unauthorized("Session has ended"));
@@ -401,11 +403,13 @@ pub async fn forget_sessions(state: &AppState, sids: &[Uuid]) -> AppResult<()> {
         state.sessions.forget(*sid);
     }
     let mut redis = state.redis.clone();
-    let _: () = pipe.query_async(&mut redis).await?;
-    // Forgotten again after the write: a request that read the entry
-    // before it changed may have remembered it meanwhile.
+    let written: redis::RedisResult<()> = pipe.query_async(&mut redis).await;
+    // Forgotten again after the write (whether or not its answer came): a
+    // request that read the entry before it changed may have remembered it
+    // meanwhile.
     for sid in sids {
         state.sessions.forget(*sid);
     }
+    written?;
     Ok(())
 }

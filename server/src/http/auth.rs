@@ -94,18 +94,19 @@ pub async fn authenticate(
             .invoke_async(&mut redis)
             .await?;
         (live == 1, Some(used), Some(ttl))
-    } else if state.sessions.is_live(claims.sid, claims.jti) {
-        // Seen current within the cache's bound, and no change announced.
+    } else if claims.exp > tenancy_token::now() && state.sessions.is_live(claims.sid, claims.jti) {
+        // Seen current within the cache's bound, no change announced, and
+        // not past its own expiry (which Redis would have enforced).
         (true, None, None)
     } else {
-        let epoch = state.sessions.epoch();
+        let asked = state.sessions.asking();
         let current: Option<String> = redis::cmd("GET")
             .arg(session_key(claims.sid))
             .query_async(&mut redis)
             .await?;
         let live = current.as_deref() == Some(jti.as_str());
         if live {
-            state.sessions.remember(claims.sid, claims.jti, epoch);
+            state.sessions.remember(claims.sid, claims.jti, asked);
         }
         (live, None, None)
     };

@@ -278,11 +278,11 @@ pub async fn tenant_scope(
         *request.method(),
         axum::http::Method::GET | axum::http::Method::HEAD
     );
-    if request.headers().contains_key(axum::http::header::UPGRADE) {
-        return attempt(&state, &user, tenant_id, source, request, next, Mode::Once).await;
-    }
     if reads {
         return attempt(&state, &user, tenant_id, source, request, next, Mode::Read).await;
+    }
+    if request.headers().contains_key(axum::http::header::UPGRADE) {
+        return attempt(&state, &user, tenant_id, source, request, next, Mode::Once).await;
     }
     let (parts, body) = request.into_parts();
     let body = axum::body::to_bytes(body, state.config.max_body_bytes)
@@ -333,13 +333,15 @@ fn rand_millis() -> u8 {
 /// How a tenant-scoped request runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
-    /// A write (or a WebSocket upgrade), run for the first time.
+    /// A write, run for the first time.
     Once,
     /// A write run again after a conflict: its API budget was already counted.
     Again,
-    /// A read (GET, HEAD): a READ ONLY transaction, ended by a rollback that
+    /// A read (GET, HEAD, the WebSocket handshake included): a READ ONLY
+    /// transaction, ended by a rollback that
     /// the pool sends with the connection's release check (one round trip
-    /// fewer than a COMMIT; nothing to keep).
+    /// fewer than a COMMIT; nothing to keep). Not run again on conflicts:
+    /// at read committed a read takes no row locks.
     Read,
 }
 
@@ -461,11 +463,13 @@ async fn attempt(
     Ok(response)
 }
 
-/// Opens the request's transaction. Connections are handed out without a
-/// test round trip, so one that died while idle (PostgreSQL restarted, its
-/// backend terminated) fails its `BEGIN`; it is closed on its way back to
-/// the pool and the next one is tried, at most once per connection of the
-/// pool. Nothing has run yet, so trying again is always safe.
+/// Opens the request's transaction. A connection busy a moment ago is
+/// handed out without a test round trip, so one that died meanwhile
+/// (PostgreSQL restarted, its backend terminated) fails its `BEGIN`; it is
+/// closed on its way back to the pool and another is tried, at most once
+/// per connection of the pool (a dead connection fails at once, so this
+/// takes no longer than one round trip each). Nothing has run yet, so
+/// trying again is always safe.
 async fn begin(state: &AppState, mode: Mode) -> AppResult<Transaction<'static, Postgres>> {
     let mut left = state.config.db_pool_size.max(1) + 1;
     loop {
