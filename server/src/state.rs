@@ -63,6 +63,8 @@ pub struct AppState {
     pub refusals: Arc<crate::http::limits::Refusals>,
     /// Sessions seen live (see [`crate::domain::live`]).
     pub sessions: Arc<crate::domain::live::LiveSessions>,
+    /// Requests admitted and not yet counted in Redis.
+    pub tally: Arc<crate::http::limits::Tally>,
 }
 
 /// A Redis connection manager with short timeouts and few retries: with
@@ -149,6 +151,7 @@ impl AppState {
             in_flight,
             shares,
             refusals: Arc::default(),
+            tally: Arc::default(),
             sessions: Arc::new(crate::domain::live::LiveSessions::new(
                 Duration::from_millis(config.session_cache_ms),
             )),

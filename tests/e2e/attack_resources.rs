@@ -229,6 +229,43 @@ mod tenant_member {
     }
 
     #[tokio::test]
+    async fn spends_more_than_a_large_budget_counted_in_batches() -> TestResult {
+        // A budget of 300 is counted in Redis 3 requests at a time: at most
+        // 2 more than the budget get through one instance, never more.
+        let app = spawn_with(Limits {
+            user_requests_per_minute: 300,
+            ..Limits::UNTHROTTLED
+        })
+        .await?;
+        let bob = app.login(BOB).await?;
+        let mut statuses = Vec::new();
+        for _ in 0..310 {
+            statuses.push(app.get("/api/workspaces", &bob).await?.0);
+        }
+        let served = statuses.iter().filter(|s| **s == 200).count();
+        assert!((300..=302).contains(&served), "{served} served");
+        assert_eq!(&statuses[..300], &[200; 300]);
+        assert_eq!(&statuses[305..], &[429; 5]);
+        let used: i64 = {
+            let client = redis::Client::open(
+                std::env::var("TENANCY_REDIS_URL")
+                    .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned()),
+            )?;
+            let mut redis = client.get_multiplexed_async_connection().await?;
+            let bob_id = tenancy_tests::server::claims(&bob)["sub"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            redis::cmd("GET")
+                .arg(format!("throttle:user:{bob_id}"))
+                .query_async(&mut redis)
+                .await?
+        };
+        assert!(used >= 300, "Redis counted {used}");
+        Ok(())
+    }
+
+    #[tokio::test]
     async fn spends_its_owners_budget_with_a_revoked_token() -> TestResult {
         let app = spawn_with(Limits {
             user_requests_per_minute: 4,

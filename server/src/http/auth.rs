@@ -66,6 +66,17 @@ static SESSION_AND_BUDGET: std::sync::LazyLock<redis::Script> = std::sync::LazyL
     )
 });
 
+/// Adds `ARGV[1]` requests to a per-minute budget; returns (used, seconds left).
+static BUDGET_ADD: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"
+        local used = redis.call('INCRBY', KEYS[1], ARGV[1])
+        redis.call('EXPIRE', KEYS[1], 60, 'NX')
+        return {used, redis.call('TTL', KEYS[1])}
+        ",
+    )
+});
+
 /// Middleware: authenticates the bearer token and puts [`AuthUser`] into the
 /// request. Anything wrong is a 401.
 pub async fn authenticate(
@@ -75,8 +86,9 @@ pub async fn authenticate(
 ) -> AppResult<Response> {
     let claims = state.keys.verify(bearer(&request)?)?;
     let mut redis = state.redis.clone();
-    // One round trip: the session, and the caller's own request budget
-    // (counted before any database work, whatever the tenant).
+    // At most one round trip: the session, and the caller's own request
+    // budget (counted before any database work, whatever the tenant); none
+    // while the session is known live and the budget's batch not full.
     let budget = state.config.limits.user_requests_per_minute;
     let budget_key = format!("throttle:user:{}", claims.sub);
     if let Some(left) = state.refusals.refused(&budget_key) {
@@ -84,19 +96,40 @@ pub async fn authenticate(
         return Err(AppError::RateLimited(left));
     }
     let jti = claims.jti.to_string();
-    let (live, used, ttl) = if budget > 0 {
+    // Seen current within the cache's bound, no change announced, and not
+    // past its own expiry (which Redis would have enforced).
+    let cached =
+        claims.exp > tenancy_token::now() && state.sessions.is_live(claims.sid, claims.jti);
+    let batch = crate::http::limits::Tally::batch(budget);
+    let (live, used, ttl) = if budget > 0 && cached && batch > 1 {
+        // A live session's requests are counted here and added to Redis a
+        // batch at a time (see Tally): no round trip for most requests.
+        match state.tally.add(&budget_key, batch) {
+            None => (true, None, None),
+            Some(count) => {
+                let (used, ttl): (i64, i64) = BUDGET_ADD
+                    .key(&budget_key)
+                    .arg(count)
+                    .invoke_async(&mut redis)
+                    .await?;
+                (true, Some(used), Some(ttl))
+            }
+        }
+    } else if budget > 0 {
         // The session first: only a live token spends its owner's budget,
         // so a revoked one cannot be used to lock its owner out.
+        let asked = state.sessions.asking();
         let (live, used, ttl): (i64, i64, i64) = SESSION_AND_BUDGET
             .key(session_key(claims.sid))
             .key(&budget_key)
             .arg(&jti)
             .invoke_async(&mut redis)
             .await?;
+        if live == 1 {
+            state.sessions.remember(claims.sid, claims.jti, asked);
+        }
         (live == 1, Some(used), Some(ttl))
-    } else if claims.exp > tenancy_token::now() && state.sessions.is_live(claims.sid, claims.jti) {
-        // Seen current within the cache's bound, no change announced, and
-        // not past its own expiry (which Redis would have enforced).
+    } else if cached {
         (true, None, None)
     } else {
         let asked = state.sessions.asking();

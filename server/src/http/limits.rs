@@ -279,6 +279,46 @@ pub async fn count(
     Ok(())
 }
 
+/// Requests this instance has admitted against a per-minute budget and not
+/// yet added to its count in Redis. A budget of `b` requests is counted in
+/// batches of `b / 100` (at most 1% of it waits here per instance; budgets
+/// under 200 are counted one by one), and a batch never waits longer than a
+/// second. What waits is lost if the instance stops: the count errs low by
+/// less than one batch per instance.
+#[derive(Default)]
+pub struct Tally {
+    pending: Mutex<HashMap<String, (u32, std::time::Instant)>>,
+}
+
+/// Keys with uncounted requests kept before the oldest are dropped.
+const TALLY_KEYS: usize = 100_000;
+
+impl Tally {
+    /// The batch size for a budget of `limit` per minute (1: no batching).
+    pub fn batch(limit: u32) -> u32 {
+        (limit / 100).max(1)
+    }
+
+    /// Counts one request against `key`; returns how many to add to Redis
+    /// now (this one included) once `batch` are waiting or the first of
+    /// them has waited a second.
+    pub fn add(&self, key: &str, batch: u32) -> Option<u32> {
+        let now = std::time::Instant::now();
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if pending.len() >= TALLY_KEYS && !pending.contains_key(key) {
+            pending.retain(|_, (_, since)| now.duration_since(*since) < Duration::from_secs(1));
+        }
+        let entry = pending.entry(key.to_owned()).or_insert((0, now));
+        entry.0 += 1;
+        if entry.0 >= batch || now.duration_since(entry.1) >= Duration::from_secs(1) {
+            let count = entry.0;
+            pending.remove(key);
+            return Some(count);
+        }
+        None
+    }
+}
+
 /// Budgets this instance has seen spent, each until its window ends (what
 /// Redis said, never longer): repeated attempts past a budget are refused
 /// without a round trip. Another instance learns of a spent budget on its
@@ -445,5 +485,40 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientAddress {
                 .map(|info| info.0.ip().to_string())
                 .unwrap_or_else(|| "unknown".to_owned()),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_budgets_are_counted_one_by_one() {
+        assert_eq!(Tally::batch(0), 1);
+        assert_eq!(Tally::batch(199), 1);
+        assert_eq!(Tally::batch(1200), 12);
+        let tally = Tally::default();
+        assert_eq!(tally.add("k", 1), Some(1));
+        assert_eq!(tally.add("k", 1), Some(1));
+    }
+
+    #[test]
+    fn a_batch_goes_out_when_full_and_keys_are_apart() {
+        let tally = Tally::default();
+        assert_eq!(tally.add("a", 3), None);
+        assert_eq!(tally.add("b", 3), None);
+        assert_eq!(tally.add("a", 3), None);
+        assert_eq!(tally.add("a", 3), Some(3));
+        assert_eq!(tally.add("a", 3), None, "a new batch starts");
+        assert_eq!(tally.add("b", 3), None);
+        assert_eq!(tally.add("b", 3), Some(3));
+    }
+
+    #[test]
+    fn a_batch_waits_at_most_a_second() {
+        let tally = Tally::default();
+        assert_eq!(tally.add("a", 100), None);
+        std::thread::sleep(Duration::from_millis(1010));
+        assert_eq!(tally.add("a", 100), Some(2));
     }
 }
