@@ -5,25 +5,37 @@
 //!   A  GET /api/boards/{id}/tasks against the database of 10 tenants
 //!   B  the same request against the database of 10,000 tenants
 //!
-//! Every tenant has one workspace, one board and ROWS tasks; the requests
-//! come from acme's owner in both. Each database has its own instance of
-//! the service, both in this process, started the same way.
+//! Every tenant has one workspace, one board and ROWS tasks, and its own
+//! owner with a session. With SPREAD=1 (the default) the clients take every
+//! tenant's owner and board in turn, so each database serves all of its
+//! tenants at once; with SPREAD=0 only acme's. Each database has its own
+//! instance of the service, both in this process, started the same way.
 //!
 //! Run: `cargo bench -p tenancy-tests --bench tenant_scale`
-//! (env: ROUNDS=5 SECONDS=5 CONCURRENCY=16 SMALL=10 LARGE=10000 ROWS=20).
-//! Prints requests per second and latency of each, and the ratio B/A of
-//! the medians over the rounds (target >= 0.9).
+//! (env: ROUNDS=5 SECONDS=5 CONCURRENCY=16 SMALL=10 LARGE=10000 ROWS=20
+//! SPREAD=1). Prints requests per second and latency of each, and the ratio
+//! B/A of the medians over the rounds (target >= 0.9).
 
+use std::sync::Arc;
+
+use futures::StreamExt;
 use serde_json::Value;
-use tenancy_tests::load::load;
+use tenancy_server::domain::sessions::{open_session, Origin, TokenSubject};
+use tenancy_server::AppState;
+use tenancy_tests::load::load_many;
 use tenancy_tests::server::{TestApp, ALICE};
 use tenancy_tests::{env_or, median};
+use uuid::Uuid;
 
 type BenchResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
-/// A service over a database of `tenants` tenants; returns it, acme's
-/// owner's token and the URL of acme's board's task list.
-async fn loaded(tenants: u64, rows: u64) -> BenchResult<(TestApp, String, String)> {
+/// What the clients request: (URL, bearer token) pairs.
+type Targets = Arc<Vec<(String, Option<String>)>>;
+
+/// A service over a database of `tenants` tenants; returns it and the
+/// targets: acme's board as its owner, then (with `spread`) every other
+/// tenant's board as its owner.
+async fn loaded(tenants: u64, rows: u64, spread: bool) -> BenchResult<(TestApp, Targets)> {
     let app = TestApp::spawn().await?;
     let token = app.login(ALICE).await?;
     let board = tenancy_tests::load::board_with_tasks(&app, &token, rows).await?;
@@ -46,6 +58,12 @@ async fn loaded(tenants: u64, rows: u64) -> BenchResult<(TestApp, String, String
          INSERT INTO app.tasks (tenant_id, board_id, title)
            SELECT b.tenant_id, b.id, 'task ' || n FROM app.boards b, generate_series(1, {rows}) n
            WHERE b.tenant_id IN (SELECT id FROM tenancy.tenants WHERE slug LIKE 'scale-%');
+         INSERT INTO app.users (email, password_hash)
+           SELECT 'owner@' || slug || '.test', (SELECT password_hash FROM app.users WHERE email = '{ALICE}')
+           FROM tenancy.tenants WHERE slug LIKE 'scale-%';
+         INSERT INTO app.tenant_memberships (tenant_id, user_id, role)
+           SELECT t.id, u.id, 'owner' FROM tenancy.tenants t
+           JOIN app.users u ON u.email = 'owner@' || t.slug || '.test';
          RESET session_replication_role;
          ANALYZE;"
     ))
@@ -57,8 +75,51 @@ async fn loaded(tenants: u64, rows: u64) -> BenchResult<(TestApp, String, String
         .await?;
     assert_eq!(held as u64, tenants.max(2));
     assert_eq!(per_tenant as u64, rows);
-    let url = app.url(&format!("/api/boards/{board}/tasks"));
-    Ok((app, token, url))
+    let mut targets = vec![(app.url(&format!("/api/boards/{board}/tasks")), Some(token))];
+    if spread {
+        // A session for each owner, opened as a login would (no password
+        // hashing: the bench is about serving, not signing in).
+        let owners: Vec<(Uuid, String, Uuid, String)> = sqlx::query_as(
+            "SELECT t.id, t.slug, u.id, b.id::text FROM tenancy.tenants t
+             JOIN app.tenant_memberships m ON m.tenant_id = t.id
+             JOIN app.users u ON u.id = m.user_id
+             JOIN app.boards b ON b.tenant_id = t.id
+             WHERE t.slug LIKE 'scale-%' ORDER BY t.slug",
+        )
+        .fetch_all(&mut su)
+        .await?;
+        let state = AppState::connect(app.config.clone())
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        let opened = futures::stream::iter(owners.into_iter().map(|(tenant, slug, user, board)| {
+            let state = state.clone();
+            async move {
+                let subject = TokenSubject {
+                    user_id: user,
+                    email: format!("owner@{slug}.test"),
+                    super_admin: false,
+                    tenant: Some((tenant, slug)),
+                    workspace_id: None,
+                    tenants: None,
+                };
+                let origin = Origin {
+                    user_agent: "tenant_scale",
+                    address: "127.0.0.1",
+                };
+                open_session(&state, subject, origin)
+                    .await
+                    .map(|session| (board, session.access))
+            }
+        }))
+        .buffer_unordered(8)
+        .collect::<Vec<_>>()
+        .await;
+        for session in opened {
+            let (board, access) = session.map_err(|e| format!("{e:?}"))?;
+            targets.push((app.url(&format!("/api/boards/{board}/tasks")), Some(access)));
+        }
+    }
+    Ok((app, Arc::new(targets)))
 }
 
 #[tokio::main]
@@ -69,52 +130,41 @@ async fn main() -> BenchResult {
     let (small_n, large_n) = (env_or("SMALL", 10), env_or("LARGE", 10_000));
     let rows = env_or("ROWS", 20);
 
+    let spread = env_or("SPREAD", 1) == 1;
+
     let started = std::time::Instant::now();
-    let (_small, small_token, small_url) = loaded(small_n, rows).await?;
-    let (_large, large_token, large_url) = loaded(large_n, rows).await?;
+    let (_small, small) = loaded(small_n, rows, spread).await?;
+    let (_large, large) = loaded(large_n, rows, spread).await?;
     println!(
-        "== loaded {small_n} and {large_n} tenants, {rows} tasks each, in {:.0} s",
-        started.elapsed().as_secs_f64()
+        "== loaded {small_n} and {large_n} tenants, {rows} tasks each, in {:.0} s; requests go to {} and {} tenants",
+        started.elapsed().as_secs_f64(),
+        small.len(),
+        large.len()
     );
 
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency)
         .build()?;
-    // The same answer from both, or the comparison means nothing.
-    let mut answers = vec![];
-    for (url, token) in [(&small_url, &small_token), (&large_url, &large_token)] {
-        let body: Value = client
-            .get(url)
-            .bearer_auth(token)
-            .send()
-            .await?
-            .json()
-            .await?;
-        answers.push(body.as_array().map(Vec::len));
+    // Every target answers with its board's rows, or the comparison means
+    // nothing (and a tenant seeing another's rows would show here too).
+    for targets in [&small, &large] {
+        for (url, token) in targets.iter() {
+            let mut request = client.get(url);
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            let body: Value = request.send().await?.json().await?;
+            assert_eq!(body.as_array().map(Vec::len), Some(rows as usize), "{url}: {body}");
+        }
     }
-    assert_eq!(answers, [Some(rows as usize), Some(rows as usize)]);
 
     println!(
         "== {rounds} interleaved rounds, {seconds}s per phase, {concurrency} concurrent clients"
     );
     let (mut a_rps, mut b_rps, mut a99, mut b99) = (vec![], vec![], vec![], vec![]);
     for round in 1..=rounds {
-        let a = load(
-            &client,
-            &small_url,
-            Some(&small_token),
-            concurrency,
-            seconds,
-        )
-        .await;
-        let b = load(
-            &client,
-            &large_url,
-            Some(&large_token),
-            concurrency,
-            seconds,
-        )
-        .await;
+        let a = load_many(&client, small.clone(), concurrency, seconds).await;
+        let b = load_many(&client, large.clone(), concurrency, seconds).await;
         println!(
             "round {round}: {small_n} tenants {:.0} req/s p50 {:.2} ms p99 {:.2} ms ({} errors) | {large_n} tenants {:.0} req/s p50 {:.2} ms p99 {:.2} ms ({} errors)",
             a.rps, a.p50.as_secs_f64() * 1e3, a.p99.as_secs_f64() * 1e3, a.errors,

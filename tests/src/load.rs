@@ -20,20 +20,36 @@ pub async fn load(
     concurrency: usize,
     seconds: u64,
 ) -> Phase {
+    let target = vec![(url.to_owned(), token.map(str::to_owned))];
+    load_many(client, std::sync::Arc::new(target), concurrency, seconds).await
+}
+
+/// As [`load`], over several (URL, bearer token) targets: each client takes
+/// them in turn, starting at its own place, so that all are used evenly.
+pub async fn load_many(
+    client: &reqwest::Client,
+    targets: std::sync::Arc<Vec<(String, Option<String>)>>,
+    concurrency: usize,
+    seconds: u64,
+) -> Phase {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
     let mut workers = Vec::new();
-    for _ in 0..concurrency {
+    for worker in 0..concurrency {
         let client = client.clone();
-        let url = url.to_owned();
-        let token = token.map(str::to_owned);
+        let targets = targets.clone();
         workers.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut errors = 0usize;
+            let mut next = worker * targets.len().max(1) / concurrency.max(1);
             while Instant::now() < deadline {
+                let Some((url, token)) = targets.get(next % targets.len().max(1)) else {
+                    break;
+                };
+                next += 1;
                 let t0 = Instant::now();
-                let mut request = client.get(&url);
-                if let Some(token) = &token {
+                let mut request = client.get(url);
+                if let Some(token) = token {
                     request = request.bearer_auth(token);
                 }
                 match request.send().await {
