@@ -91,29 +91,30 @@ async fn loaded(tenants: u64, rows: u64, spread: bool) -> BenchResult<(TestApp, 
         let state = AppState::connect(app.config.clone())
             .await
             .map_err(|e| format!("{e:?}"))?;
-        let opened = futures::stream::iter(owners.into_iter().map(|(tenant, slug, user, board)| {
-            let state = state.clone();
-            async move {
-                let subject = TokenSubject {
-                    user_id: user,
-                    email: format!("owner@{slug}.test"),
-                    super_admin: false,
-                    tenant: Some((tenant, slug)),
-                    workspace_id: None,
-                    tenants: None,
-                };
-                let origin = Origin {
-                    user_agent: "tenant_scale",
-                    address: "127.0.0.1",
-                };
-                open_session(&state, subject, origin)
-                    .await
-                    .map(|session| (board, session.access))
-            }
-        }))
-        .buffer_unordered(8)
-        .collect::<Vec<_>>()
-        .await;
+        let opened =
+            futures::stream::iter(owners.into_iter().map(|(tenant, slug, user, board)| {
+                let state = state.clone();
+                async move {
+                    let subject = TokenSubject {
+                        user_id: user,
+                        email: format!("owner@{slug}.test"),
+                        super_admin: false,
+                        tenant: Some((tenant, slug)),
+                        workspace_id: None,
+                        tenants: None,
+                    };
+                    let origin = Origin {
+                        user_agent: "tenant_scale",
+                        address: "127.0.0.1",
+                    };
+                    open_session(&state, subject, origin)
+                        .await
+                        .map(|session| (board, session.access))
+                }
+            }))
+            .buffer_unordered(8)
+            .collect::<Vec<_>>()
+            .await;
         for session in opened {
             let (board, access) = session.map_err(|e| format!("{e:?}"))?;
             targets.push((app.url(&format!("/api/boards/{board}/tasks")), Some(access)));
@@ -154,7 +155,11 @@ async fn main() -> BenchResult {
                 request = request.bearer_auth(token);
             }
             let body: Value = request.send().await?.json().await?;
-            assert_eq!(body.as_array().map(Vec::len), Some(rows as usize), "{url}: {body}");
+            assert_eq!(
+                body.as_array().map(Vec::len),
+                Some(rows as usize),
+                "{url}: {body}"
+            );
         }
     }
 

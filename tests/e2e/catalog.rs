@@ -248,3 +248,54 @@ async fn drop_tenant_removes_an_inactive_tenant_and_every_row_it_has() -> TestRe
     assert_eq!(code, "P0002", "gone");
     Ok(())
 }
+
+/// A backend that has read every tenant's status at once still sees, in its
+/// next transaction, a tenant suspended, a tenant created, and a tenant
+/// that does not exist, as the catalog says.
+#[tokio::test]
+async fn statuses_read_at_once_follow_the_catalog() -> TestResult {
+    let db = TestDb::new().await?;
+    let mut admin = db.connect(Role::Admin).await?;
+    let mut app = db.connect(Role::App).await?;
+    // The app backend reads acme's status, and with it everyone's.
+    assert_eq!(ask(&mut app, db.acme).await?.0, "no database error");
+    assert_eq!(ask(&mut app, db.globex).await?.0, "no database error");
+
+    sqlx::query("SELECT tenancy.set_tenant_status($1, 'suspended')")
+        .bind(db.globex)
+        .execute(&mut admin)
+        .await?;
+    let (code, message) = ask(&mut app, db.globex).await?;
+    assert_eq!(
+        (code.as_str(), message.as_str()),
+        ("55000", "tenant is not active")
+    );
+
+    let created: Uuid = sqlx::query_scalar("SELECT tenancy.create_tenant('initech', 'Initech')")
+        .fetch_one(&mut admin)
+        .await?;
+    assert_eq!(
+        ask(&mut app, created).await?.0,
+        "no database error",
+        "a new tenant is known"
+    );
+
+    let (code, message) = ask(&mut app, Uuid::new_v4()).await?;
+    assert_eq!(
+        (code.as_str(), message.as_str()),
+        ("28000", "tenant context names an unknown tenant")
+    );
+    Ok(())
+}
+
+/// In a transaction of its own on `app`: the number of tasks `tenant`'s
+/// context sees, or the error (code, message).
+async fn ask(app: &mut sqlx::PgConnection, tenant: Uuid) -> TestResult<(String, String)> {
+    let token = tenancy_tests::token(tenant, Uuid::new_v4());
+    let mut tx = sqlx::Connection::begin(app).await?;
+    tenancy_tests::use_token(&mut tx, &token).await?;
+    let result = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM tasks")
+        .fetch_one(&mut *tx)
+        .await;
+    Ok(db_error(result.map(|_| ())))
+}
