@@ -71,7 +71,7 @@ async fn main() -> BenchResult {
 
     let app = TestApp::spawn().await?;
     let token = app.login(ALICE).await?;
-    let board = tenancy_tests::load::board_with_tasks(&app, &token, 20).await?;
+    let board = tenancy_tests::load::board_with_tasks(&app, &token, 20, "").await?;
 
     let bare_pool =
         PgPool::connect(&format!("{}/{}", tenancy_tests::server_url(), app.db_name)).await?;

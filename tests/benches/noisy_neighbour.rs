@@ -27,41 +27,12 @@ use std::time::Duration;
 
 use serde_json::json;
 use tenancy_server::config::Limits;
-use tenancy_tests::load::load;
+use tenancy_tests::load::{board_with_tasks, load};
 use tenancy_tests::server::{Options, TestApp, ALICE, BOB, DAVE, ERIN, GUS, ROOT};
 use tenancy_tests::{env_or, median};
 use tokio::io::AsyncWriteExt;
 
 type BenchResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
-
-/// A board with `tasks` tasks in the tenant of `token`; returns its id.
-async fn board(app: &TestApp, token: &str, tasks: usize) -> BenchResult<String> {
-    let (_, ws) = app
-        .post("/api/workspaces", token, json!({"name": "Bench"}))
-        .await?;
-    let ws = ws["id"].as_str().unwrap_or_default().to_owned();
-    let (_, board) = app
-        .post(
-            &format!("/api/workspaces/{ws}/boards"),
-            token,
-            json!({"name": "Load"}),
-        )
-        .await?;
-    let board = board["id"].as_str().unwrap_or_default().to_owned();
-    for i in 0..tasks {
-        let (status, body) = app
-            .post(
-                &format!("/api/boards/{board}/tasks"),
-                token,
-                json!({"title": format!("task {i}"), "description": "x".repeat(200)}),
-            )
-            .await?;
-        if status != 201 {
-            return Err(format!("seeding: {status} {body}").into());
-        }
-    }
-    Ok(board)
-}
 
 /// Tenant A's flood until `stop`.
 fn flood(
@@ -152,12 +123,12 @@ async fn main() -> BenchResult {
     })
     .await?;
     let gus = app.login(GUS).await?;
-    let b_board = board(&app, &gus, 20).await?;
+    let b_board = board_with_tasks(&app, &gus, 20, &"x".repeat(200)).await?;
     let mut acme = Vec::new();
     for email in [ALICE, BOB, DAVE, ERIN] {
         acme.push(app.login(email).await?);
     }
-    let a_board = board(&app, &acme[0], 500).await?;
+    let a_board = board_with_tasks(&app, &acme[0], 500, &"x".repeat(200)).await?;
     // Plans once the data is seeded (the free plan's API limit would stop it).
     let root = app.login(ROOT).await?;
     for (tenant, plan) in [(app.acme, &a_plan), (app.globex, &b_plan)] {

@@ -38,7 +38,7 @@ type Targets = Arc<Vec<(String, Option<String>)>>;
 async fn loaded(tenants: u64, rows: u64, spread: bool) -> BenchResult<(TestApp, Targets)> {
     let app = TestApp::spawn().await?;
     let token = app.login(ALICE).await?;
-    let board = tenancy_tests::load::board_with_tasks(&app, &token, rows).await?;
+    let board = tenancy_tests::load::board_with_tasks(&app, &token, rows, "").await?;
     // The other tenants (acme and globex are two), created by the catalog's
     // own function, then their rows in bulk (triggers off: data loading).
     let others = tenants.saturating_sub(2);

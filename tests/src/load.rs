@@ -86,12 +86,13 @@ pub async fn load_many(
     }
 }
 
-/// A new workspace of `token`'s tenant with one board of `tasks` tasks,
-/// made through the API; returns the board's id.
+/// A new workspace of `token`'s tenant with one board of `tasks` tasks
+/// (each with `description`), made through the API; returns the board's id.
 pub async fn board_with_tasks(
     app: &crate::server::TestApp,
     token: &str,
     tasks: u64,
+    description: &str,
 ) -> crate::TestResult<String> {
     use serde_json::json;
     let (_, ws) = app
@@ -107,12 +108,16 @@ pub async fn board_with_tasks(
         .await?;
     let board = board["id"].as_str().unwrap_or_default().to_owned();
     for i in 0..tasks {
-        app.post(
-            &format!("/api/boards/{board}/tasks"),
-            token,
-            json!({"title": format!("task {i}")}),
-        )
-        .await?;
+        let (status, body) = app
+            .post(
+                &format!("/api/boards/{board}/tasks"),
+                token,
+                json!({"title": format!("task {i}"), "description": description}),
+            )
+            .await?;
+        if status != 201 {
+            return Err(format!("seeding: {status} {body}").into());
+        }
     }
     Ok(board)
 }

@@ -66,17 +66,6 @@ static SESSION_AND_BUDGET: std::sync::LazyLock<redis::Script> = std::sync::LazyL
     )
 });
 
-/// Adds `ARGV[1]` requests to a per-minute budget; returns (used, seconds left).
-static BUDGET_ADD: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
-    redis::Script::new(
-        r"
-        local used = redis.call('INCRBY', KEYS[1], ARGV[1])
-        redis.call('EXPIRE', KEYS[1], 60, 'NX')
-        return {used, redis.call('TTL', KEYS[1])}
-        ",
-    )
-});
-
 /// Middleware: authenticates the bearer token and puts [`AuthUser`] into the
 /// request. Anything wrong is a 401.
 pub async fn authenticate(
@@ -100,21 +89,11 @@ pub async fn authenticate(
     // past its own expiry (which Redis would have enforced).
     let cached =
         claims.exp > tenancy_token::now() && state.sessions.is_live(claims.sid, claims.jti);
-    let batch = crate::http::limits::Tally::batch(budget);
-    let (live, used, ttl) = if budget > 0 && cached && batch > 1 {
-        // A live session's requests are counted here and added to Redis a
-        // batch at a time (see Tally): no round trip for most requests.
-        match state.tally.add(&budget_key, batch) {
-            None => (true, None, None),
-            Some(count) => {
-                let (used, ttl): (i64, i64) = BUDGET_ADD
-                    .key(&budget_key)
-                    .arg(count)
-                    .invoke_async(&mut redis)
-                    .await?;
-                (true, Some(used), Some(ttl))
-            }
-        }
+    let (live, used, ttl) = if cached {
+        // Known live: only the budget is left, counted as every budget is
+        // (in batches when it is large: no round trip for most requests).
+        crate::http::limits::count(&state, &budget_key, budget, 60, "user_budget").await?;
+        (true, None, None)
     } else if budget > 0 {
         // The session first: only a live token spends its owner's budget,
         // so a revoked one cannot be used to lock its owner out.
@@ -129,8 +108,6 @@ pub async fn authenticate(
             state.sessions.remember(claims.sid, claims.jti, asked);
         }
         (live == 1, Some(used), Some(ttl))
-    } else if cached {
-        (true, None, None)
     } else {
         let asked = state.sessions.asking();
         let current: Option<String> = redis::cmd("GET")

@@ -254,7 +254,8 @@ impl Shares {
 
 /// Counts one event against a budget of `limit` per `window` seconds kept
 /// in Redis (shared by every instance): 429 with Retry-After once spent.
-/// A `limit` of 0 is no budget.
+/// A `limit` of 0 is no budget. Budgets of 200 or more are counted in
+/// batches (see [`Tally`]): most events cost no round trip.
 pub async fn count(
     state: &AppState,
     key: &str,
@@ -269,7 +270,14 @@ pub async fn count(
         crate::metrics::throttled(reason, None);
         return Err(AppError::RateLimited(left));
     }
-    let (used, ttl) = incr(state, key, window).await?;
+    let by = match Tally::batch(limit) {
+        1 => 1,
+        batch => match state.tally.add(key, batch) {
+            Some(count) => count,
+            None => return Ok(()),
+        },
+    };
+    let (used, ttl) = incr(state, key, by, window).await?;
     if used > i64::from(limit) {
         let left = ttl.clamp(1, window as i64) as u64;
         state.refusals.remember(key, left);
@@ -358,12 +366,12 @@ impl Refusals {
     }
 }
 
-/// Increments `key`, expiring `window` seconds after its first increment;
+/// Adds `by` to `key`, expiring `window` seconds after its first increment;
 /// returns the count and the seconds left.
-async fn incr(state: &AppState, key: &str, window: u64) -> AppResult<(i64, i64)> {
+async fn incr(state: &AppState, key: &str, by: u32, window: u64) -> AppResult<(i64, i64)> {
     let mut redis = state.redis.clone();
     Ok(redis::pipe()
-        .incr(key, 1)
+        .incr(key, by)
         .cmd("EXPIRE")
         .arg(key)
         .arg(window)
@@ -420,7 +428,7 @@ impl LoginBudget {
 
     pub async fn failed(self, state: &AppState) -> AppResult<()> {
         if state.config.limits.login_failures > 0 {
-            incr(state, &self.failures_key, LOGIN_FAILURE_WINDOW).await?;
+            incr(state, &self.failures_key, 1, LOGIN_FAILURE_WINDOW).await?;
         }
         Ok(())
     }
@@ -445,7 +453,7 @@ const SAMPLE_WINDOW: u64 = 3600;
 /// 1st, 10th, 100th and so on. A flood of denials costs the target's audit
 /// trail a handful of rows, each saying how many it stands for.
 pub async fn sample(state: &AppState, key: &str) -> AppResult<Option<i64>> {
-    let (n, _) = incr(state, &format!("sample:{key}"), SAMPLE_WINDOW).await?;
+    let (n, _) = incr(state, &format!("sample:{key}"), 1, SAMPLE_WINDOW).await?;
     let mut power = 1;
     while power < n {
         power *= 10;

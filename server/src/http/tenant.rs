@@ -338,10 +338,10 @@ enum Mode {
     /// A write run again after a conflict: its API budget was already counted.
     Again,
     /// A read (GET, HEAD, the WebSocket handshake included): a READ ONLY
-    /// transaction, ended by a rollback that
-    /// the pool sends with the connection's release check (one round trip
-    /// fewer than a COMMIT; nothing to keep). Not run again on conflicts:
-    /// at read committed a read takes no row locks.
+    /// transaction, ended by a rollback that the pool sends with the
+    /// connection's release check (one round trip fewer than a COMMIT;
+    /// nothing to keep). Not run again on conflicts: at read committed a
+    /// read takes no row locks.
     Read,
 }
 
