@@ -110,10 +110,11 @@ fn forgot_answer() -> (StatusCode, Json<Value>) {
     )
 }
 
-/// Mails a reset link to the address if it has an account. The answer,
-/// and the work done before it, are the same either way: the link is
-/// recorded for any address, the mail is queued after the answer, and the
-/// answer leaves a fixed time after the request arrived.
+/// Mails a reset link to the address if it has an account. The answer
+/// depends on nothing the address changes: once the address is well formed
+/// and the caller within its budget, the link is recorded and the mail
+/// queued off the answer's path, and the answer leaves a fixed time after
+/// the request arrived.
 #[utoipa::path(post, path = "/auth/password/forgot", tag = "passwords", security(()),
     request_body = ForgotRequest,
     responses((status = 202, description = "The same answer whether or not the address has an \
@@ -124,16 +125,26 @@ async fn forgot(
     ClientAddress(address): ClientAddress,
     AppJson(body): AppJson<ForgotRequest>,
 ) -> AppResult<(StatusCode, Json<Value>)> {
-    let email = body.email.trim();
-    if !crate::domain::mail::valid_address(email) {
+    let email = body.email.trim().to_owned();
+    if !crate::domain::mail::valid_address(&email) {
         return Err(AppError::Validation(
             "email must be an email address".to_owned(),
         ));
     }
     throttle(&state, &address).await?;
-    // Every answer waits until the same moment after the request came in,
-    // so how long the work took (more for an account) does not show.
     let answer_at = tokio::time::Instant::now() + FORGOT_ANSWER_AFTER;
+    tokio::spawn(async move {
+        if let Err(e) = record_reset(&state, &email).await {
+            tracing::error!(error = %e, "password reset request not recorded");
+        }
+    });
+    tokio::time::sleep_until(answer_at).await;
+    Ok(forgot_answer())
+}
+
+/// Records a reset link for `email` (any address gets one, so the work is
+/// alike) and, if an account uses the address, queues its mail.
+async fn record_reset(state: &AppState, email: &str) -> AppResult<()> {
     let (secret, digest) = sessions::new_secret();
     let to_mail: Option<(Uuid, String, Uuid)> = sqlx::query_as(
         "SELECT user_id, recipient, tenant_id
@@ -144,18 +155,12 @@ async fn forgot(
     .bind(RESET_VALID_MINUTES)
     .fetch_optional(&state.auth_db)
     .await?;
-    if let Some((user, recipient, tenant)) = to_mail {
-        let state = state.clone();
-        tokio::spawn(async move {
-            if let Err(e) =
-                queue_reset_mail(&state, user, tenant, &recipient, &secret, digest).await
-            {
-                tracing::error!(user_id = %user, error = %e, "reset mail not queued");
-            }
-        });
+    match to_mail {
+        Some((user, recipient, tenant)) => {
+            queue_reset_mail(state, user, tenant, &recipient, &secret, digest).await
+        }
+        None => Ok(()),
     }
-    tokio::time::sleep_until(answer_at).await;
-    Ok(forgot_answer())
 }
 
 /// How long after it arrives a reset request is answered, whatever the
