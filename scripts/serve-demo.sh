@@ -12,6 +12,8 @@ export DATABASE_URL="postgres://tenancy_app:tenancy_app@${HOSTPORT}/tenancy"
 export DATABASE_OWNER_URL="postgres://tenancy_owner:tenancy_owner@${HOSTPORT}/tenancy"
 export TENANCY_JWT_SECRET="${TENANCY_JWT_SECRET:-demo-access-token-secret-change-me-0000}"
 export TENANCY_CONTEXT_SECRET="${TENANCY_CONTEXT_SECRET:-demo-context-secret-change-me-00000000}"
+# The demo's platform key; a real one: `openssl rand -base64 32`, kept out of the database.
+export TENANCY_DATA_KEY="${TENANCY_DATA_KEY:-ZGVtby1wbGF0Zm9ybS1rZXktY2hhbmdlLW1lLTAwMDA=}"
 export TENANCY_BASE_DOMAIN="${TENANCY_BASE_DOMAIN:-tenancy.localhost}"
 export TENANCY_PASSWORD="demo-password"
 LISTEN="${TENANCY_LISTEN:-127.0.0.1:8080}"

@@ -10,13 +10,34 @@
 -- Catalog triggers: audit every change, drop per-backend caches.
 ------------------------------------------------------------------------------
 
+-- `doc` with the value of every key that names a secret (password, secret,
+-- token, api key, private key, credential...) replaced by '****', at any
+-- depth: what the audit log keeps of a tenant's configuration.
+CREATE FUNCTION tenancy.mask_secrets(doc jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE jsonb_typeof(doc)
+        WHEN 'object' THEN coalesce((
+            SELECT jsonb_object_agg(e.key, CASE
+                WHEN e.key ~* '(pass(word|wd|phrase)?|secret|token|api[_-]?key|private[_-]?key|credential|auth|signing[_-]?key|key[_-]?material|dsn|connection[_-]?string)'
+                     AND jsonb_typeof(e.value) <> 'null'
+                THEN to_jsonb('****'::text)
+                ELSE tenancy.mask_secrets(e.value) END)
+            FROM jsonb_each(doc) e), '{}'::jsonb)
+        WHEN 'array' THEN coalesce((
+            SELECT jsonb_agg(tenancy.mask_secrets(a.value) ORDER BY a.n)
+            FROM jsonb_array_elements(doc) WITH ORDINALITY a(value, n)), '[]'::jsonb)
+        ELSE doc
+    END
+$$;
+
 CREATE FUNCTION tenancy.on_catalog_change() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     subject jsonb;
     tenant  uuid;
 BEGIN
-    subject := to_jsonb(CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END) - 'key_material';
+    -- Never a key, and never a secret put in a tenant's configuration.
+    subject := tenancy.mask_secrets(to_jsonb(CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END) - 'key_material');
     tenant := CASE TG_TABLE_NAME
                   WHEN 'tenants' THEN (subject ->> 'id')::uuid
                   WHEN 'domains' THEN (subject ->> 'tenant_id')::uuid

@@ -1,7 +1,8 @@
 -- tenancy 0.1.0 -> 0.2.0: ALTER EXTENSION tenancy UPDATE TO '0.2.0'.
 -- Frozen once 0.2.0 is released. What changed: tenancy.lint() (docs/LINT.md);
 -- tenancy.current_tenant() and tenancy.lookup_tenant() in PL/pgSQL, whose
--- plans are kept per session (the SQL versions were planned on every call).
+-- plans are kept per session (the SQL versions were planned on every call);
+-- tenancy.mask_secrets(), which the catalog's audit trigger applies.
 -- tests/e2e/upgrade.rs checks that a database updated this way ends with
 -- exactly what a fresh 0.2.0 install creates.
 
@@ -314,5 +315,44 @@ BEGIN
     RETURN QUERY
     SELECT t.id, t.slug, t.name, t.display_name, t.logo_url, t.primary_color, t.configuration, t.status
     FROM tenancy.tenants t WHERE t.id = tenancy.current_tenant_id();
+END
+$$;
+
+-- Secrets in a tenant's configuration are masked in the audit log.
+-- `doc` with the value of every key that names a secret (password, secret,
+-- token, api key, private key, credential...) replaced by '****', at any
+-- depth: what the audit log keeps of a tenant's configuration.
+CREATE FUNCTION tenancy.mask_secrets(doc jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE jsonb_typeof(doc)
+        WHEN 'object' THEN coalesce((
+            SELECT jsonb_object_agg(e.key, CASE
+                WHEN e.key ~* '(pass(word|wd|phrase)?|secret|token|api[_-]?key|private[_-]?key|credential|auth|signing[_-]?key|key[_-]?material|dsn|connection[_-]?string)'
+                     AND jsonb_typeof(e.value) <> 'null'
+                THEN to_jsonb('****'::text)
+                ELSE tenancy.mask_secrets(e.value) END)
+            FROM jsonb_each(doc) e), '{}'::jsonb)
+        WHEN 'array' THEN coalesce((
+            SELECT jsonb_agg(tenancy.mask_secrets(a.value) ORDER BY a.n)
+            FROM jsonb_array_elements(doc) WITH ORDINALITY a(value, n)), '[]'::jsonb)
+        ELSE doc
+    END
+$$;
+
+CREATE OR REPLACE FUNCTION tenancy.on_catalog_change() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    subject jsonb;
+    tenant  uuid;
+BEGIN
+    -- Never a key, and never a secret put in a tenant's configuration.
+    subject := tenancy.mask_secrets(to_jsonb(CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END) - 'key_material');
+    tenant := CASE TG_TABLE_NAME
+                  WHEN 'tenants' THEN (subject ->> 'id')::uuid
+                  WHEN 'domains' THEN (subject ->> 'tenant_id')::uuid
+              END;
+    PERFORM tenancy.write_audit(TG_TABLE_NAME || '.' || lower(TG_OP), tenant, NULL, subject);
+    PERFORM tenancy.invalidate_cache(TG_RELID);
+    RETURN NULL;
 END
 $$;

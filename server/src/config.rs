@@ -148,6 +148,26 @@ pub struct Config {
     /// Bearer token that `GET /metrics` requires; unset: no /metrics.
     #[arg(long, env = "TENANCY_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<String>,
+    /// The platform key (base64 of 32 random bytes) that wraps every
+    /// tenant's data keys; never stored in the database. Required to serve.
+    #[arg(long, env = "TENANCY_DATA_KEY", hide_env_values = true)]
+    pub data_key: Option<String>,
+    /// A file holding TENANCY_DATA_KEY (for secret mounts).
+    #[arg(long, env = "TENANCY_DATA_KEY_FILE")]
+    pub data_key_file: Option<std::path::PathBuf>,
+    /// The platform key being replaced, while `rotate-data-key` rewraps the
+    /// tenant keys under TENANCY_DATA_KEY.
+    #[arg(long, env = "TENANCY_DATA_KEY_PREVIOUS", hide_env_values = true)]
+    pub data_key_previous: Option<String>,
+    /// A file holding TENANCY_DATA_KEY_PREVIOUS.
+    #[arg(long, env = "TENANCY_DATA_KEY_PREVIOUS_FILE")]
+    pub data_key_previous_file: Option<std::path::PathBuf>,
+    /// Lets tenants name SMTP servers on internal addresses (loopback,
+    /// private networks) and any port; off: public addresses on ports 25,
+    /// 465, 587 and 2525 only, so a tenant cannot make the service probe its
+    /// own network.
+    #[arg(long, env = "TENANCY_TENANT_SMTP_PRIVATE", default_value_t = false)]
+    pub tenant_smtp_private: bool,
     /// What one client, user or tenant may take of this instance.
     #[command(flatten)]
     pub limits: Limits,

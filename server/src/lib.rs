@@ -60,6 +60,8 @@ fn table() -> Table {
             .merge(members::router())
             .merge(invitations::router())
             .merge(domains::router())
+            .merge(integrations::router())
+            .merge(data_keys::router())
             .merge(boards::router())
             .merge(tasks::router())
             .merge(chat::router())
@@ -198,6 +200,15 @@ pub async fn serve(listener: tokio::net::TcpListener, state: AppState) -> std::i
         background.spawn(jobs::mail::run(
             state.admin_db.clone(),
             mailer,
+            jobs::mail::TenantMail {
+                keyring: state.keyring.clone(),
+                allow_private: state.config.tenant_smtp_private,
+            },
+            std::time::Duration::from_secs(1),
+            stopped.clone(),
+        ));
+        background.spawn(jobs::keys::run_reseal(
+            state.clone(),
             std::time::Duration::from_secs(1),
             stopped.clone(),
         ));

@@ -47,6 +47,11 @@ enum Command {
     Relay,
     /// Apply migrations as the owner role (and register the context key).
     Migrate,
+    /// Rewrap every tenant's data key under the platform key
+    /// TENANCY_DATA_KEY (those wrapped by the one it replaces open with
+    /// TENANCY_DATA_KEY_PREVIOUS); touches no sealed value, resumes where it
+    /// stopped. Prints how many keys were rewrapped.
+    RotateDataKey,
     /// Revert the last N migrations.
     MigrateDown {
         #[arg(long, default_value_t = 1)]
@@ -191,6 +196,10 @@ async fn main() -> ExitCode {
         }
         Command::Relay => relay(config).await,
         Command::Migrate => ops::migrate(&config).await.map_err(|e| format!("{e:#}")),
+        Command::RotateDataKey => ops::rotate_data_key(&config)
+            .await
+            .map(|n| println!("{n}"))
+            .map_err(|e| format!("{e:#}")),
         Command::MigrateDown { steps } => ops::migrate_down(&config, steps)
             .await
             .map_err(|e| format!("{e:#}")),

@@ -9,6 +9,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::Config;
 use crate::domain::authz::{Authz, AuthzError};
+use crate::domain::keyring::Keyring;
 use crate::domain::messaging::hub::Hub;
 use crate::domain::sessions::Keys;
 use crate::error::{AppError, AppResult};
@@ -21,6 +22,8 @@ pub enum StartupError {
     Policies(#[from] AuthzError),
     #[error("{0}")]
     Unavailable(String),
+    #[error("{0}")]
+    DataKey(String),
 }
 
 impl From<AppError> for StartupError {
@@ -65,6 +68,8 @@ pub struct AppState {
     pub sessions: Arc<crate::domain::live::LiveSessions>,
     /// Requests admitted and not yet counted in Redis.
     pub tally: Arc<crate::http::limits::Tally>,
+    /// The platform keys that open tenant data keys.
+    pub keyring: Arc<Keyring>,
 }
 
 /// A Redis connection manager with short timeouts and few retries: with
@@ -101,6 +106,9 @@ impl AppState {
     /// Loads the policies (refusing invalid ones) and connects to PostgreSQL and Redis.
     pub async fn connect(config: Config) -> Result<Self, StartupError> {
         let authz = Arc::new(Authz::load_or_embedded(config.policy_dir.as_deref())?);
+        let keyring = Arc::new(
+            Keyring::from_config(&config).map_err(|e| StartupError::DataKey(e.to_string()))?,
+        );
         let db = PgPoolOptions::new()
             .max_connections(config.db_pool_size)
             .acquire_timeout(Duration::from_secs(3))
@@ -138,6 +146,7 @@ impl AppState {
             .max_connections(config.login_concurrency.max(1) as u32 + 2)
             .acquire_timeout(Duration::from_secs(5))
             .connect_lazy_with(with_timeouts(&config, config.auth_database_url())?);
+        check_keyring(&keyring, &admin_db).await?;
         let in_flight = Arc::new(Semaphore::new(config.limits.max_in_flight.max(1)));
         let shares = Arc::new(Shares::new(
             config.limits.tenant_db_share,
@@ -165,6 +174,30 @@ impl AppState {
             streams,
             hub,
             admin_db,
+            keyring,
         })
     }
+}
+
+/// Refuses to start when some tenant's data key is wrapped by a platform key
+/// the service was not given: better now than a failure at the first
+/// sealed value it reads.
+async fn check_keyring(keyring: &Keyring, admin_db: &PgPool) -> Result<(), StartupError> {
+    let wrappers: Vec<String> = sqlx::query_scalar("SELECT app.data_key_wrappers()")
+        .fetch_all(admin_db)
+        .await
+        .map_err(|e| AppError::Unavailable(format!("database: {e}")))?;
+    let missing: Vec<&str> = wrappers
+        .iter()
+        .map(String::as_str)
+        .filter(|id| keyring.by_id(id).is_none())
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(StartupError::DataKey(format!(
+        "TENANCY_DATA_KEY (id {}) does not open the tenant data keys: they are wrapped by platform key {}; start with that key (or with it as TENANCY_DATA_KEY_PREVIOUS and run rotate-data-key)",
+        keyring.current.id(),
+        missing.join(", ")
+    )))
 }

@@ -4,42 +4,12 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tenancy_tests::server::{Options, TestApp, ALICE, BOB, GUS, ROOT};
+use tenancy_tests::server::{smtp_server, Options, TestApp, ALICE, BOB, GUS, ROOT};
 use tenancy_tests::TestResult;
 
 fn initech() -> Value {
     json!({"slug": "initech", "name": "Initech", "plan": "pro",
            "owner_email": "peter@initech.test", "demo_data": true})
-}
-
-/// A real SMTP peer (Python's smtpd debugging server) on `port`; what it
-/// receives is printed to its stdout.
-async fn smtp_server(port: u16) -> TestResult<tokio::process::Child> {
-    let child = tokio::process::Command::new("python3")
-        .args([
-            "-u",
-            "-W",
-            "ignore",
-            "-m",
-            "smtpd",
-            "-n",
-            "-c",
-            "DebuggingServer",
-        ])
-        .arg(format!("127.0.0.1:{port}"))
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return Ok(child);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Err("the SMTP server did not start".into())
 }
 
 #[tokio::test]

@@ -23,6 +23,7 @@ mod http_admin;
 mod http_audit;
 mod http_auth;
 mod http_authz;
+mod http_data_protection;
 mod http_deletion;
 mod http_domains;
 mod http_faults;

@@ -15,6 +15,8 @@ use crate::{server_url, TestResult, SETUP_LOCK};
 pub const PASSWORD: &str = "correct horse battery staple";
 /// What `GET /metrics` wants as bearer token in tests.
 pub const METRICS_TOKEN: &str = "test-metrics-token";
+/// The tests' platform key (TENANCY_DATA_KEY): base64 of 32 bytes.
+pub const DATA_KEY: &str = "dGVzdC1wbGF0Zm9ybS1rZXktMDEyMzQ1Njc4OWFiY2Q=";
 const OWNER: &str = "tenancy_t_srv_owner";
 const APP: &str = "tenancy_t_srv_app";
 const ROLE_PASSWORD: &str = "tenancy";
@@ -51,6 +53,9 @@ pub struct Options {
     pub dns_server: Option<std::net::SocketAddr>,
     /// Whether anyone may sign up for a tenant of their own.
     pub platform_signup: bool,
+    /// Tenants' SMTP servers on public addresses and mail ports only (as
+    /// deployed); off in tests, whose SMTP peers listen on loopback.
+    pub public_smtp_only: bool,
 }
 
 impl Default for Options {
@@ -67,6 +72,7 @@ impl Default for Options {
             limits: tenancy_server::config::Limits::UNTHROTTLED,
             dns_server: None,
             platform_signup: false,
+            public_smtp_only: false,
         }
     }
 }
@@ -167,6 +173,11 @@ impl TestApp {
             dns_server: options.dns_server,
             platform_signup: options.platform_signup,
             platform_signup_plan: "free".to_owned(),
+            data_key: Some(DATA_KEY.to_owned()),
+            data_key_file: None,
+            data_key_previous: None,
+            data_key_previous_file: None,
+            tenant_smtp_private: !options.public_smtp_only,
         };
         ops::migrate(&config)
             .await
@@ -491,6 +502,60 @@ impl PrivateRedis {
     }
 }
 
+/// A real SMTP peer (Python's smtpd debugging server) on `port`; what it
+/// receives is printed to its stdout.
+pub async fn smtp_server(port: u16) -> TestResult<tokio::process::Child> {
+    let child = tokio::process::Command::new("python3")
+        .args([
+            "-u",
+            "-W",
+            "ignore",
+            "-m",
+            "smtpd",
+            "-n",
+            "-c",
+            "DebuggingServer",
+        ])
+        .arg(format!("127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return Ok(child);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    Err("the SMTP server did not start".into())
+}
+
+/// What an SMTP peer printed until every one of `wanted` appeared in it
+/// (at most `secs` seconds); the caller asserts on it.
+pub async fn smtp_printed(
+    out: &mut tokio::io::BufReader<tokio::process::ChildStdout>,
+    wanted: &[&str],
+    secs: u64,
+) -> String {
+    use tokio::io::AsyncBufReadExt;
+    let mut seen = String::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(secs), async {
+        let mut line = String::new();
+        while out.read_line(&mut line).await.unwrap_or(0) > 0 {
+            seen.push_str(&line);
+            line.clear();
+            if wanted.iter().all(|w| seen.contains(w)) {
+                return;
+            }
+        }
+    })
+    .await;
+    seen
+}
+
+/// A port nothing listens on yet.
 pub fn free_port() -> TestResult<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?

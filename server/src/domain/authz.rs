@@ -57,6 +57,8 @@ pub enum Action {
     TenantManageSettings,
     TenantManageBilling,
     TenantViewAudit,
+    TenantManageIntegrations,
+    TenantRotateKeys,
     WorkspaceCreate,
     WorkspaceView,
     WorkspaceUpdate,
@@ -76,7 +78,7 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Action; 24] = [
+    pub const ALL: [Action; 26] = [
         Action::TenantView,
         Action::TenantUpdate,
         Action::TenantDelete,
@@ -85,6 +87,8 @@ impl Action {
         Action::TenantManageSettings,
         Action::TenantManageBilling,
         Action::TenantViewAudit,
+        Action::TenantManageIntegrations,
+        Action::TenantRotateKeys,
         Action::WorkspaceCreate,
         Action::WorkspaceView,
         Action::WorkspaceUpdate,
@@ -114,6 +118,8 @@ impl Action {
             Action::TenantManageSettings => "tenant:manageSettings",
             Action::TenantManageBilling => "tenant:manageBilling",
             Action::TenantViewAudit => "tenant:viewAudit",
+            Action::TenantManageIntegrations => "tenant:manageIntegrations",
+            Action::TenantRotateKeys => "tenant:rotateKeys",
             Action::WorkspaceCreate => "workspace:create",
             Action::WorkspaceView => "workspace:view",
             Action::WorkspaceUpdate => "workspace:update",
@@ -144,6 +150,8 @@ impl Action {
             Action::TenantManageSettings => Kind::Tenant,
             Action::TenantManageBilling => Kind::Tenant,
             Action::TenantViewAudit => Kind::Tenant,
+            Action::TenantManageIntegrations => Kind::Tenant,
+            Action::TenantRotateKeys => Kind::Tenant,
             Action::WorkspaceCreate => Kind::Tenant,
             Action::WorkspaceView => Kind::Workspace,
             Action::WorkspaceUpdate => Kind::Workspace,

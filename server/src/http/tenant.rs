@@ -152,20 +152,7 @@ fn host_name(headers: &HeaderMap) -> AppResult<Option<String>> {
     Ok(Some(host))
 }
 
-/// Whether `host` (lower case, no port, no final dot) is a DNS host name:
-/// at most 253 bytes of dot-separated labels of 1 to 63 letters, digits and
-/// inner hyphens (the rules of `tenancy.normalize_host`).
-pub fn is_host_name(host: &str) -> bool {
-    let valid_label = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && l.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-    };
-    !host.is_empty() && host.len() <= 253 && host.split('.').all(valid_label)
-}
+pub use crate::domain::is_host_name;
 
 /// Looks the host up: `Some(id)` for a tenant's subdomain or custom domain.
 /// An unknown subdomain of the base domain is a 404; any other unknown host

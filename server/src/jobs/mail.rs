@@ -10,6 +10,7 @@
 //! the one reader of every tenant's pending mail, through `app.mail_due` and
 //! `app.mail_attempted` (the owner is otherwise confined to a tenant context).
 
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -57,6 +58,33 @@ pub enum MailError {
     Message(String),
 }
 
+impl Smtp {
+    /// Sends `mail` through this server.
+    async fn send(&self, mail: &Mail) -> Result<(), MailError> {
+        use lettre::AsyncTransport;
+        let to = mail
+            .recipient
+            .parse()
+            .map_err(|e| MailError::Message(format!("recipient: {e}")))?;
+        let builder = lettre::Message::builder()
+            .from(self.from.clone())
+            .to(to)
+            .subject(mail.subject.clone());
+        let message = match &mail.html {
+            Some(html) => builder.multipart(lettre::message::MultiPart::alternative_plain_html(
+                mail.body.clone(),
+                html.clone(),
+            )),
+            None => builder
+                .header(lettre::message::header::ContentType::TEXT_PLAIN)
+                .body(mail.body.clone()),
+        }
+        .map_err(|e| MailError::Message(e.to_string()))?;
+        self.transport.send(message).await?;
+        Ok(())
+    }
+}
+
 impl Mailer {
     /// The sender the configuration asks for: SMTP, a folder, or the log.
     pub fn from_config(config: &crate::config::Config) -> Result<Mailer, MailError> {
@@ -78,31 +106,7 @@ impl Mailer {
 
     async fn deliver(&self, mail: &Mail) -> Result<(), MailError> {
         match self {
-            Mailer::Smtp(smtp) => {
-                use lettre::AsyncTransport;
-                let to = mail
-                    .recipient
-                    .parse()
-                    .map_err(|e| MailError::Message(format!("recipient: {e}")))?;
-                let builder = lettre::Message::builder()
-                    .from(smtp.from.clone())
-                    .to(to)
-                    .subject(mail.subject.clone());
-                let message = match &mail.html {
-                    Some(html) => {
-                        builder.multipart(lettre::message::MultiPart::alternative_plain_html(
-                            mail.body.clone(),
-                            html.clone(),
-                        ))
-                    }
-                    None => builder
-                        .header(lettre::message::header::ContentType::TEXT_PLAIN)
-                        .body(mail.body.clone()),
-                }
-                .map_err(|e| MailError::Message(e.to_string()))?;
-                smtp.transport.send(message).await?;
-                Ok(())
-            }
+            Mailer::Smtp(smtp) => smtp.send(mail).await,
             Mailer::Log => {
                 tracing::info!(tenant = %mail.tenant_id, to = %mail.recipient, subject = %mail.subject, "mail (log sink)");
                 Ok(())
@@ -147,19 +151,94 @@ impl Mailer {
     }
 }
 
+/// What the sender needs for tenants' own mail servers (seed 002,
+/// REQ-MT-B011): the keys that open their sealed settings, and whether
+/// servers on internal addresses are allowed.
+#[derive(Clone)]
+pub struct TenantMail {
+    pub keyring: std::sync::Arc<crate::domain::keyring::Keyring>,
+    pub allow_private: bool,
+}
+
+#[derive(sqlx::FromRow)]
+struct OwnServer {
+    tenant_id: Uuid,
+    key_version: i32,
+    sealed: Vec<u8>,
+    kek_id: String,
+    wrapped: Vec<u8>,
+}
+
+/// The SMTP server of each tenant in `tenants` that configured its own, or
+/// why it cannot be used (then its mail waits: it never goes out through
+/// another server than the tenant chose).
+async fn own_servers(
+    conn: &mut sqlx::PgConnection,
+    tenants: Vec<Uuid>,
+    own: &TenantMail,
+) -> Result<HashMap<Uuid, Result<Smtp, String>>, sqlx::Error> {
+    let rows: Vec<OwnServer> = sqlx::query_as(
+        "SELECT tenant_id, key_version, sealed, kek_id, wrapped FROM app.mail_integrations($1)",
+    )
+    .bind(&tenants)
+    .fetch_all(conn)
+    .await?;
+    let mut servers = HashMap::new();
+    for row in rows {
+        let server = async {
+            let key = own
+                .keyring
+                .open(row.tenant_id, row.key_version, &row.kek_id, &row.wrapped)
+                .map_err(|e| e.to_string())?;
+            let settings =
+                crate::domain::integrations::open_email(&key, row.tenant_id, &row.sealed)
+                    .map_err(|e| e.to_string())?;
+            crate::domain::integrations::reachable(&settings, own.allow_private).await?;
+            let transport = crate::domain::integrations::smtp_transport(&settings)
+                .map_err(|e| format!("tenant SMTP server: {e}"))?;
+            let from = settings
+                .from
+                .parse()
+                .map_err(|_| "tenant SMTP server: the sender is not an address".to_owned())?;
+            Ok::<_, String>(Smtp { transport, from })
+        }
+        .await;
+        if let Err(why) = &server {
+            tracing::warn!(tenant = %row.tenant_id, error = %why, "tenant mail server cannot be used");
+        }
+        servers.insert(row.tenant_id, server);
+    }
+    Ok(servers)
+}
+
 /// Delivers up to one batch of mail that is due; returns how many were
-/// sent. A failure is retried later, waiting 1, 2, 4 ... seconds, at most an
-/// hour, so failing mail never holds up the rest.
-pub async fn send_pending(db: &PgPool, mailer: &Mailer) -> Result<usize, sqlx::Error> {
+/// sent. A tenant's mail goes through its own SMTP server when it set one,
+/// through the platform's otherwise. A failure is retried later, waiting 1,
+/// 2, 4 ... seconds, at most an hour, so failing mail never holds up the rest.
+pub async fn send_pending(
+    db: &PgPool,
+    mailer: &Mailer,
+    own: &TenantMail,
+) -> Result<usize, sqlx::Error> {
     let mut tx = db.begin().await?;
     let batch: Vec<Mail> = sqlx::query_as(
         "SELECT tenant_id, id, recipient, subject, body, html FROM app.mail_due(50)",
     )
     .fetch_all(&mut *tx)
     .await?;
+    if batch.is_empty() {
+        tx.commit().await?;
+        return Ok(0);
+    }
+    let tenants: BTreeSet<Uuid> = batch.iter().map(|m| m.tenant_id).collect();
+    let servers = own_servers(&mut tx, tenants.into_iter().collect(), own).await?;
     let mut sent = 0;
     for mail in &batch {
-        let outcome = mailer.deliver(mail).await;
+        let outcome = match servers.get(&mail.tenant_id) {
+            Some(Ok(server)) => server.send(mail).await,
+            Some(Err(why)) => Err(MailError::Message(why.clone())),
+            None => mailer.deliver(mail).await,
+        };
         sqlx::query("SELECT app.mail_attempted($1, $2, $3, $4)")
             .bind(mail.tenant_id)
             .bind(mail.id)
@@ -179,9 +258,15 @@ pub async fn send_pending(db: &PgPool, mailer: &Mailer) -> Result<usize, sqlx::E
 }
 
 /// Delivers pending mail every `every` until `shutdown`.
-pub async fn run(db: PgPool, mailer: Mailer, every: Duration, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(
+    db: PgPool,
+    mailer: Mailer,
+    own: TenantMail,
+    every: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
     while !*shutdown.borrow() {
-        match send_pending(&db, &mailer).await {
+        match send_pending(&db, &mailer, &own).await {
             Ok(n) if n > 0 => {
                 tracing::debug!(sent = n, "mail sent");
                 continue;

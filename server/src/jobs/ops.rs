@@ -79,6 +79,10 @@ pub async fn migrate(config: &Config) -> Result<()> {
             "REVOKE ALL ON app.sessions, app.spent_refresh_tokens, app.password_resets, app.signups,
              app.login_events, app.tenant_deletions, app.tenant_signups FROM {quoted}"
         ),
+        // Data keys are added, and retired by a rotation; only the owner
+        // role rewraps or destroys them.
+        format!("REVOKE UPDATE, DELETE ON app.tenant_keys FROM {quoted}"),
+        format!("GRANT UPDATE (retired_at) ON app.tenant_keys TO {quoted}"),
         // A claim is verified by the owner role alone, after the DNS check.
         format!("REVOKE INSERT, UPDATE ON app.domain_claims FROM {quoted}"),
         format!(
@@ -248,4 +252,17 @@ pub async fn add_member(
         .await?;
     tx.commit().await?;
     Ok(user)
+}
+
+/// Rewraps every tenant's data key under TENANCY_DATA_KEY, opening those
+/// still under the previous platform key with TENANCY_DATA_KEY_PREVIOUS.
+/// Sealed values are not touched. Returns how many keys were rewrapped;
+/// once it has run, the previous platform key can be retired.
+pub async fn rotate_data_key(config: &Config) -> Result<u64> {
+    let keyring = crate::domain::keyring::Keyring::from_config(config)?;
+    let pool = owner_pool(config).await?;
+    let rewrapped = crate::jobs::keys::rewrap_all(&pool, &keyring)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(rewrapped)
 }

@@ -115,6 +115,30 @@ pub async fn purge_due(state: &AppState) -> AppResult<usize> {
         // it (a platform status change clears the deletion), checked under
         // the tenant row's lock.
         let dropped = async {
+            // Crypto-shredding: its data keys are destroyed, and committed,
+            // before any row goes, so whatever copy of its sealed values
+            // exists (backups, replicas, exports) stays unreadable even if
+            // removing the rows fails and waits for a retry.
+            let mut shred = state.admin_db.begin().await?;
+            let status: Option<String> =
+                sqlx::query_scalar("SELECT status FROM tenancy.tenants WHERE id = $1 FOR UPDATE")
+                    .bind(tenant)
+                    .fetch_optional(&mut *shred)
+                    .await?;
+            let due: Option<Uuid> = sqlx::query_scalar(
+                "SELECT tenant FROM app.tenant_deletions WHERE tenant = $1 AND purge_after <= now()",
+            )
+            .bind(tenant)
+            .fetch_optional(&mut *shred)
+            .await?;
+            if due.is_some() && status.as_deref() == Some("inactive") {
+                let shredded: i32 = sqlx::query_scalar("SELECT app.shred_tenant_keys($1)")
+                    .bind(tenant)
+                    .fetch_one(&mut *shred)
+                    .await?;
+                tracing::info!(%tenant, keys = shredded, "tenant data keys destroyed");
+            }
+            shred.commit().await?;
             let mut tx = state.admin_db.begin().await?;
             let status: Option<String> =
                 sqlx::query_scalar("SELECT status FROM tenancy.tenants WHERE id = $1 FOR UPDATE")

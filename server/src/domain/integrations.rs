@@ -1,0 +1,384 @@
+//! A tenant's own providers (seed 002, REQ-MT-B011): payment gateway, email
+//! (SMTP), SMS and analytics. Each configuration is validated, then sealed
+//! with the tenant's data key (`domain::keyring`); the API shows only a
+//! masked copy. A kind the tenant has not configured falls back to the
+//! platform's (for email: the service's own mail settings).
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::domain::keyring::{DataKey, KeyError};
+use crate::error::{AppError, AppResult};
+
+/// The kinds of integration, as the API names them.
+pub const KINDS: [&str; 4] = ["payment", "email", "sms", "analytics"];
+
+/// The column name sealed values of `kind` are bound to.
+pub fn sealed_column(kind: &str) -> String {
+    format!("app.tenant_integrations.{kind}")
+}
+
+/// A tenant's SMTP server for its mail.
+#[derive(Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EmailSettings {
+    /// `smtp` (the only provider the service sends through).
+    pub provider: String,
+    pub host: String,
+    pub port: u16,
+    /// `starttls` (default), `tls` (implicit, usually port 465) or `none`.
+    #[serde(default = "starttls")]
+    pub security: String,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// The sender, such as `Acme <no-reply@acme.example>`.
+    pub from: String,
+}
+
+fn starttls() -> String {
+    "starttls".to_owned()
+}
+
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentSettings {
+    /// `stripe`, `adyen`, `braintree` or `other`.
+    pub provider: String,
+    pub secret_key: String,
+    #[serde(default)]
+    pub publishable_key: Option<String>,
+    #[serde(default)]
+    pub webhook_secret: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SmsSettings {
+    /// `twilio`, `vonage`, `messagebird` or `other`.
+    pub provider: String,
+    pub account_id: String,
+    pub auth_token: String,
+    /// The sending number, in E.164 form (`+15551234567`).
+    pub from: String,
+}
+
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AnalyticsSettings {
+    /// `google`, `plausible`, `matomo` or `other`.
+    pub provider: String,
+    /// The site or measurement id; public (it is in every page), shown whole.
+    pub tracking_id: String,
+}
+
+/// A validated configuration: what is sealed, and what the API shows.
+pub struct Validated {
+    pub plain: Vec<u8>,
+    pub masked: Value,
+    pub smtp: Option<EmailSettings>,
+}
+
+fn invalid(message: impl Into<String>) -> AppError {
+    AppError::Validation(message.into())
+}
+
+/// A value that must be short, printable and without spaces.
+fn token(name: &str, value: &str) -> AppResult<()> {
+    if value.is_empty() || value.len() > 512 || value.chars().any(|c| c.is_control() || c == ' ') {
+        return Err(invalid(format!(
+            "{name} must be 1 to 512 printable characters without spaces"
+        )));
+    }
+    Ok(())
+}
+
+fn one_of(name: &str, value: &str, allowed: &[&str]) -> AppResult<()> {
+    if allowed.contains(&value) {
+        return Ok(());
+    }
+    Err(invalid(format!(
+        "{name} must be one of: {}",
+        allowed.join(", ")
+    )))
+}
+
+/// A secret as the API shows it: its last four characters when it is long
+/// enough for them to reveal nothing useful.
+pub fn mask(secret: &str) -> String {
+    let chars: Vec<char> = secret.chars().collect();
+    if chars.len() >= 16 {
+        let tail: String = chars[chars.len() - 4..].iter().collect();
+        format!("****{tail}")
+    } else {
+        "****".to_owned()
+    }
+}
+
+/// Checks `body` as a configuration of `kind`; the SMTP server of an email
+/// configuration is checked by [`check_smtp`] separately (it takes network).
+pub fn validate(kind: &str, body: Value) -> AppResult<Validated> {
+    let parse_error = |e: serde_json::Error| {
+        let message = e.to_string();
+        // serde's wording up to the position, without it.
+        let message = message.split(" at line ").next().unwrap_or("invalid body");
+        invalid(format!("{kind} integration: {message}"))
+    };
+    match kind {
+        "email" => {
+            let s: EmailSettings = serde_json::from_value(body).map_err(parse_error)?;
+            one_of("provider", &s.provider, &["smtp"])?;
+            one_of("security", &s.security, &["starttls", "tls", "none"])?;
+            if !crate::domain::is_host_name(&s.host.to_ascii_lowercase())
+                && s.host.parse::<IpAddr>().is_err()
+            {
+                return Err(invalid("host must be a host name or an IP address"));
+            }
+            if s.port == 0 {
+                return Err(invalid("port must be between 1 and 65535"));
+            }
+            if let Some(user) = &s.username {
+                token("username", user)?;
+            }
+            if let Some(password) = &s.password {
+                if password.is_empty() || password.len() > 512 {
+                    return Err(invalid("password must be 1 to 512 characters"));
+                }
+            }
+            if s.password.is_some() && s.username.is_none() {
+                return Err(invalid("a password needs a username"));
+            }
+            s.from.parse::<lettre::message::Mailbox>().map_err(|_| {
+                invalid("from must be a mail address, such as Acme <no-reply@acme.example>")
+            })?;
+            let masked = json!({
+                "provider": s.provider, "host": s.host, "port": s.port, "security": s.security,
+                "username": s.username, "password": s.password.as_deref().map(mask), "from": s.from,
+            });
+            Ok(Validated {
+                plain: serde_json::to_vec(&s).map_err(|e| AppError::Internal(e.to_string()))?,
+                masked,
+                smtp: Some(s),
+            })
+        }
+        "payment" => {
+            let s: PaymentSettings = serde_json::from_value(body).map_err(parse_error)?;
+            one_of(
+                "provider",
+                &s.provider,
+                &["stripe", "adyen", "braintree", "other"],
+            )?;
+            token("secret_key", &s.secret_key)?;
+            if s.provider == "stripe"
+                && !["sk_live_", "sk_test_", "rk_live_", "rk_test_"]
+                    .iter()
+                    .any(|p| s.secret_key.starts_with(p))
+            {
+                return Err(invalid(
+                    "a Stripe secret_key starts with sk_ or rk_ (live or test)",
+                ));
+            }
+            for (name, value) in [
+                ("publishable_key", &s.publishable_key),
+                ("webhook_secret", &s.webhook_secret),
+            ] {
+                if let Some(value) = value {
+                    token(name, value)?;
+                }
+            }
+            let masked = json!({
+                "provider": s.provider, "secret_key": mask(&s.secret_key),
+                "publishable_key": s.publishable_key,
+                "webhook_secret": s.webhook_secret.as_deref().map(mask),
+            });
+            Ok(Validated {
+                plain: serde_json::to_vec(&s).map_err(|e| AppError::Internal(e.to_string()))?,
+                masked,
+                smtp: None,
+            })
+        }
+        "sms" => {
+            let s: SmsSettings = serde_json::from_value(body).map_err(parse_error)?;
+            one_of(
+                "provider",
+                &s.provider,
+                &["twilio", "vonage", "messagebird", "other"],
+            )?;
+            token("account_id", &s.account_id)?;
+            token("auth_token", &s.auth_token)?;
+            let digits = s.from.strip_prefix('+').unwrap_or("");
+            if !(8..=15).contains(&digits.len()) || !digits.chars().all(|c| c.is_ascii_digit()) {
+                return Err(invalid(
+                    "from must be a phone number in E.164 form, such as +15551234567",
+                ));
+            }
+            let masked = json!({
+                "provider": s.provider, "account_id": s.account_id,
+                "auth_token": mask(&s.auth_token), "from": s.from,
+            });
+            Ok(Validated {
+                plain: serde_json::to_vec(&s).map_err(|e| AppError::Internal(e.to_string()))?,
+                masked,
+                smtp: None,
+            })
+        }
+        "analytics" => {
+            let s: AnalyticsSettings = serde_json::from_value(body).map_err(parse_error)?;
+            one_of(
+                "provider",
+                &s.provider,
+                &["google", "plausible", "matomo", "other"],
+            )?;
+            if s.tracking_id.len() > 100
+                || s.tracking_id.is_empty()
+                || !s
+                    .tracking_id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                return Err(invalid(
+                    "tracking_id must be 1 to 100 letters, digits, '-', '_' or '.'",
+                ));
+            }
+            let masked = json!({"provider": s.provider, "tracking_id": s.tracking_id});
+            Ok(Validated {
+                plain: serde_json::to_vec(&s).map_err(|e| AppError::Internal(e.to_string()))?,
+                masked,
+                smtp: None,
+            })
+        }
+        _ => Err(AppError::NotFound("Integration")),
+    }
+}
+
+/// Ports a tenant's SMTP server may use unless private servers are allowed.
+const SMTP_PORTS: [u16; 4] = [25, 465, 587, 2525];
+
+/// Whether an address is one the service's own network might hold
+/// (loopback, private, link-local, unique local, unspecified...).
+fn internal(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_documentation()
+                || v4.octets()[0] == 100 && (64..128).contains(&v4.octets()[1])
+        }
+        IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (v6.segments()[0] & 0xfe00) == 0xfc00
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
+                || v6
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4| internal(IpAddr::V4(v4)))
+        }
+    }
+}
+
+/// Refuses a tenant SMTP server the service must not be made to reach: an
+/// internal address, or an unusual port, unless the operator allows
+/// private servers (`TENANCY_TENANT_SMTP_PRIVATE`). Checked when saved and
+/// before each delivery, so a name that later resolves inside is refused too.
+pub async fn reachable(s: &EmailSettings, allow_private: bool) -> Result<(), String> {
+    if allow_private {
+        return Ok(());
+    }
+    if !SMTP_PORTS.contains(&s.port) {
+        return Err(format!(
+            "port must be one of {SMTP_PORTS:?} (mail submission and relay ports)"
+        ));
+    }
+    let addresses: Vec<IpAddr> = match tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::net::lookup_host((s.host.as_str(), s.port)),
+    )
+    .await
+    {
+        Ok(Ok(found)) => found.map(|a| a.ip()).collect(),
+        _ => return Err(format!("{} does not resolve", s.host)),
+    };
+    if addresses.is_empty() || addresses.iter().any(|ip| internal(*ip)) {
+        return Err(format!(
+            "{} resolves to an address inside the service's network",
+            s.host
+        ));
+    }
+    Ok(())
+}
+
+/// The transport for a tenant's SMTP server.
+pub fn smtp_transport(
+    s: &EmailSettings,
+) -> Result<lettre::AsyncSmtpTransport<lettre::Tokio1Executor>, lettre::transport::smtp::Error> {
+    use lettre::transport::smtp::authentication::Credentials;
+    type Transport = lettre::AsyncSmtpTransport<lettre::Tokio1Executor>;
+    let mut builder = match s.security.as_str() {
+        "tls" => Transport::relay(&s.host)?,
+        "none" => Transport::builder_dangerous(&s.host),
+        _ => Transport::starttls_relay(&s.host)?,
+    }
+    .port(s.port)
+    .timeout(Some(Duration::from_secs(10)));
+    if let (Some(user), Some(password)) = (&s.username, &s.password) {
+        builder = builder.credentials(Credentials::new(user.clone(), password.clone()));
+    }
+    Ok(builder.build())
+}
+
+/// Connects to the tenant's SMTP server as the mail path would (TLS and
+/// login included); the refusal says what failed, without internals.
+pub async fn check_smtp(s: &EmailSettings, allow_private: bool) -> AppResult<()> {
+    reachable(s, allow_private)
+        .await
+        .map_err(|why| invalid(format!("SMTP server refused: {why}")))?;
+    let target = format!("{}:{}", s.host, s.port);
+    let transport = smtp_transport(s).map_err(|_| {
+        invalid(format!(
+            "SMTP server {target}: TLS cannot be set up for this host"
+        ))
+    })?;
+    match transport.test_connection().await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(invalid(format!(
+            "SMTP server {target} did not answer as an SMTP server"
+        ))),
+        Err(e) => {
+            let what = if e.is_timeout() {
+                "timed out"
+            } else if e.is_tls() {
+                "TLS failed"
+            } else if e.is_permanent() {
+                "refused the login or the session"
+            } else if e.is_client() {
+                "offers no login this service can use"
+            } else {
+                "could not be reached"
+            };
+            Err(invalid(format!("SMTP server {target} {what}")))
+        }
+    }
+}
+
+/// Seals a validated configuration of `kind` for the tenant of `key`.
+pub fn seal(key: &DataKey, kind: &str, plain: &[u8]) -> AppResult<Vec<u8>> {
+    Ok(key.seal(&sealed_column(kind), plain)?)
+}
+
+/// Opens a tenant's sealed email configuration; the error names the row.
+pub fn open_email(key: &DataKey, tenant: Uuid, sealed: &[u8]) -> Result<EmailSettings, KeyError> {
+    let plain = key.open(&sealed_column("email"), &format!("tenant {tenant}"), sealed)?;
+    serde_json::from_slice(&plain).map_err(|_| {
+        KeyError::Corrupt(format!(
+            "the email integration of tenant {tenant} is not a valid configuration"
+        ))
+    })
+}

@@ -1,0 +1,169 @@
+//! Data-key work outside the request path (seed 002, REQ-MT-B009):
+//!
+//! - resealing after a tenant's data key was rotated: values sealed under a
+//!   retired version are opened and sealed again under the current one, a
+//!   batch per transaction, so the work resumes wherever it stopped (a
+//!   crash, a restart) and everything stays readable meanwhile; a retired
+//!   version is destroyed once nothing is sealed under it;
+//! - rewrapping every tenant's data key under a new platform key
+//!   (`tenancy-server rotate-data-key`), which touches no sealed value.
+
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use crate::domain::integrations;
+use crate::error::AppResult;
+use crate::state::AppState;
+
+/// Values resealed per transaction.
+const BATCH: i64 = 100;
+
+#[derive(sqlx::FromRow)]
+struct Sealed {
+    kind: String,
+    key_version: i32,
+    sealed: Vec<u8>,
+}
+
+/// Reseals up to `limit` of `tenant`'s values that a retired key sealed;
+/// returns how many. Runs in the tenant's own context (the service acting).
+pub async fn reseal_tenant(state: &AppState, tenant: Uuid, limit: i64) -> AppResult<u64> {
+    let mut tx = state.db.begin().await?;
+    crate::domain::context::enter(&mut tx, &state.keys, tenant, Uuid::nil()).await?;
+    let key = state.keyring.current_key(&mut tx, tenant).await?;
+    let rows: Vec<Sealed> = sqlx::query_as(
+        "SELECT kind, key_version, sealed FROM app.tenant_integrations
+         WHERE key_version < $1 ORDER BY kind LIMIT $2 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(key.version())
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut resealed = 0;
+    for row in rows {
+        let old = state
+            .keyring
+            .key_version(&mut tx, tenant, row.key_version)
+            .await?;
+        let column = integrations::sealed_column(&row.kind);
+        let plain = old.open(
+            &column,
+            &format!("integration {} of tenant {tenant}", row.kind),
+            &row.sealed,
+        )?;
+        let sealed = key.seal(&column, &plain)?;
+        sqlx::query(
+            "UPDATE app.tenant_integrations SET key_version = $1, sealed = $2 WHERE kind = $3",
+        )
+        .bind(key.version())
+        .bind(&sealed)
+        .bind(&row.kind)
+        .execute(&mut *tx)
+        .await?;
+        resealed += 1;
+    }
+    tx.commit().await?;
+    Ok(resealed)
+}
+
+/// One pass: reseals what retired keys sealed, tenant by tenant, then
+/// destroys the retired keys nothing needs any more.
+pub async fn reseal_pass(state: &AppState) -> AppResult<u64> {
+    let tenants: Vec<Uuid> = {
+        let mut tx = state.admin_db.begin().await?;
+        let due = sqlx::query_scalar("SELECT app.rekey_due(100)")
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        due
+    };
+    let mut total = 0;
+    for tenant in tenants {
+        loop {
+            match reseal_tenant(state, tenant, BATCH).await {
+                Ok(0) => break,
+                Ok(n) => total += n,
+                Err(e) => {
+                    tracing::warn!(%tenant, error = %e, "resealing failed; retried later");
+                    break;
+                }
+            }
+        }
+        let destroyed: i32 = sqlx::query_scalar("SELECT app.destroy_retired_keys($1)")
+            .bind(tenant)
+            .fetch_one(&state.admin_db)
+            .await?;
+        if destroyed > 0 {
+            tracing::info!(%tenant, destroyed, "retired data keys destroyed after resealing");
+        }
+    }
+    Ok(total)
+}
+
+/// Reseals every `every` until `shutdown`.
+pub async fn run_reseal(
+    state: AppState,
+    every: Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        match reseal_pass(&state).await {
+            Ok(n) if n > 0 => {
+                tracing::info!(resealed = n, "values resealed under current data keys")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "resealing pass failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct Wrapped {
+    tenant_id: Uuid,
+    version: i32,
+    kek_id: String,
+    wrapped: Vec<u8>,
+}
+
+/// Rewraps every live tenant data key under the current platform key,
+/// opening each with whichever held key wrapped it; a batch per
+/// transaction, so a stop half-way resumes where it was. Returns how many.
+pub async fn rewrap_all(
+    db: &sqlx::PgPool,
+    keyring: &crate::domain::keyring::Keyring,
+) -> AppResult<u64> {
+    let mut total = 0;
+    loop {
+        let mut tx = db.begin().await?;
+        let batch: Vec<Wrapped> = sqlx::query_as(
+            "SELECT tenant_id, version, kek_id, wrapped FROM app.data_keys_to_rewrap($1, 500)",
+        )
+        .bind(keyring.current.id())
+        .fetch_all(&mut *tx)
+        .await?;
+        if batch.is_empty() {
+            tx.commit().await?;
+            return Ok(total);
+        }
+        for key in &batch {
+            let opened = keyring.open(key.tenant_id, key.version, &key.kek_id, &key.wrapped)?;
+            let rewrapped = keyring
+                .current
+                .wrap(key.tenant_id, key.version, opened.bytes())?;
+            sqlx::query("SELECT app.rewrap_data_key($1, $2, $3, $4)")
+                .bind(key.tenant_id)
+                .bind(key.version)
+                .bind(keyring.current.id())
+                .bind(&rewrapped)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        total += batch.len() as u64;
+    }
+}
