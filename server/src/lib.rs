@@ -48,7 +48,8 @@ fn table() -> Table {
             .merge(auth::public_router())
             .merge(invitations::public_router())
             .merge(passwords::public_router())
-            .merge(signup::public_router()),
+            .merge(signup::public_router())
+            .merge(exports::public_router()),
         authenticated: Routes::default()
             .merge(auth::authenticated_router())
             .merge(passwords::authenticated_router())
@@ -62,6 +63,7 @@ fn table() -> Table {
             .merge(domains::router())
             .merge(integrations::router())
             .merge(data_keys::router())
+            .merge(exports::router())
             .merge(boards::router())
             .merge(tasks::router())
             .merge(chat::router())
@@ -204,6 +206,11 @@ pub async fn serve(listener: tokio::net::TcpListener, state: AppState) -> std::i
                 keyring: state.keyring.clone(),
                 allow_private: state.config.tenant_smtp_private,
             },
+            std::time::Duration::from_secs(1),
+            stopped.clone(),
+        ));
+        background.spawn(jobs::export::run(
+            state.clone(),
             std::time::Duration::from_secs(1),
             stopped.clone(),
         ));

@@ -26,6 +26,7 @@ mod http_authz;
 mod http_data_protection;
 mod http_deletion;
 mod http_domains;
+mod http_exports;
 mod http_faults;
 mod http_input;
 mod http_invitations;

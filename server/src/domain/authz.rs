@@ -59,6 +59,7 @@ pub enum Action {
     TenantViewAudit,
     TenantManageIntegrations,
     TenantRotateKeys,
+    TenantExportData,
     WorkspaceCreate,
     WorkspaceView,
     WorkspaceUpdate,
@@ -78,7 +79,7 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Action; 26] = [
+    pub const ALL: [Action; 27] = [
         Action::TenantView,
         Action::TenantUpdate,
         Action::TenantDelete,
@@ -89,6 +90,7 @@ impl Action {
         Action::TenantViewAudit,
         Action::TenantManageIntegrations,
         Action::TenantRotateKeys,
+        Action::TenantExportData,
         Action::WorkspaceCreate,
         Action::WorkspaceView,
         Action::WorkspaceUpdate,
@@ -120,6 +122,7 @@ impl Action {
             Action::TenantViewAudit => "tenant:viewAudit",
             Action::TenantManageIntegrations => "tenant:manageIntegrations",
             Action::TenantRotateKeys => "tenant:rotateKeys",
+            Action::TenantExportData => "tenant:exportData",
             Action::WorkspaceCreate => "workspace:create",
             Action::WorkspaceView => "workspace:view",
             Action::WorkspaceUpdate => "workspace:update",
@@ -152,6 +155,7 @@ impl Action {
             Action::TenantViewAudit => Kind::Tenant,
             Action::TenantManageIntegrations => Kind::Tenant,
             Action::TenantRotateKeys => Kind::Tenant,
+            Action::TenantExportData => Kind::Tenant,
             Action::WorkspaceCreate => Kind::Tenant,
             Action::WorkspaceView => Kind::Workspace,
             Action::WorkspaceUpdate => Kind::Workspace,

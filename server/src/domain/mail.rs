@@ -10,12 +10,13 @@
 //! `jobs::mail`'s.
 
 use sqlx::PgConnection;
+use uuid::Uuid;
 
 use crate::error::AppResult;
 
 /// The keys a tenant may keep a template for, with the built-in subject
 /// and text. `{tenant}`, `{email}` and `{slug}` are filled in.
-pub const BUILT_IN: [(&str, &str, &str); 4] = [
+pub const BUILT_IN: [(&str, &str, &str); 5] = [
     (
         "welcome",
         "Welcome to {tenant}",
@@ -35,6 +36,11 @@ pub const BUILT_IN: [(&str, &str, &str); 4] = [
         "signup_verification",
         "Confirm your address for {tenant}",
         "Hello,\n\nto finish signing up to {tenant} as {email}, confirm your address.\nIf you did not sign up, ignore this mail: no account is made.\n",
+    ),
+    (
+        "data_export",
+        "Your export of {tenant} is ready",
+        "Hello,\n\nthe export of {tenant}'s data that you ({email}) asked for is ready.\nIf you did not ask for it, tell the tenant's owners: anyone with this link can download it.\n",
     ),
 ];
 
@@ -223,6 +229,33 @@ pub fn valid_address(email: &str) -> bool {
         && !parts[0].is_empty()
         && parts[1].contains('.')
         && !email.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+/// Queues a mail that carries a one-time link, in the context of `tenant`
+/// (for `user`): the tenant's template `key` for `email`, with `action`,
+/// through `queue`, a function of the credential role that mails the
+/// address of the pending link `digest` and no other
+/// (`SELECT app.queue_..._mail($1, $2, $3, $4)`: digest, subject, text, html).
+pub async fn queue_link_mail(
+    state: &crate::state::AppState,
+    (tenant, user): (Uuid, Uuid),
+    queue: &'static str,
+    digest: [u8; 32],
+    (key, email): (&str, &str),
+    action: Action<'_>,
+) -> AppResult<()> {
+    let mut tx = state.auth_db.begin().await?;
+    crate::domain::context::enter(&mut tx, &state.keys, tenant, user).await?;
+    let mail = render(&mut tx, key, email, Some(action)).await?;
+    sqlx::query(queue)
+        .bind(&digest[..])
+        .bind(mail.subject)
+        .bind(mail.text)
+        .bind(mail.html)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! the schema lint).
 
 pub mod announcements;
+pub mod export;
 pub mod keys;
 pub mod lint;
 pub mod mail;

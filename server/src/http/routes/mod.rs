@@ -9,6 +9,7 @@ pub mod config;
 pub mod data_keys;
 pub mod deletion;
 pub mod domains;
+pub mod exports;
 pub mod health;
 pub mod integrations;
 pub mod invitations;
@@ -117,33 +118,6 @@ where
     T: serde::Deserialize<'de>,
 {
     <Option<T> as serde::Deserialize>::deserialize(deserializer).map(Some)
-}
-
-/// Queues a mail that carries a one-time link, in the context of `tenant`
-/// (for `user`): the tenant's template `key` for `email`, with `action`,
-/// through `queue`, a function of the credential role that mails the
-/// address of the pending link `digest` and no other
-/// (`SELECT app.queue_..._mail($1, $2, $3, $4)`: digest, subject, text, html).
-pub(crate) async fn queue_link_mail(
-    state: &AppState,
-    (tenant, user): (Uuid, Uuid),
-    queue: &'static str,
-    digest: [u8; 32],
-    (key, email): (&str, &str),
-    action: crate::domain::mail::Action<'_>,
-) -> AppResult<()> {
-    let mut tx = state.auth_db.begin().await?;
-    crate::domain::context::enter(&mut tx, &state.keys, tenant, user).await?;
-    let mail = crate::domain::mail::render(&mut tx, key, email, Some(action)).await?;
-    sqlx::query(queue)
-        .bind(&digest[..])
-        .bind(mail.subject)
-        .bind(mail.text)
-        .bind(mail.html)
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    Ok(())
 }
 
 /// Opens an owner transaction that may read and write every tenant's rows,

@@ -184,7 +184,7 @@ async fn queue_reset_mail(
         "(Or send the token {secret} with your new password to POST /auth/password/reset.)\n\
          The link works once and expires in {RESET_VALID_MINUTES} minutes.\n"
     );
-    crate::http::routes::queue_link_mail(
+    crate::domain::mail::queue_link_mail(
         state,
         (tenant, user),
         "SELECT app.queue_password_reset_mail($1, $2, $3, $4)",

@@ -141,7 +141,7 @@ async fn signup(
                  (Or send the token {secret} with it to POST /auth/signup/verify.)\n\
                  The link works once and expires in {VERIFY_VALID_HOURS} hours.\n"
             );
-            let queued = crate::http::routes::queue_link_mail(
+            let queued = crate::domain::mail::queue_link_mail(
                 &state,
                 (tenant, user),
                 "SELECT app.queue_signup_mail($1, $2, $3, $4)",
