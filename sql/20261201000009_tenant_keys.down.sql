@@ -1,9 +1,13 @@
+DROP FUNCTION app.forget_platform_keys(text);
+DROP FUNCTION app.register_platform_keys(text[]);
+DROP FUNCTION app.rotate_tenant_key(integer, bytea, text);
 DROP FUNCTION app.destroy_retired_keys(uuid);
 DROP FUNCTION app.rekey_due(integer);
 DROP FUNCTION app.mail_integrations(uuid[]);
 DROP FUNCTION app.shred_tenant_keys(uuid);
 DROP FUNCTION app.rewrap_data_key(uuid, integer, text, bytea);
-DROP FUNCTION app.data_keys_to_rewrap(text, integer);
+DROP FUNCTION app.data_keys_to_rewrap(text, uuid, integer, integer);
 DROP FUNCTION app.data_key_wrappers();
 DROP TABLE app.tenant_integrations;
 DROP TABLE app.tenant_keys;
+DROP TABLE app.platform_keys;

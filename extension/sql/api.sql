@@ -10,15 +10,20 @@
 -- Catalog triggers: audit every change, drop per-backend caches.
 ------------------------------------------------------------------------------
 
--- `doc` with the value of every key that names a secret (password, secret,
--- token, api key, private key, credential...) replaced by '****', at any
--- depth: what the audit log keeps of a tenant's configuration.
+-- `doc` with secrets replaced by '****', at any depth: the value of every
+-- key that names one (password, passwd, secret, token, credential, api key,
+-- access key, private key, signing key, connection string anywhere in the
+-- name; pw, pwd, key, auth, dsn as a word of it), and the password of any
+-- URL (scheme://user:password@host). What the audit log keeps of a
+-- tenant's configuration.
 CREATE FUNCTION tenancy.mask_secrets(doc jsonb) RETURNS jsonb
 LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE jsonb_typeof(doc)
         WHEN 'object' THEN coalesce((
             SELECT jsonb_object_agg(e.key, CASE
-                WHEN e.key ~* '(pass(word|wd|phrase)?|secret|token|api[_-]?key|private[_-]?key|credential|auth|signing[_-]?key|key[_-]?material|dsn|connection[_-]?string)'
+                WHEN (e.key ~* '(pass(word|wd|phrase)|secret|token|credential|api_?-?key|access_?-?key|private_?-?key|signing_?-?key|connection_?-?string)'
+                      OR e.key ~* '(^|[_.-])(pw|pwd|key|auth|dsn)([_.-]|$)'
+                      OR e.key ~ '[a-z](Pw|Pwd|Key|Auth|Dsn)([A-Z_.-]|$)')
                      AND jsonb_typeof(e.value) <> 'null'
                 THEN to_jsonb('****'::text)
                 ELSE tenancy.mask_secrets(e.value) END)
@@ -26,6 +31,8 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
         WHEN 'array' THEN coalesce((
             SELECT jsonb_agg(tenancy.mask_secrets(a.value) ORDER BY a.n)
             FROM jsonb_array_elements(doc) WITH ORDINALITY a(value, n)), '[]'::jsonb)
+        WHEN 'string' THEN to_jsonb(regexp_replace(doc #>> '{}',
+            '^([a-zA-Z][a-zA-Z0-9+.-]*://[^/:@]*):[^/@]*@', '\1:****@'))
         ELSE doc
     END
 $$;

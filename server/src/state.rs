@@ -183,16 +183,30 @@ impl AppState {
 /// the service was not given: better now than a failure at the first
 /// sealed value it reads.
 async fn check_keyring(keyring: &Keyring, admin_db: &PgPool) -> Result<(), StartupError> {
+    let unavailable = |e: sqlx::Error| match &e {
+        sqlx::Error::Database(d) if d.code().as_deref() == Some("42883") => {
+            StartupError::Unavailable(
+                "the database is not migrated: run `tenancy-server migrate` first".to_owned(),
+            )
+        }
+        _ => StartupError::Unavailable(format!("database: {e}")),
+    };
     let wrappers: Vec<String> = sqlx::query_scalar("SELECT app.data_key_wrappers()")
         .fetch_all(admin_db)
         .await
-        .map_err(|e| AppError::Unavailable(format!("database: {e}")))?;
+        .map_err(unavailable)?;
     let missing: Vec<&str> = wrappers
         .iter()
         .map(String::as_str)
         .filter(|id| keyring.by_id(id).is_none())
         .collect();
     if missing.is_empty() {
+        // New tenant keys may be wrapped by this key only.
+        sqlx::query("SELECT app.register_platform_keys($1)")
+            .bind(vec![keyring.current.id().to_owned()])
+            .execute(admin_db)
+            .await
+            .map_err(unavailable)?;
         return Ok(());
     }
     Err(StartupError::DataKey(format!(

@@ -236,7 +236,12 @@ mod tenant_admin {
                 json!({"provider": "smtp", "host": "mail.acme.test", "port": 25, "password": "p", "from": "a@b.test"}),
                 "needs a username",
             ),
-            ("email", json!("a string"), "email integration"),
+            ("email", json!("a string"), "not an object"),
+            (
+                "payment",
+                json!({"provider": "stripe", "secret_key": 42, "webhook_secret": "whsec_leak_me_0001"}),
+                "wrong type",
+            ),
             (
                 "email",
                 json!({"provider": "smtp", "host": "127.0.0.1", "port": open, "security": "none",
@@ -248,7 +253,10 @@ mod tenant_admin {
             assert_eq!(status, 422, "{kind}: {body}");
             let message = body["error"].as_str().unwrap_or_default();
             assert!(message.contains(wanted), "{kind}: {body}");
-            assert!(!message.contains(SMTP_PASSWORD), "{body}");
+            assert!(
+                !message.contains(SMTP_PASSWORD) && !message.contains("leak_me"),
+                "{body}"
+            );
             assert!(
                 !message.contains("line") && !message.contains("column"),
                 "{body}"
@@ -295,6 +303,47 @@ mod tenant_admin {
             );
         }
         assert!(stored(&app, app.acme).await?.is_empty());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn reads_the_owners_password_reset_link_through_its_own_mail_server() -> TestResult {
+        let platform_port = free_port()?;
+        let mut platform = smtp_server(platform_port).await?;
+        let app = TestApp::spawn_with(Options {
+            smtp_url: Some(format!("smtp://127.0.0.1:{platform_port}")),
+            ..Options::default()
+        })
+        .await?;
+        let own_port = free_port()?;
+        let mut own = smtp_server(own_port).await?;
+        // Erin, an admin, points acme's mail at a server she reads.
+        let (status, _) = put(
+            &app,
+            &app.login(ERIN).await?,
+            "email",
+            email(own_port, "Acme <mail@acme.test>"),
+        )
+        .await?;
+        assert_eq!(status, 200);
+        let (status, _) = app
+            .call(
+                Method::POST,
+                "/auth/password/forgot",
+                None,
+                &[],
+                Some(json!({ "email": ALICE })),
+            )
+            .await?;
+        assert_eq!(status, 202);
+        // The reset link goes through the platform's server, never hers.
+        let mut platform_out =
+            tokio::io::BufReader::new(platform.stdout.take().ok_or("no stdout")?);
+        let seen = smtp_printed(&mut platform_out, &[ALICE, "reset-password?token="], 20).await;
+        assert!(seen.contains("reset-password?token="), "{seen}");
+        let mut own_out = tokio::io::BufReader::new(own.stdout.take().ok_or("no stdout")?);
+        let leaked = smtp_printed(&mut own_out, &["reset-password"], 2).await;
+        assert!(!leaked.contains("reset-password"), "{leaked}");
         Ok(())
     }
 
@@ -366,12 +415,13 @@ mod application_role {
     use super::*;
 
     #[tokio::test]
-    async fn destroys_or_rewrites_its_tenants_data_key() -> TestResult {
+    async fn destroys_retires_or_plants_its_tenants_data_keys() -> TestResult {
         let app = TestApp::spawn().await?;
         let (status, _) = put(&app, &app.login(ALICE).await?, "payment", payment()).await?;
         assert_eq!(status, 200);
         let token = app.context_token(app.acme, Uuid::nil());
         for statement in [
+            "UPDATE app.tenant_keys SET retired_at = now()",
             "UPDATE app.tenant_keys SET wrapped = NULL, destroyed_at = now()",
             "UPDATE app.tenant_keys SET kek_id = '0000000000000000'",
             "DELETE FROM app.tenant_keys",
@@ -392,10 +442,30 @@ mod application_role {
                 "{statement}: {message}"
             );
         }
+        // A key under a platform key the service does not hold would stop
+        // every instance at its next start: it cannot be planted.
+        let mut conn = app.app_role().await?;
+        let mut tx = sqlx::Connection::begin(&mut conn).await?;
+        sqlx::query("SELECT tenancy.set_token($1)")
+            .bind(&token)
+            .execute(&mut *tx)
+            .await?;
+        let planted = sqlx::query(
+            "INSERT INTO app.tenant_keys (version, wrapped, kek_id)
+             VALUES (9, decode(repeat('00', 72), 'hex'), 'ffffffffffffffff')",
+        )
+        .execute(&mut *tx)
+        .await;
+        let message = planted.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(message.contains("foreign key"), "{message}");
+        drop(tx);
         let live: i64 = app
-            .scalar("SELECT count(*) FROM app.tenant_keys WHERE wrapped IS NOT NULL")
+            .scalar("SELECT count(*) FROM app.tenant_keys WHERE wrapped IS NOT NULL AND retired_at IS NULL")
             .await?;
         assert_eq!(live, 1);
+        tenancy_server::AppState::connect(app.config.clone())
+            .await
+            .map_err(|e| e.to_string())?;
         Ok(())
     }
 
@@ -727,7 +797,8 @@ async fn secrets_in_a_tenants_configuration_are_masked_in_the_catalog_audit_log(
     let mut su = app.superuser().await?;
     sqlx::query(
         "SELECT tenancy.create_tenant('initech', 'Initech', NULL,
-             '{\"smtp_password\": \"hunter2-hunter2\", \"locale\": \"fr\",
+             '{\"smtp_password\": \"hunter2-hunter2\", \"locale\": \"fr\", \"smtpPassword\": \"camel-0003\",
+               \"author\": \"Ada\", \"database\": {\"url\": \"postgres://u:pw-secret-0004@db.test/x\"},
                \"billing\": {\"api_key\": \"ak-secret-0001\", \"plan\": \"pro\"},
                \"webhooks\": [{\"url\": \"https://h.test\", \"signing_secret\": \"sig-0002\"}]}'::jsonb)",
     )
@@ -741,7 +812,13 @@ async fn secrets_in_a_tenants_configuration_are_masked_in_the_catalog_audit_log(
     .await?;
     assert_eq!(details.len(), 1, "{details:?}");
     let entry = &details[0];
-    for secret in ["hunter2-hunter2", "ak-secret-0001", "sig-0002"] {
+    for secret in [
+        "hunter2-hunter2",
+        "ak-secret-0001",
+        "sig-0002",
+        "camel-0003",
+        "pw-secret-0004",
+    ] {
         assert!(
             !entry.contains(secret),
             "{secret} in the audit log: {entry}"
@@ -752,5 +829,10 @@ async fn secrets_in_a_tenants_configuration_are_masked_in_the_catalog_audit_log(
         "{entry}"
     );
     assert!(entry.contains("https://h.test"), "{entry}");
+    assert!(
+        entry.contains("\"author\": \"Ada\""),
+        "not every key with auth in it: {entry}"
+    );
+    assert!(entry.contains("postgres://u:****@db.test/x"), "{entry}");
     Ok(())
 }

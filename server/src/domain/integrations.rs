@@ -123,10 +123,20 @@ pub fn mask(secret: &str) -> String {
 /// Checks `body` as a configuration of `kind`; the SMTP server of an email
 /// configuration is checked by [`check_smtp`] separately (it takes network).
 pub fn validate(kind: &str, body: Value) -> AppResult<Validated> {
+    // Never the submitted values in the answer: a secret sent in the wrong
+    // field would come back in the error.
     let parse_error = |e: serde_json::Error| {
         let message = e.to_string();
-        // serde's wording up to the position, without it.
-        let message = message.split(" at line ").next().unwrap_or("invalid body");
+        let message =
+            if message.starts_with("unknown field") || message.starts_with("missing field") {
+                message
+                    .split(", expected")
+                    .next()
+                    .unwrap_or("invalid settings")
+                    .to_owned()
+            } else {
+                "a field has the wrong type or value, or the settings are not an object".to_owned()
+            };
         invalid(format!("{kind} integration: {message}"))
     };
     match kind {
@@ -152,6 +162,11 @@ pub fn validate(kind: &str, body: Value) -> AppResult<Validated> {
             }
             if s.password.is_some() && s.username.is_none() {
                 return Err(invalid("a password needs a username"));
+            }
+            if s.from.len() > 320 || s.host.len() > 253 {
+                return Err(invalid(
+                    "from and host must be at most 320 and 253 characters",
+                ));
             }
             s.from.parse::<lettre::message::Mailbox>().map_err(|_| {
                 invalid("from must be a mail address, such as Acme <no-reply@acme.example>")
@@ -259,38 +274,64 @@ pub fn validate(kind: &str, body: Value) -> AppResult<Validated> {
 /// Ports a tenant's SMTP server may use unless private servers are allowed.
 const SMTP_PORTS: [u16; 4] = [25, 465, 587, 2525];
 
-/// Whether an address is one the service's own network might hold
-/// (loopback, private, link-local, unique local, unspecified...).
+/// Whether an address is one the service's own network might hold, or
+/// reaches such one by translation: loopback, private, shared, link-local,
+/// reserved, multicast, and the IPv6 forms that embed an IPv4 address
+/// (mapped, compatible, NAT64, 6to4).
 fn internal(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
             v4.is_loopback()
                 || v4.is_private()
                 || v4.is_link_local()
                 || v4.is_unspecified()
                 || v4.is_broadcast()
                 || v4.is_documentation()
-                || v4.octets()[0] == 100 && (64..128).contains(&v4.octets()[1])
+                || v4.is_multicast()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b))
+                || (a == 192 && b == 0 && v4.octets()[2] == 0)
+                || (a == 198 && (b == 18 || b == 19))
+                || a >= 240
         }
         IpAddr::V6(v6) => {
+            let s = v6.segments();
+            let embedded = |hi: u16, lo: u16| {
+                internal(IpAddr::V4(std::net::Ipv4Addr::new(
+                    (hi >> 8) as u8,
+                    hi as u8,
+                    (lo >> 8) as u8,
+                    lo as u8,
+                )))
+            };
             v6.is_loopback()
                 || v6.is_unspecified()
-                || (v6.segments()[0] & 0xfe00) == 0xfc00
-                || (v6.segments()[0] & 0xffc0) == 0xfe80
-                || v6
-                    .to_ipv4_mapped()
-                    .is_some_and(|v4| internal(IpAddr::V4(v4)))
+                || v6.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
+                || (s[0] & 0xffc0) == 0xfec0
+                || v6.to_ipv4_mapped().is_some_and(|v4| internal(IpAddr::V4(v4)))
+                // IPv4-compatible (::a.b.c.d)
+                || (s[..6] == [0; 6])
+                // NAT64 (64:ff9b::/96, 64:ff9b:1::/48): any embedded address
+                || (s[0] == 0x64 && s[1] == 0xff9b)
+                // 6to4 (2002::/16): the IPv4 address after the prefix
+                || (s[0] == 0x2002 && embedded(s[1], s[2]))
         }
     }
 }
 
-/// Refuses a tenant SMTP server the service must not be made to reach: an
-/// internal address, or an unusual port, unless the operator allows
-/// private servers (`TENANCY_TENANT_SMTP_PRIVATE`). Checked when saved and
-/// before each delivery, so a name that later resolves inside is refused too.
-pub async fn reachable(s: &EmailSettings, allow_private: bool) -> Result<(), String> {
+/// Where to connect for a tenant's SMTP server: refuses an internal
+/// address, or an unusual port, unless the operator allows private
+/// servers (`TENANCY_TENANT_SMTP_PRIVATE`). The name is resolved once here
+/// and the connection made to the address checked (`Some`), so a name that
+/// resolves elsewhere a moment later (DNS rebinding) gains nothing; TLS
+/// still checks the certificate against the name. Checked when saved and
+/// before each delivery.
+pub async fn reachable(s: &EmailSettings, allow_private: bool) -> Result<Option<IpAddr>, String> {
     if allow_private {
-        return Ok(());
+        return Ok(None);
     }
     if !SMTP_PORTS.contains(&s.port) {
         return Err(format!(
@@ -306,28 +347,34 @@ pub async fn reachable(s: &EmailSettings, allow_private: bool) -> Result<(), Str
         Ok(Ok(found)) => found.map(|a| a.ip()).collect(),
         _ => return Err(format!("{} does not resolve", s.host)),
     };
-    if addresses.is_empty() || addresses.iter().any(|ip| internal(*ip)) {
-        return Err(format!(
+    match addresses.first() {
+        Some(first) if !addresses.iter().any(|ip| internal(*ip)) => Ok(Some(*first)),
+        _ => Err(format!(
             "{} resolves to an address inside the service's network",
             s.host
-        ));
+        )),
     }
-    Ok(())
 }
 
-/// The transport for a tenant's SMTP server.
+/// The transport for a tenant's SMTP server, to `address` when given (the
+/// one [`reachable`] checked), else to the host name.
 pub fn smtp_transport(
     s: &EmailSettings,
+    address: Option<IpAddr>,
 ) -> Result<lettre::AsyncSmtpTransport<lettre::Tokio1Executor>, lettre::transport::smtp::Error> {
     use lettre::transport::smtp::authentication::Credentials;
+    use lettre::transport::smtp::client::{Tls, TlsParameters};
     type Transport = lettre::AsyncSmtpTransport<lettre::Tokio1Executor>;
-    let mut builder = match s.security.as_str() {
-        "tls" => Transport::relay(&s.host)?,
-        "none" => Transport::builder_dangerous(&s.host),
-        _ => Transport::starttls_relay(&s.host)?,
-    }
-    .port(s.port)
-    .timeout(Some(Duration::from_secs(10)));
+    let server = address.map_or_else(|| s.host.clone(), |ip| ip.to_string());
+    let tls = match s.security.as_str() {
+        "none" => Tls::None,
+        "tls" => Tls::Wrapper(TlsParameters::new(s.host.clone())?),
+        _ => Tls::Required(TlsParameters::new(s.host.clone())?),
+    };
+    let mut builder = Transport::builder_dangerous(server)
+        .port(s.port)
+        .tls(tls)
+        .timeout(Some(Duration::from_secs(10)));
     if let (Some(user), Some(password)) = (&s.username, &s.password) {
         builder = builder.credentials(Credentials::new(user.clone(), password.clone()));
     }
@@ -337,11 +384,11 @@ pub fn smtp_transport(
 /// Connects to the tenant's SMTP server as the mail path would (TLS and
 /// login included); the refusal says what failed, without internals.
 pub async fn check_smtp(s: &EmailSettings, allow_private: bool) -> AppResult<()> {
-    reachable(s, allow_private)
+    let address = reachable(s, allow_private)
         .await
         .map_err(|why| invalid(format!("SMTP server refused: {why}")))?;
     let target = format!("{}:{}", s.host, s.port);
-    let transport = smtp_transport(s).map_err(|_| {
+    let transport = smtp_transport(s, address).map_err(|_| {
         invalid(format!(
             "SMTP server {target}: TLS cannot be set up for this host"
         ))

@@ -130,28 +130,56 @@ struct Wrapped {
     wrapped: Vec<u8>,
 }
 
+/// What `rotate-data-key` did.
+pub struct Rewrapped {
+    pub rewrapped: u64,
+    /// Keys no held platform key opens (named in the log), left as they are.
+    pub skipped: u64,
+}
+
 /// Rewraps every live tenant data key under the current platform key,
 /// opening each with whichever held key wrapped it; a batch per
-/// transaction, so a stop half-way resumes where it was. Returns how many.
+/// transaction, so a stop half-way resumes where it was. A key that does
+/// not open is skipped and named, never a reason to stop. The current
+/// platform key is registered first; platform keys no tenant key uses any
+/// more are forgotten at the end.
 pub async fn rewrap_all(
     db: &sqlx::PgPool,
     keyring: &crate::domain::keyring::Keyring,
-) -> AppResult<u64> {
-    let mut total = 0;
+) -> AppResult<Rewrapped> {
+    sqlx::query("SELECT app.register_platform_keys($1)")
+        .bind(vec![keyring.current.id().to_owned()])
+        .execute(db)
+        .await?;
+    let mut done = Rewrapped {
+        rewrapped: 0,
+        skipped: 0,
+    };
+    let mut after = (Uuid::nil(), 0i32);
     loop {
         let mut tx = db.begin().await?;
         let batch: Vec<Wrapped> = sqlx::query_as(
-            "SELECT tenant_id, version, kek_id, wrapped FROM app.data_keys_to_rewrap($1, 500)",
+            "SELECT tenant_id, version, kek_id, wrapped FROM app.data_keys_to_rewrap($1, $2, $3, 500)",
         )
         .bind(keyring.current.id())
+        .bind(after.0)
+        .bind(after.1)
         .fetch_all(&mut *tx)
         .await?;
-        if batch.is_empty() {
+        let Some(last) = batch.last() else {
             tx.commit().await?;
-            return Ok(total);
-        }
+            break;
+        };
+        after = (last.tenant_id, last.version);
         for key in &batch {
-            let opened = keyring.open(key.tenant_id, key.version, &key.kek_id, &key.wrapped)?;
+            let opened = match keyring.open(key.tenant_id, key.version, &key.kek_id, &key.wrapped) {
+                Ok(opened) => opened,
+                Err(e) => {
+                    tracing::error!(tenant = %key.tenant_id, version = key.version, error = %e, "data key not rewrapped");
+                    done.skipped += 1;
+                    continue;
+                }
+            };
             let rewrapped = keyring
                 .current
                 .wrap(key.tenant_id, key.version, opened.bytes())?;
@@ -162,8 +190,13 @@ pub async fn rewrap_all(
                 .bind(&rewrapped)
                 .execute(&mut *tx)
                 .await?;
+            done.rewrapped += 1;
         }
         tx.commit().await?;
-        total += batch.len() as u64;
     }
+    sqlx::query("SELECT app.forget_platform_keys($1)")
+        .bind(keyring.current.id())
+        .execute(db)
+        .await?;
+    Ok(done)
 }

@@ -14,6 +14,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use sqlx::PgPool;
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -33,6 +34,8 @@ pub enum Mailer {
 struct Mail {
     tenant_id: Uuid,
     id: i64,
+    /// Which mail it is (`welcome`, `invitation`, `password_reset`...).
+    template: String,
     recipient: String,
     subject: String,
     body: String,
@@ -166,35 +169,52 @@ struct OwnServer {
     key_version: i32,
     sealed: Vec<u8>,
     kek_id: String,
-    wrapped: Vec<u8>,
+    wrapped: Option<Vec<u8>>,
 }
+
+/// Mail a tenant's own SMTP server may carry: the tenant's own business.
+/// Mail that proves control of an address or of an account (password
+/// resets, signup confirmations) always goes through the platform's
+/// server: a tenant's admin reads what passes through the tenant's.
+const TENANT_TEMPLATES: [&str; 3] = ["welcome", "invitation", "data_export"];
+
+/// How long one delivery may take before it counts as failed.
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The SMTP server of each tenant in `tenants` that configured its own, or
 /// why it cannot be used (then its mail waits: it never goes out through
 /// another server than the tenant chose).
 async fn own_servers(
-    conn: &mut sqlx::PgConnection,
+    db: &PgPool,
     tenants: Vec<Uuid>,
     own: &TenantMail,
 ) -> Result<HashMap<Uuid, Result<Smtp, String>>, sqlx::Error> {
+    if tenants.is_empty() {
+        return Ok(HashMap::new());
+    }
     let rows: Vec<OwnServer> = sqlx::query_as(
         "SELECT tenant_id, key_version, sealed, kek_id, wrapped FROM app.mail_integrations($1)",
     )
     .bind(&tenants)
-    .fetch_all(conn)
+    .fetch_all(db)
     .await?;
     let mut servers = HashMap::new();
     for row in rows {
         let server = async {
+            let wrapped = row
+                .wrapped
+                .as_deref()
+                .ok_or_else(|| "the tenant's data key is destroyed".to_owned())?;
             let key = own
                 .keyring
-                .open(row.tenant_id, row.key_version, &row.kek_id, &row.wrapped)
+                .open(row.tenant_id, row.key_version, &row.kek_id, wrapped)
                 .map_err(|e| e.to_string())?;
             let settings =
                 crate::domain::integrations::open_email(&key, row.tenant_id, &row.sealed)
                     .map_err(|e| e.to_string())?;
-            crate::domain::integrations::reachable(&settings, own.allow_private).await?;
-            let transport = crate::domain::integrations::smtp_transport(&settings)
+            let address =
+                crate::domain::integrations::reachable(&settings, own.allow_private).await?;
+            let transport = crate::domain::integrations::smtp_transport(&settings, address)
                 .map_err(|e| format!("tenant SMTP server: {e}"))?;
             let from = settings
                 .from
@@ -212,49 +232,76 @@ async fn own_servers(
 }
 
 /// Delivers up to one batch of mail that is due; returns how many were
-/// sent. A tenant's mail goes through its own SMTP server when it set one,
-/// through the platform's otherwise. A failure is retried later, waiting 1,
-/// 2, 4 ... seconds, at most an hour, so failing mail never holds up the rest.
+/// sent. A tenant's own mail goes through its own SMTP server when it set
+/// one, everything else through the platform's. The batch is claimed
+/// first (each row leased for a few minutes) and sent outside any
+/// transaction, tenants side by side, so one slow server holds up only its
+/// own tenant's mail. A failure is retried later, waiting 1, 2, 4 ...
+/// seconds, at most an hour.
 pub async fn send_pending(
     db: &PgPool,
     mailer: &Mailer,
     own: &TenantMail,
 ) -> Result<usize, sqlx::Error> {
-    let mut tx = db.begin().await?;
     let batch: Vec<Mail> = sqlx::query_as(
-        "SELECT tenant_id, id, recipient, subject, body, html FROM app.mail_due(50)",
+        "SELECT tenant_id, id, template, recipient, subject, body, html
+         FROM app.mail_claim(50, make_interval(mins => 5))",
     )
-    .fetch_all(&mut *tx)
+    .fetch_all(db)
     .await?;
     if batch.is_empty() {
-        tx.commit().await?;
         return Ok(0);
     }
-    let tenants: BTreeSet<Uuid> = batch.iter().map(|m| m.tenant_id).collect();
-    let servers = own_servers(&mut tx, tenants.into_iter().collect(), own).await?;
-    let mut sent = 0;
-    for mail in &batch {
-        let outcome = match servers.get(&mail.tenant_id) {
-            Some(Ok(server)) => server.send(mail).await,
-            Some(Err(why)) => Err(MailError::Message(why.clone())),
-            None => mailer.deliver(mail).await,
-        };
-        sqlx::query("SELECT app.mail_attempted($1, $2, $3, $4)")
-            .bind(mail.tenant_id)
-            .bind(mail.id)
-            .bind(outcome.is_ok())
-            .bind(outcome.as_ref().err().map(|e| e.to_string()))
-            .execute(&mut *tx)
-            .await?;
-        match outcome {
-            Ok(()) => sent += 1,
-            Err(e) => {
-                tracing::warn!(tenant = %mail.tenant_id, id = mail.id, error = %e, "mail not delivered; will retry")
-            }
-        }
+    let tenants: BTreeSet<Uuid> = batch
+        .iter()
+        .filter(|m| TENANT_TEMPLATES.contains(&m.template.as_str()))
+        .map(|m| m.tenant_id)
+        .collect();
+    let servers = own_servers(db, tenants.into_iter().collect(), own).await?;
+    let mut by_tenant: HashMap<Uuid, Vec<Mail>> = HashMap::new();
+    for mail in batch {
+        by_tenant.entry(mail.tenant_id).or_default().push(mail);
     }
-    tx.commit().await?;
-    Ok(sent)
+    let servers = &servers;
+    let sent: Vec<Result<usize, sqlx::Error>> = futures_util::stream::iter(by_tenant.into_values())
+        .map(|mails| async move {
+            let mut sent = 0;
+            for mail in &mails {
+                let own_server = TENANT_TEMPLATES
+                    .contains(&mail.template.as_str())
+                    .then(|| servers.get(&mail.tenant_id))
+                    .flatten();
+                let delivery = async {
+                    match own_server {
+                        Some(Ok(server)) => server.send(mail).await,
+                        Some(Err(why)) => Err(MailError::Message(why.clone())),
+                        None => mailer.deliver(mail).await,
+                    }
+                };
+                let outcome = match tokio::time::timeout(SEND_TIMEOUT, delivery).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => Err(MailError::Message("the mail server timed out".to_owned())),
+                };
+                sqlx::query("SELECT app.mail_attempted($1, $2, $3, $4)")
+                    .bind(mail.tenant_id)
+                    .bind(mail.id)
+                    .bind(outcome.is_ok())
+                    .bind(outcome.as_ref().err().map(|e| e.to_string()))
+                    .execute(db)
+                    .await?;
+                match outcome {
+                    Ok(()) => sent += 1,
+                    Err(e) => {
+                        tracing::warn!(tenant = %mail.tenant_id, id = mail.id, error = %e, "mail not delivered; will retry")
+                    }
+                }
+            }
+            Ok(sent)
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    sent.into_iter().sum()
 }
 
 /// Delivers pending mail every `every` until `shutdown`.

@@ -79,10 +79,11 @@ pub async fn migrate(config: &Config) -> Result<()> {
             "REVOKE ALL ON app.sessions, app.spent_refresh_tokens, app.password_resets, app.signups,
              app.login_events, app.tenant_deletions, app.tenant_signups FROM {quoted}"
         ),
-        // Data keys are added, and retired by a rotation; only the owner
-        // role rewraps or destroys them.
+        // A tenant's first data key is added by the application role;
+        // rotations go through app.rotate_tenant_key, and only the owner
+        // role rewraps or destroys keys or registers platform keys.
         format!("REVOKE UPDATE, DELETE ON app.tenant_keys FROM {quoted}"),
-        format!("GRANT UPDATE (retired_at) ON app.tenant_keys TO {quoted}"),
+        format!("REVOKE ALL ON app.platform_keys FROM {quoted}"),
         // A claim is verified by the owner role alone, after the DNS check.
         format!("REVOKE INSERT, UPDATE ON app.domain_claims FROM {quoted}"),
         format!(
@@ -261,8 +262,15 @@ pub async fn add_member(
 pub async fn rotate_data_key(config: &Config) -> Result<u64> {
     let keyring = crate::domain::keyring::Keyring::from_config(config)?;
     let pool = owner_pool(config).await?;
-    let rewrapped = crate::jobs::keys::rewrap_all(&pool, &keyring)
+    let done = crate::jobs::keys::rewrap_all(&pool, &keyring)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(rewrapped)
+    if done.skipped > 0 {
+        bail!(
+            "{} data keys rewrapped; {} do not open with the keys given (see the log) and are still under their old platform key",
+            done.rewrapped,
+            done.skipped
+        );
+    }
+    Ok(done.rewrapped)
 }

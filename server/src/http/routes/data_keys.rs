@@ -102,27 +102,17 @@ async fn rotate(
     let next = current + 1;
     let (_, bytes) = crate::domain::keyring::DataKey::generate(tenant.id, next);
     let wrapped = state.keyring.current.wrap(tenant.id, next, &bytes)?;
-    let made = sqlx::query(
-        "INSERT INTO app.tenant_keys (tenant_id, version, wrapped, kek_id) VALUES ($1, $2, $3, $4)
-         ON CONFLICT (tenant_id, version) DO NOTHING",
-    )
-    .bind(tenant.id)
-    .bind(next)
-    .bind(&wrapped)
-    .bind(state.keyring.current.id())
-    .execute(&mut *conn)
-    .await?;
-    if made.rows_affected() == 0 {
+    let made: bool = sqlx::query_scalar("SELECT app.rotate_tenant_key($1, $2, $3)")
+        .bind(next)
+        .bind(&wrapped)
+        .bind(state.keyring.current.id())
+        .fetch_one(&mut *conn)
+        .await?;
+    if !made {
         return Err(AppError::Conflict(
             "Another rotation of this tenant's data key started at the same moment".to_owned(),
         ));
     }
-    sqlx::query(
-        "UPDATE app.tenant_keys SET retired_at = now() WHERE version < $1 AND retired_at IS NULL",
-    )
-    .bind(next)
-    .execute(&mut *conn)
-    .await?;
     crate::domain::audit::record(
         &mut *conn,
         tenant.id,

@@ -144,6 +144,16 @@ async fn set(
     }
     let mut tx = state.db.begin().await?;
     crate::domain::context::enter(&mut tx, &state.keys, tenant.id, tenant.user_id).await?;
+    // The check above may have taken a while: the caller must still run
+    // the tenant when the settings are written.
+    let role: Option<String> =
+        sqlx::query_scalar("SELECT role FROM app.tenant_memberships WHERE user_id = $1")
+            .bind(tenant.user_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    if !matches!(role.as_deref(), Some("owner" | "admin")) {
+        return Err(AppError::Forbidden("Not allowed"));
+    }
     let key = state.keyring.current_key(&mut tx, tenant.id).await?;
     let sealed = integrations::seal(&key, kind, &validated.plain)?;
     let row: Row = sqlx::query_as(
@@ -161,6 +171,19 @@ async fn set(
     .bind(tenant.user_id)
     .fetch_one(&mut *tx)
     .await?;
+    // The row now holds its key (the foreign key's lock): if a rotation
+    // retired and destroyed it in between, nothing could open the value.
+    let live: bool =
+        sqlx::query_scalar("SELECT wrapped IS NOT NULL FROM app.tenant_keys WHERE version = $1")
+            .bind(key.version())
+            .fetch_one(&mut *tx)
+            .await?;
+    if !live {
+        return Err(AppError::Conflict(
+            "The tenant's data key was rotated at the same moment; send the settings again"
+                .to_owned(),
+        ));
+    }
     crate::domain::audit::record(
         &mut tx,
         tenant.id,

@@ -1,0 +1,39 @@
+-- The mail sender claims a batch (a lease on each row), commits, and sends
+-- outside any transaction, recording each outcome in a statement of its
+-- own: a slow mail server, a tenant's own among them, holds no lock and no
+-- transaction open, and a delivery that succeeded is never rolled back
+-- into being sent again. A sender that dies mid-batch leaves its rows to be
+-- retried once their lease ends.
+CREATE FUNCTION app.mail_claim(batch integer, lease interval)
+RETURNS TABLE (tenant_id uuid, id bigint, template text, recipient text, subject text, body text, html text)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM set_config('app.cross_tenant', 'mail_sender', true);
+    RETURN QUERY
+    UPDATE app.email_outbox o SET next_attempt_at = now() + lease
+    WHERE (o.tenant_id, o.id) IN (
+        SELECT x.tenant_id, x.id FROM app.email_outbox x
+        WHERE x.sent_at IS NULL AND x.next_attempt_at <= now()
+        ORDER BY x.next_attempt_at, x.id LIMIT batch FOR UPDATE SKIP LOCKED)
+    RETURNING o.tenant_id, o.id, o.template, o.recipient, o.subject, o.body, o.html;
+    PERFORM set_config('app.cross_tenant', '', true);
+END
+$$;
+REVOKE EXECUTE ON FUNCTION app.mail_claim(integer, interval) FROM PUBLIC;
+
+-- A tenant's email integration also when its key is destroyed (wrapped is
+-- then NULL): its mail must wait, not go out through another server.
+DROP FUNCTION app.mail_integrations(uuid[]);
+CREATE FUNCTION app.mail_integrations(tenants uuid[])
+RETURNS TABLE (tenant_id uuid, updated_at timestamptz, key_version integer, sealed bytea, kek_id text, wrapped bytea)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM set_config('app.cross_tenant', 'key_custodian', true);
+    RETURN QUERY SELECT i.tenant_id, i.updated_at, i.key_version, i.sealed, k.kek_id, k.wrapped
+    FROM app.tenant_integrations i
+    JOIN app.tenant_keys k ON k.tenant_id = i.tenant_id AND k.version = i.key_version
+    WHERE i.kind = 'email' AND i.tenant_id = ANY (tenants);
+    PERFORM set_config('app.cross_tenant', '', true);
+END
+$$;
+REVOKE EXECUTE ON FUNCTION app.mail_integrations(uuid[]) FROM PUBLIC;
