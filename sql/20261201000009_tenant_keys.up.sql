@@ -125,7 +125,9 @@ END
 $$;
 
 -- The sealed email integration of each tenant of `tenants` that has one,
--- with the data key that opens it: the mail sender's only view of them.
+-- with the data key that opens it (wrapped NULL once destroyed: the
+-- tenant's mail then waits rather than go out through another server): the
+-- mail sender's only view of them.
 CREATE FUNCTION app.mail_integrations(tenants uuid[])
 RETURNS TABLE (tenant_id uuid, updated_at timestamptz, key_version integer, sealed bytea, kek_id text, wrapped bytea)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -134,7 +136,7 @@ BEGIN
     RETURN QUERY SELECT i.tenant_id, i.updated_at, i.key_version, i.sealed, k.kek_id, k.wrapped
     FROM app.tenant_integrations i
     JOIN app.tenant_keys k ON k.tenant_id = i.tenant_id AND k.version = i.key_version
-    WHERE i.kind = 'email' AND i.tenant_id = ANY (tenants) AND k.wrapped IS NOT NULL;
+    WHERE i.kind = 'email' AND i.tenant_id = ANY (tenants);
     PERFORM set_config('app.cross_tenant', '', true);
 END
 $$;
