@@ -79,7 +79,8 @@ pub struct AnalyticsSettings {
 
 /// A validated configuration: what is sealed, and what the API shows.
 pub struct Validated {
-    pub plain: Vec<u8>,
+    /// The settings as sealed (zeroed when dropped).
+    pub plain: zeroize::Zeroizing<Vec<u8>>,
     pub masked: Value,
     pub smtp: Option<EmailSettings>,
 }
@@ -176,7 +177,9 @@ pub fn validate(kind: &str, body: Value) -> AppResult<Validated> {
                 "username": s.username, "password": s.password.as_deref().map(mask), "from": s.from,
             });
             Ok(Validated {
-                plain: serde_json::to_vec(&s).map_err(|e| AppError::Internal(e.to_string()))?,
+                plain: zeroize::Zeroizing::new(
+                    serde_json::to_vec(&s).map_err(|e| AppError::Internal(e.to_string()))?,
+                ),
                 masked,
                 smtp: Some(s),
             })
@@ -212,7 +215,9 @@ pub fn validate(kind: &str, body: Value) -> AppResult<Validated> {
                 "webhook_secret": s.webhook_secret.as_deref().map(mask),
             });
             Ok(Validated {
-                plain: serde_json::to_vec(&s).map_err(|e| AppError::Internal(e.to_string()))?,
+                plain: zeroize::Zeroizing::new(
+                    serde_json::to_vec(&s).map_err(|e| AppError::Internal(e.to_string()))?,
+                ),
                 masked,
                 smtp: None,
             })
@@ -237,7 +242,9 @@ pub fn validate(kind: &str, body: Value) -> AppResult<Validated> {
                 "auth_token": mask(&s.auth_token), "from": s.from,
             });
             Ok(Validated {
-                plain: serde_json::to_vec(&s).map_err(|e| AppError::Internal(e.to_string()))?,
+                plain: zeroize::Zeroizing::new(
+                    serde_json::to_vec(&s).map_err(|e| AppError::Internal(e.to_string()))?,
+                ),
                 masked,
                 smtp: None,
             })
@@ -262,7 +269,9 @@ pub fn validate(kind: &str, body: Value) -> AppResult<Validated> {
             }
             let masked = json!({"provider": s.provider, "tracking_id": s.tracking_id});
             Ok(Validated {
-                plain: serde_json::to_vec(&s).map_err(|e| AppError::Internal(e.to_string()))?,
+                plain: zeroize::Zeroizing::new(
+                    serde_json::to_vec(&s).map_err(|e| AppError::Internal(e.to_string()))?,
+                ),
                 masked,
                 smtp: None,
             })
