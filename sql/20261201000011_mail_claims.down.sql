@@ -1,1 +1,1 @@
-DROP FUNCTION app.mail_claim(integer, interval);
+DROP FUNCTION app.mail_claim(integer, interval, uuid[]);

@@ -348,6 +348,56 @@ mod tenant_admin {
     }
 
     #[tokio::test]
+    async fn stalls_every_tenants_mail_with_a_server_that_never_answers() -> TestResult {
+        let platform_port = free_port()?;
+        let mut platform = smtp_server(platform_port).await?;
+        let app = TestApp::spawn_with(Options {
+            smtp_url: Some(format!("smtp://127.0.0.1:{platform_port}")),
+            ..Options::default()
+        })
+        .await?;
+        // Acme's server passes the check on save, then goes silent: it
+        // accepts connections and never says a word.
+        let own_port = free_port()?;
+        let peer = smtp_server(own_port).await?;
+        let alice = app.login(ALICE).await?;
+        let (status, _) = put(
+            &app,
+            &alice,
+            "email",
+            email(own_port, "Acme <mail@acme.test>"),
+        )
+        .await?;
+        assert_eq!(status, 200);
+        drop(peer);
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let silent = tokio::net::TcpListener::bind(("127.0.0.1", own_port)).await?;
+        let hold = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = silent.accept().await {
+                held.push(socket);
+            }
+        });
+        for n in 0..3 {
+            invite(&app, &alice, &format!("stuck{n}@example.test")).await?;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        // Globex's mail goes out meanwhile, within seconds.
+        let started = std::time::Instant::now();
+        invite(&app, &app.login(GUS).await?, "prompt@example.test").await?;
+        let mut out = tokio::io::BufReader::new(platform.stdout.take().ok_or("no stdout")?);
+        let seen = smtp_printed(&mut out, &["prompt@example.test"], 20).await;
+        assert!(seen.contains("prompt@example.test"), "{seen}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(8),
+            "globex's mail waited {:?} behind acme's silent server",
+            started.elapsed()
+        );
+        hold.abort();
+        Ok(())
+    }
+
+    #[tokio::test]
     async fn reads_or_changes_another_tenants_integrations() -> TestResult {
         let app = TestApp::spawn().await?;
         let gus = app.login(GUS).await?;

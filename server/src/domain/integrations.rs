@@ -438,3 +438,66 @@ pub fn open_email(key: &DataKey, tenant: Uuid, sealed: &[u8]) -> Result<EmailSet
         ))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn internal_text(address: &str) -> Option<bool> {
+        address.parse::<IpAddr>().ok().map(internal)
+    }
+
+    #[test]
+    fn addresses_inside_or_translated_into_the_network_are_internal() {
+        for address in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "0.1.2.3",
+            "192.0.0.8",
+            "198.18.0.1",
+            "224.0.0.1",
+            "240.0.0.1",
+            "255.255.255.255",
+            "::1",
+            "::",
+            "fc00::1",
+            "fd12:3456::1",
+            "fe80::1",
+            "fec0::1",
+            "ff02::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "::10.0.0.1",
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b:1::1",
+            "2002:a9fe:a9fe::1",
+            "2002:7f00:1::1",
+        ] {
+            assert_eq!(internal_text(address), Some(true), "{address}");
+        }
+    }
+
+    #[test]
+    fn public_addresses_are_not_internal() {
+        for address in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "2a00:1450:4001::200e",
+            "2002:0808:0808::1",
+        ] {
+            assert_eq!(internal_text(address), Some(false), "{address}");
+        }
+    }
+
+    #[test]
+    fn masks_keep_at_most_the_last_four_characters_of_long_secrets() {
+        assert_eq!(mask("sk_test_0123456789abcdef"), "****cdef");
+        assert_eq!(mask("short"), "****");
+        assert_eq!(mask("ααααααααααααααααβ"), "****αααβ");
+    }
+}

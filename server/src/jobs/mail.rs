@@ -10,11 +10,10 @@
 //! the one reader of every tenant's pending mail, through `app.mail_due` and
 //! `app.mail_attempted` (the owner is otherwise confined to a tenant context).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use sqlx::PgPool;
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -231,80 +230,112 @@ async fn own_servers(
     Ok(servers)
 }
 
-/// Delivers up to one batch of mail that is due; returns how many were
-/// sent. A tenant's own mail goes through its own SMTP server when it set
-/// one, everything else through the platform's. The batch is claimed
-/// first (each row leased for a few minutes) and sent outside any
-/// transaction, tenants side by side, so one slow server holds up only its
-/// own tenant's mail. A failure is retried later, waiting 1, 2, 4 ...
-/// seconds, at most an hour.
-pub async fn send_pending(
+/// Tenants whose mail is being sent at most at once; more wait for a turn.
+const TENANTS_IN_FLIGHT: usize = 32;
+
+/// The tenants this sender is delivering for right now.
+type Busy = std::sync::Arc<std::sync::Mutex<HashSet<Uuid>>>;
+
+/// Claims up to one batch of due mail of tenants not being sent for, and
+/// starts one delivery task per tenant; returns how many mails it claimed.
+/// A tenant's own mail goes through its own SMTP server when it set one,
+/// everything else through the platform's. Each row is leased for a few
+/// minutes and sent outside any transaction, so one tenant's slow server
+/// holds up that tenant's mail only. A failure is retried later, waiting
+/// 1, 2, 4 ... seconds, at most an hour.
+async fn dispatch(
     db: &PgPool,
     mailer: &Mailer,
     own: &TenantMail,
+    busy: &Busy,
 ) -> Result<usize, sqlx::Error> {
-    let batch: Vec<Mail> = sqlx::query_as(
-        "SELECT tenant_id, id, template, recipient, subject, body, html
-         FROM app.mail_claim(50, make_interval(mins => 5))",
-    )
-    .fetch_all(db)
-    .await?;
-    if batch.is_empty() {
+    let sending: Vec<Uuid> = match busy.lock() {
+        Ok(set) => set.iter().copied().collect(),
+        Err(_) => return Ok(0),
+    };
+    if sending.len() >= TENANTS_IN_FLIGHT {
         return Ok(0);
     }
-    let tenants: BTreeSet<Uuid> = batch
-        .iter()
-        .filter(|m| TENANT_TEMPLATES.contains(&m.template.as_str()))
-        .map(|m| m.tenant_id)
-        .collect();
-    let servers = own_servers(db, tenants.into_iter().collect(), own).await?;
+    let batch: Vec<Mail> = sqlx::query_as(
+        "SELECT tenant_id, id, template, recipient, subject, body, html
+         FROM app.mail_claim(50, make_interval(mins => 5), $1)",
+    )
+    .bind(&sending)
+    .fetch_all(db)
+    .await?;
+    let claimed = batch.len();
     let mut by_tenant: HashMap<Uuid, Vec<Mail>> = HashMap::new();
     for mail in batch {
         by_tenant.entry(mail.tenant_id).or_default().push(mail);
     }
-    let servers = &servers;
-    let sent: Vec<Result<usize, sqlx::Error>> = futures_util::stream::iter(by_tenant.into_values())
-        .map(|mails| async move {
-            let mut sent = 0;
-            for mail in &mails {
-                let own_server = TENANT_TEMPLATES
-                    .contains(&mail.template.as_str())
-                    .then(|| servers.get(&mail.tenant_id))
-                    .flatten();
-                let delivery = async {
-                    match own_server {
-                        Some(Ok(server)) => server.send(mail).await,
-                        Some(Err(why)) => Err(MailError::Message(why.clone())),
-                        None => mailer.deliver(mail).await,
-                    }
-                };
-                let outcome = match tokio::time::timeout(SEND_TIMEOUT, delivery).await {
-                    Ok(outcome) => outcome,
-                    Err(_) => Err(MailError::Message("the mail server timed out".to_owned())),
-                };
-                sqlx::query("SELECT app.mail_attempted($1, $2, $3, $4)")
-                    .bind(mail.tenant_id)
-                    .bind(mail.id)
-                    .bind(outcome.is_ok())
-                    .bind(outcome.as_ref().err().map(|e| e.to_string()))
-                    .execute(db)
-                    .await?;
-                match outcome {
-                    Ok(()) => sent += 1,
-                    Err(e) => {
-                        tracing::warn!(tenant = %mail.tenant_id, id = mail.id, error = %e, "mail not delivered; will retry")
-                    }
-                }
+    for (tenant, mails) in by_tenant {
+        if let Ok(mut set) = busy.lock() {
+            set.insert(tenant);
+        }
+        let (db, mailer, own, busy) = (db.clone(), mailer.clone(), own.clone(), busy.clone());
+        tokio::spawn(async move {
+            if let Err(e) = deliver(&db, &mailer, &own, tenant, mails).await {
+                tracing::warn!(%tenant, error = %e, "mail outcome not recorded; retried when its lease ends");
             }
-            Ok(sent)
-        })
-        .buffer_unordered(8)
-        .collect()
-        .await;
-    sent.into_iter().sum()
+            if let Ok(mut set) = busy.lock() {
+                set.remove(&tenant);
+            }
+        });
+    }
+    Ok(claimed)
 }
 
-/// Delivers pending mail every `every` until `shutdown`.
+/// Delivers one tenant's claimed mail, one after the other.
+async fn deliver(
+    db: &PgPool,
+    mailer: &Mailer,
+    own: &TenantMail,
+    tenant: Uuid,
+    mails: Vec<Mail>,
+) -> Result<usize, sqlx::Error> {
+    let servers = if mails
+        .iter()
+        .any(|m| TENANT_TEMPLATES.contains(&m.template.as_str()))
+    {
+        own_servers(db, vec![tenant], own).await?
+    } else {
+        HashMap::new()
+    };
+    let mut sent = 0;
+    for mail in &mails {
+        let own_server = TENANT_TEMPLATES
+            .contains(&mail.template.as_str())
+            .then(|| servers.get(&mail.tenant_id))
+            .flatten();
+        let delivery = async {
+            match own_server {
+                Some(Ok(server)) => server.send(mail).await,
+                Some(Err(why)) => Err(MailError::Message(why.clone())),
+                None => mailer.deliver(mail).await,
+            }
+        };
+        let outcome = match tokio::time::timeout(SEND_TIMEOUT, delivery).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(MailError::Message("the mail server timed out".to_owned())),
+        };
+        sqlx::query("SELECT app.mail_attempted($1, $2, $3, $4)")
+            .bind(mail.tenant_id)
+            .bind(mail.id)
+            .bind(outcome.is_ok())
+            .bind(outcome.as_ref().err().map(|e| e.to_string()))
+            .execute(db)
+            .await?;
+        match outcome {
+            Ok(()) => sent += 1,
+            Err(e) => {
+                tracing::warn!(tenant = %mail.tenant_id, id = mail.id, error = %e, "mail not delivered; will retry")
+            }
+        }
+    }
+    Ok(sent)
+}
+
+/// Delivers pending mail, looking every `every`, until `shutdown`.
 pub async fn run(
     db: PgPool,
     mailer: Mailer,
@@ -312,10 +343,11 @@ pub async fn run(
     every: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let busy = Busy::default();
     while !*shutdown.borrow() {
-        match send_pending(&db, &mailer, &own).await {
+        match dispatch(&db, &mailer, &own, &busy).await {
             Ok(n) if n > 0 => {
-                tracing::debug!(sent = n, "mail sent");
+                tracing::debug!(claimed = n, "mail claimed");
                 continue;
             }
             Ok(_) => {}
