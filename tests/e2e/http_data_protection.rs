@@ -86,6 +86,19 @@ async fn mail_error(app: &TestApp, recipient: &str) -> TestResult<Option<String>
     Err(format!("no delivery attempt to {recipient}").into())
 }
 
+/// A service whose platform mail goes to an SMTP peer of its own (returned
+/// to read what it received), and a free port for a tenant's server.
+async fn with_platform_mail() -> TestResult<(TestApp, tokio::process::Child, u16)> {
+    let platform_port = free_port()?;
+    let platform = smtp_server(platform_port).await?;
+    let app = TestApp::spawn_with(Options {
+        smtp_url: Some(format!("smtp://127.0.0.1:{platform_port}")),
+        ..Options::default()
+    })
+    .await?;
+    Ok((app, platform, free_port()?))
+}
+
 mod tenant_admin {
     use super::*;
 
@@ -308,14 +321,7 @@ mod tenant_admin {
 
     #[tokio::test]
     async fn reads_the_owners_password_reset_link_through_its_own_mail_server() -> TestResult {
-        let platform_port = free_port()?;
-        let mut platform = smtp_server(platform_port).await?;
-        let app = TestApp::spawn_with(Options {
-            smtp_url: Some(format!("smtp://127.0.0.1:{platform_port}")),
-            ..Options::default()
-        })
-        .await?;
-        let own_port = free_port()?;
+        let (app, mut platform, own_port) = with_platform_mail().await?;
         let mut own = smtp_server(own_port).await?;
         // Erin, an admin, points acme's mail at a server she reads.
         let (status, _) = put(
@@ -576,14 +582,7 @@ mod application_role {
 
 #[tokio::test]
 async fn each_tenants_mail_goes_through_its_own_server_or_the_platforms() -> TestResult {
-    let platform_port = free_port()?;
-    let mut platform = smtp_server(platform_port).await?;
-    let app = TestApp::spawn_with(Options {
-        smtp_url: Some(format!("smtp://127.0.0.1:{platform_port}")),
-        ..Options::default()
-    })
-    .await?;
-    let own_port = free_port()?;
+    let (app, mut platform, own_port) = with_platform_mail().await?;
     let mut own = smtp_server(own_port).await?;
     let alice = app.login(ALICE).await?;
     let (status, body) = put(
