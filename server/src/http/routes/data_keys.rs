@@ -5,7 +5,7 @@
 //!   far a rotation has come;
 //! - `POST /api/tenant/data-key/rotate`: a new version seals everything
 //!   from now on; values sealed under older versions are resealed in the
-//!   background (`jobs::rekey`), still readable meanwhile, and a retired
+//!   background (`jobs::keys`), still readable meanwhile, and a retired
 //!   version is destroyed once nothing is sealed under it.
 
 use axum::extract::State;
