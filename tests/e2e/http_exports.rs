@@ -95,6 +95,11 @@ mod tenant_admin {
         tenancy_tests::load::board_with_tasks(&app, &erin, 25, "acme task").await?;
         tenancy_tests::load::board_with_tasks(&app, &gus, 7, "globex task").await?;
         add_later_table(&app).await?;
+        // Addresses sealed in the table are exported opened.
+        for (token, email) in [(&erin, "invitee@acme.test"), (&gus, "invitee@globex.test")] {
+            let (status, body) = app.invite(token, email, "member").await?;
+            assert_eq!(status, 202, "{body}");
+        }
 
         let done = export(&app, &erin, "json").await?;
         assert!(done["rows_done"].as_i64().unwrap_or(0) > 25, "{done}");
@@ -154,6 +159,14 @@ mod tenant_admin {
         assert!(tasks.contains("acme task") && !tasks.contains("globex task"));
         let notes = files.get("public.notes.ndjson").ok_or("no notes")?;
         assert!(notes.contains("acme's note") && !notes.contains("globex's note"));
+        let invitations = files
+            .get("app.invitations.ndjson")
+            .ok_or("no invitations")?;
+        let invitation: Value = serde_json::from_str(invitations.trim())?;
+        assert_eq!(invitation["email"], "invitee@acme.test", "{invitation}");
+        assert!(
+            invitation.get("email_sealed").is_none() && invitation.get("email_index").is_none()
+        );
         // No secret column, even sealed or hashed.
         assert!(
             !files.contains_key("app.export_chunks.ndjson"),
@@ -191,6 +204,8 @@ mod tenant_admin {
         )
         .await?;
         tenancy_tests::load::board_with_tasks(&app, &app.login(GUS).await?, 2, "globex").await?;
+        let (status, _) = app.invite(&alice, "csv.invitee@acme.test", "admin").await?;
+        assert_eq!(status, 202);
         export(&app, &alice, "csv").await?;
         let (status, bytes) =
             download(&app, &app.mailed_token(ALICE, "data_export").await?).await?;
@@ -203,6 +218,25 @@ mod tenant_admin {
             "{tasks}"
         );
         assert!(!tasks.contains(&app.globex.to_string()));
+        // The sealed address, opened, under its plain name.
+        let invitations = files.get("app.invitations.csv").ok_or("no invitations")?;
+        let mut lines = invitations.lines();
+        let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
+        assert!(
+            header.contains(&"email") && !header.iter().any(|c| c.starts_with("email_")),
+            "{header:?}"
+        );
+        let row: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
+        let at = |name: &str| {
+            header
+                .iter()
+                .position(|c| *c == name)
+                .and_then(|i| row.get(i))
+        };
+        assert_eq!(at("email"), Some(&"csv.invitee@acme.test"), "{invitations}");
+        assert_eq!(at("role"), Some(&"admin"));
+        assert_eq!(at("tenant_id"), Some(&app.acme.to_string().as_str()));
+        assert_eq!(lines.next(), None);
         Ok(())
     }
 

@@ -191,8 +191,9 @@ mod anonymous_client {
         let alice = app.login(ALICE).await?;
 
         // Expired.
-        let (_, token) = invited(&app, "late@acme.test").await?;
-        sqlx::query("UPDATE app.invitations SET expires_at = now() - interval '1 second' WHERE email = 'late@acme.test'")
+        let (id, token) = invited(&app, "late@acme.test").await?;
+        sqlx::query("UPDATE app.invitations SET expires_at = now() - interval '1 second' WHERE id = $1::uuid")
+            .bind(&id)
             .execute(&mut app.superuser().await?)
             .await?;
         assert_eq!(app.accept(&token, NEW_PASSWORD).await?.0, 404);

@@ -538,7 +538,7 @@ async fn single_tenant_deployments_refuse_a_second_tenant_per_user() -> TestResu
 #[tokio::test]
 async fn migrations_roll_back_and_forward() -> TestResult {
     let app = TestApp::spawn().await?;
-    tenancy_server::jobs::ops::migrate_down(&app.config, 20)
+    tenancy_server::jobs::ops::migrate_down(&app.config, 21)
         .await
         .map_err(|e| format!("{e:?}"))?;
     let mut su = app.superuser().await?;

@@ -34,6 +34,7 @@ mod http_mail;
 mod http_messaging;
 mod http_openapi;
 mod http_routes;
+mod http_sealed_fields;
 mod http_tenancy;
 mod http_tenant_config;
 mod isolation;

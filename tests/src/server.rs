@@ -341,6 +341,16 @@ impl TestApp {
             .ok_or_else(|| format!("no link in the mail: {body}").into())
     }
 
+    /// Invites `email` with `role` to the tenant of `token`.
+    pub async fn invite(&self, token: &str, email: &str, role: &str) -> TestResult<(u16, Value)> {
+        self.post(
+            "/api/tenant/invitations",
+            token,
+            serde_json::json!({"email": email, "role": role}),
+        )
+        .await
+    }
+
     /// Accepts an invitation as the invitee (no bearer token).
     pub async fn accept(&self, token: &str, password: &str) -> TestResult<(u16, Value)> {
         self.call(

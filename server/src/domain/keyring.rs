@@ -15,6 +15,12 @@
 //! column, or relabelled with another version, does not open.
 //!
 //! Sealed layout: `0x01 | version (u32, big endian) | nonce (24) | ciphertext+tag`.
+//!
+//! A sealed field that needs equality lookups has a **blind index** beside
+//! it: HMAC-SHA-256, truncated to 128 bits, of the normalised value under a
+//! key derived from the same data key (never the data key itself). The
+//! database can compare two indexes; without the tenant's key it can
+//! neither read the value nor test a guess.
 
 use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
 use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
@@ -307,6 +313,8 @@ pub struct DataKey {
     tenant: Uuid,
     version: i32,
     bytes: Zeroizing<[u8; 32]>,
+    /// Derived from `bytes`, for blind indexes only.
+    index_key: Zeroizing<[u8; 32]>,
     cipher: XChaCha20Poly1305,
 }
 
@@ -320,12 +328,26 @@ impl DataKey {
     }
 
     fn from_bytes(tenant: Uuid, version: i32, bytes: &[u8; 32]) -> DataKey {
+        let index_key = Zeroizing::new(<[u8; 32]>::from(
+            hmac_sha256(bytes, &[b"tenancy blind index key"]).into_bytes(),
+        ));
         DataKey {
             tenant,
             version,
             bytes: Zeroizing::new(*bytes),
+            index_key,
             cipher: XChaCha20Poly1305::new(&Key::from(*bytes)),
         }
+    }
+
+    /// The blind index of `value` (already normalised) in `column`: equal
+    /// values give equal indexes under the same key version, nothing else
+    /// can be learnt from it without the key.
+    pub fn blind_index(&self, column: &str, value: &[u8]) -> [u8; 16] {
+        let mac = hmac_sha256(&self.index_key[..], &[column.as_bytes(), b"\0", value]).into_bytes();
+        let mut index = [0u8; 16];
+        index.copy_from_slice(&mac[..16]);
+        index
     }
 
     /// The key itself, to be wrapped again under another platform key.
@@ -400,6 +422,99 @@ impl DataKey {
     }
 }
 
+fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> hmac::digest::CtOutput<Hmac<Sha256>> {
+    // HMAC takes keys of any length.
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key)
+        .unwrap_or_else(|_| unreachable!("HMAC accepts every key length"));
+    for part in parts {
+        mac.update(part);
+    }
+    mac.finalize()
+}
+
+/// One tenant's data keys as a request or a job needs them: opened once
+/// each, by the version a sealed value names. `conn` must be in the
+/// tenant's context (or the key custodian's).
+pub struct TenantKeys<'k> {
+    keyring: &'k Keyring,
+    tenant: Uuid,
+    keys: std::collections::HashMap<i32, DataKey>,
+}
+
+impl<'k> TenantKeys<'k> {
+    pub fn new(keyring: &'k Keyring, tenant: Uuid) -> TenantKeys<'k> {
+        TenantKeys {
+            keyring,
+            tenant,
+            keys: std::collections::HashMap::new(),
+        }
+    }
+
+    /// The key of `version`, read and opened on first use.
+    pub async fn version(
+        &mut self,
+        conn: &mut sqlx::PgConnection,
+        version: i32,
+    ) -> AppResult<&DataKey> {
+        if !self.keys.contains_key(&version) {
+            let key = self.keyring.key_version(conn, self.tenant, version).await?;
+            self.keys.insert(version, key);
+        }
+        self.keys.get(&version).ok_or_else(|| {
+            AppError::Internal(format!("data key {version} of tenant {}", self.tenant))
+        })
+    }
+
+    /// What `sealed` (of `column`, in the row `row` names) holds, as text.
+    pub async fn open_text(
+        &mut self,
+        conn: &mut sqlx::PgConnection,
+        column: &str,
+        row: &str,
+        sealed: &[u8],
+    ) -> AppResult<String> {
+        let tenant = self.tenant;
+        let corrupt = || {
+            AppError::from(KeyError::Corrupt(format!(
+                "{column} of {row} (tenant {tenant}) does not decrypt: not a sealed value"
+            )))
+        };
+        let version = sealed_version(sealed).ok_or_else(corrupt)?;
+        let plain = self
+            .version(conn, version)
+            .await?
+            .open(column, row, sealed)?;
+        String::from_utf8(plain.to_vec()).map_err(|_| corrupt())
+    }
+}
+
+impl Keyring {
+    /// Every version of the tenant's data key not destroyed yet, newest
+    /// first: a blind-index lookup matches under any of them while a
+    /// rotation is resealing.
+    pub async fn live_keys(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        tenant: Uuid,
+    ) -> AppResult<Vec<DataKey>> {
+        let stored: Vec<StoredKey> = sqlx::query_as(
+            "SELECT version, kek_id, wrapped FROM app.tenant_keys
+             WHERE tenant_id = $1 AND wrapped IS NOT NULL ORDER BY version DESC",
+        )
+        .bind(tenant)
+        .fetch_all(&mut *conn)
+        .await?;
+        stored
+            .into_iter()
+            .filter_map(|k| Some((k.version, k.kek_id, k.wrapped?)))
+            .map(|(version, kek_id, wrapped)| {
+                self.open(tenant, version, &kek_id, &wrapped)
+                    .map_err(AppError::from)
+            })
+            .collect()
+    }
+}
+
 /// The key version a sealed value names, if it is one.
 pub fn sealed_version(sealed: &[u8]) -> Option<i32> {
     if sealed.len() <= HEADER || sealed[0] != FORMAT {
@@ -451,6 +566,22 @@ mod tests {
         let err = key_a.open("t.c", "row 7", &flipped).err();
         assert!(err.is_some_and(|e| e.to_string().contains("row 7")));
         Ok(())
+    }
+
+    #[test]
+    fn blind_indexes_match_equal_values_only_under_the_same_key() {
+        let tenant = Uuid::new_v4();
+        let (key, bytes) = DataKey::generate(tenant, 1);
+        let again = DataKey::from_bytes(tenant, 1, &bytes);
+        let a = key.blind_index("t.c", b"ann@example.test");
+        assert_eq!(a, again.blind_index("t.c", b"ann@example.test"));
+        assert_ne!(a, key.blind_index("t.c", b"bob@example.test"));
+        assert_ne!(a, key.blind_index("t.d", b"ann@example.test"));
+        let (other, _) = DataKey::generate(tenant, 2);
+        assert_ne!(a, other.blind_index("t.c", b"ann@example.test"));
+        // Not the value's plain hash: the index key is secret.
+        let plain = <sha2::Sha256 as sha2::Digest>::digest(b"ann@example.test");
+        assert_ne!(a[..], plain[..16]);
     }
 
     #[test]

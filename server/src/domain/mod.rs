@@ -11,6 +11,7 @@ pub mod live;
 pub mod mail;
 pub mod messaging;
 pub mod password;
+pub mod pii;
 pub mod provision;
 pub mod sessions;
 pub mod tenant_config;

@@ -23,11 +23,14 @@ use std::io::Write;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use serde_json::json;
+use serde_json::{json, Value};
 use sqlx::PgConnection;
+use std::collections::HashMap;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use crate::domain::keyring::{sealed_version, DataKey};
+use crate::domain::pii::{self, SealedField};
 use crate::error::{AppError, AppResult};
 use crate::state::AppState;
 
@@ -122,6 +125,119 @@ pub async fn purge(state: &AppState) -> AppResult<i64> {
 enum Piece {
     Entry(String),
     Data(Vec<u8>),
+}
+
+/// Opens the sealed columns of a table's rows as they stream by: the rows
+/// come as one JSON object per line, and leave as NDJSON or CSV with each
+/// sealed column replaced by its plain value.
+struct Unsealer<'f> {
+    keys: HashMap<i32, DataKey>,
+    fields: Vec<&'f SealedField>,
+    /// The columns written, in order.
+    columns: Vec<String>,
+    csv: bool,
+    /// The start of a line whose end has not come yet.
+    pending: Vec<u8>,
+}
+
+impl Unsealer<'_> {
+    fn header(&self) -> Vec<u8> {
+        let mut line = self
+            .columns
+            .iter()
+            .map(|c| csv_field(c))
+            .collect::<Vec<_>>()
+            .join(",");
+        line.push('\n');
+        line.into_bytes()
+    }
+
+    /// The output for every line `chunk` completes.
+    fn feed(&mut self, chunk: &[u8]) -> AppResult<Vec<u8>> {
+        self.pending.extend_from_slice(chunk);
+        let mut out = Vec::new();
+        while let Some(end) = self.pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.pending.drain(..=end).collect();
+            out.extend(self.line(&line[..end])?);
+        }
+        Ok(out)
+    }
+
+    fn line(&self, line: &[u8]) -> AppResult<Vec<u8>> {
+        let bad = || AppError::Internal("export: a row could not be read back".to_owned());
+        let mut row: serde_json::Map<String, Value> =
+            serde_json::from_slice(line).map_err(|_| bad())?;
+        for field in &self.fields {
+            let sealed = row.remove(field.sealed);
+            if row.get(field.plain).is_none_or(|v| v.is_null()) {
+                let name = match row.get(field.id) {
+                    Some(Value::String(id)) => format!("row {id}"),
+                    _ => "a row".to_owned(),
+                };
+                let plain = match sealed {
+                    Some(Value::String(text)) => Some(self.open(field, &name, &text)?),
+                    _ => None,
+                };
+                row.insert(
+                    field.plain.to_owned(),
+                    plain.map_or(Value::Null, Value::String),
+                );
+            }
+        }
+        let mut out = if self.csv {
+            self.columns
+                .iter()
+                .map(|c| match row.get(c) {
+                    None | Some(Value::Null) => String::new(),
+                    Some(Value::String(s)) => csv_field(s),
+                    Some(other) => csv_field(&other.to_string()),
+                })
+                .collect::<Vec<_>>()
+                .join(",")
+                .into_bytes()
+        } else {
+            serde_json::to_vec(&row).map_err(|_| bad())?
+        };
+        out.push(b'\n');
+        Ok(out)
+    }
+
+    /// A bytea value as `row_to_json` writes it (`\x` and hex), opened.
+    fn open(&self, field: &SealedField, row: &str, text: &str) -> AppResult<String> {
+        let corrupt = || {
+            AppError::from(crate::domain::keyring::KeyError::Corrupt(format!(
+                "{} of {row} does not decrypt: not a sealed value",
+                field.column
+            )))
+        };
+        let hex = text.strip_prefix("\\x").ok_or_else(corrupt)?;
+        let bytes = (0..hex.len())
+            .step_by(2)
+            .map(|i| {
+                hex.get(i..i + 2)
+                    .and_then(|b| u8::from_str_radix(b, 16).ok())
+            })
+            .collect::<Option<Vec<u8>>>()
+            .ok_or_else(corrupt)?;
+        let version = sealed_version(&bytes).ok_or_else(corrupt)?;
+        let key = self.keys.get(&version).ok_or_else(|| {
+            AppError::Unavailable(format!(
+                "{} of {row}: data key {version} is destroyed",
+                field.column
+            ))
+        })?;
+        let plain = key.open(field.column, row, &bytes)?;
+        String::from_utf8(plain.to_vec()).map_err(|_| corrupt())
+    }
+}
+
+/// A CSV field, quoted when it must be.
+fn csv_field(text: &str) -> String {
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_owned()
+    }
 }
 
 /// Columns never exported, whatever the table.
@@ -264,9 +380,13 @@ async fn write_tables(
         .bind(table)
         .fetch_all(&mut *read)
         .await?;
-        let (kept, left_out): (Vec<&Column>, Vec<&Column>) = columns
+        let sealed: Vec<&SealedField> = pii::SEALED_FIELDS
             .iter()
-            .partition(|c| c.readable && !secret_column(&c.name));
+            .filter(|f| f.table == name)
+            .collect();
+        let (kept, left_out): (Vec<&Column>, Vec<&Column>) = columns.iter().partition(|c| {
+            c.readable && !secret_column(&c.name) && !sealed.iter().any(|f| f.index == c.name)
+        });
         if kept.is_empty() {
             manifest_tables.push(json!({"table": name, "file": null, "rows": 0,
                 "omitted_columns": left_out.iter().map(|c| &c.name).collect::<Vec<_>>(),
@@ -291,7 +411,7 @@ async fn write_tables(
         // JSON: one object per line. A CSV format with delimiter and quote
         // that row_to_json never emits raw (it escapes control characters)
         // passes each line through untouched.
-        let copy = if job.format == "csv" {
+        let copy = if job.format == "csv" && sealed.is_empty() {
             format!("COPY (SELECT {list} FROM {table}) TO STDOUT WITH (FORMAT csv, HEADER)")
         } else {
             format!(
@@ -300,16 +420,43 @@ async fn write_tables(
             )
         };
         let file = format!("{name}.{extension}");
+        // Sealed columns are opened with the tenant's keys (read before the
+        // copy holds the connection) and exported under their plain name.
+        let shown: Vec<&str> = kept
+            .iter()
+            .map(|c| c.name.as_str())
+            .filter(|c| !sealed.iter().any(|f| f.sealed == *c))
+            .collect();
+        let mut unsealer = if sealed.is_empty() {
+            None
+        } else {
+            let keys = state.keyring.live_keys(read, job.tenant_id).await?;
+            Some(Unsealer {
+                keys: keys.into_iter().map(|k| (k.version(), k)).collect(),
+                fields: sealed.clone(),
+                columns: shown.iter().map(|c| (*c).to_owned()).collect(),
+                csv: job.format == "csv",
+                pending: Vec::new(),
+            })
+        };
         send(Piece::Entry(file.clone())).await?;
+        if let Some(u) = unsealer.as_ref().filter(|u| u.csv) {
+            send(Piece::Data(u.header())).await?;
+        }
         {
             let mut stream = read.copy_out_raw(&copy).await?;
             while let Some(chunk) = stream.next().await {
-                send(Piece::Data(chunk?.to_vec())).await?;
+                let chunk = chunk?;
+                let data = match unsealer.as_mut() {
+                    Some(u) => u.feed(&chunk)?,
+                    None => chunk.to_vec(),
+                };
+                send(Piece::Data(data)).await?;
             }
         }
         total += rows;
         manifest_tables.push(json!({"table": name, "file": file, "rows": rows,
-            "columns": kept.iter().map(|c| &c.name).collect::<Vec<_>>(),
+            "columns": shown,
             "omitted_columns": left_out.iter().map(|c| &c.name).collect::<Vec<_>>()}));
         progress(
             state,
@@ -328,6 +475,7 @@ async fn write_tables(
         "notes": [
             "Every table of the tenant's protected data, read in one consistent snapshot through the requester's own tenant context.",
             "Columns that hold credentials or secrets (even sealed or hashed) are never exported; they are listed as omitted_columns.",
+            "Personal data the service keeps sealed (invitees' addresses) is opened with the tenant's key and exported in plain under its own name; its blind index is omitted.",
             "Tables whose policy limits rows to their own user (chat sessions and messages) hold the requester's rows only.",
         ],
     });

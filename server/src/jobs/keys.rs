@@ -1,7 +1,9 @@
 //! Data-key work outside the request path (seed 002, REQ-MT-B009):
 //!
 //! - resealing after a tenant's data key was rotated: values sealed under a
-//!   retired version are opened and sealed again under the current one, a
+//!   retired version (integrations, invitation addresses with their blind
+//!   index; addresses written in plain before they were sealed, too) are
+//!   opened and sealed again under the current one, a
 //!   batch per transaction, so the work resumes wherever it stopped (a
 //!   crash, a restart) and everything stays readable meanwhile; a retired
 //!   version is destroyed once nothing is sealed under it;
@@ -13,6 +15,8 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use crate::domain::integrations;
+use crate::domain::keyring::{DataKey, TenantKeys};
+use crate::domain::pii;
 use crate::error::AppResult;
 use crate::state::AppState;
 
@@ -63,7 +67,53 @@ pub async fn reseal_tenant(state: &AppState, tenant: Uuid, limit: i64) -> AppRes
         .await?;
         resealed += 1;
     }
+    resealed += reseal_invitations(state, &mut tx, tenant, &key, limit).await?;
     tx.commit().await?;
+    Ok(resealed)
+}
+
+#[derive(sqlx::FromRow)]
+struct Invitee {
+    id: Uuid,
+    email: Option<String>,
+    email_sealed: Option<Vec<u8>>,
+}
+
+/// Seals again, under `key`, up to `limit` invitation addresses sealed
+/// under a retired key or still in plain (written before addresses were
+/// sealed), with their blind index.
+async fn reseal_invitations(
+    state: &AppState,
+    conn: &mut sqlx::PgConnection,
+    tenant: Uuid,
+    key: &DataKey,
+    limit: i64,
+) -> AppResult<u64> {
+    let rows: Vec<Invitee> = sqlx::query_as(
+        "SELECT id, email, email_sealed FROM app.invitations
+         WHERE key_version < $1 OR email IS NOT NULL ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(key.version())
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut old = TenantKeys::new(&state.keyring, tenant);
+    let mut resealed = 0;
+    for row in rows {
+        let email = pii::open_invitee(&mut old, conn, row.id, row.email, row.email_sealed).await?;
+        let sealed = pii::seal_invitee(key, &email)?;
+        sqlx::query(
+            "UPDATE app.invitations
+             SET email = NULL, email_sealed = $2, email_index = $3, key_version = $4 WHERE id = $1",
+        )
+        .bind(row.id)
+        .bind(&sealed.sealed)
+        .bind(&sealed.index[..])
+        .bind(sealed.key_version)
+        .execute(&mut *conn)
+        .await?;
+        resealed += 1;
+    }
     Ok(resealed)
 }
 

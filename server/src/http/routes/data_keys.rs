@@ -55,7 +55,10 @@ async fn read_status(conn: &mut sqlx::PgConnection) -> AppResult<KeyStatus> {
     .await?;
     let current = versions.last().map(|v| v.version);
     let (sealed, resealing): (i64, i64) = sqlx::query_as(
-        "SELECT count(*), count(*) FILTER (WHERE key_version < $1) FROM app.tenant_integrations",
+        "SELECT count(*), count(*) FILTER (WHERE key_version < $1)
+         FROM (SELECT key_version FROM app.tenant_integrations
+               UNION ALL
+               SELECT key_version FROM app.invitations WHERE key_version IS NOT NULL) sealed",
     )
     .bind(current.unwrap_or(0))
     .fetch_one(&mut *conn)

@@ -8,16 +8,21 @@
 //! password (the policy in [`crate::domain::password`]), an existing account
 //! confirms with its own. The inviter's answer is the same whether or not
 //! the address has an account.
+//!
+//! The address is sealed with the tenant's data key (see
+//! [`crate::domain::pii`]): the table holds its ciphertext and a blind
+//! index, and audit entries a masked form.
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use sqlx::Row;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use crate::domain::keyring::TenantKeys;
+use crate::domain::pii;
 use crate::error::{AppError, AppResult};
 use crate::http::extract::{AppJson, AppPath};
 use crate::http::limits::ClientAddress;
@@ -52,8 +57,39 @@ pub struct Invitation {
     expires_at: chrono::DateTime<chrono::Utc>,
 }
 
-const INVITATION: &str =
-    "SELECT id, email, role, invited_by, created_at, expires_at FROM app.invitations";
+/// An invitation as stored: its address sealed (or, for a row written
+/// before addresses were sealed, in plain until the key job seals it).
+#[derive(sqlx::FromRow)]
+struct Stored {
+    id: Uuid,
+    email: Option<String>,
+    email_sealed: Option<Vec<u8>>,
+    role: String,
+    invited_by: Option<Uuid>,
+    created_at: chrono::DateTime<chrono::Utc>,
+    expires_at: chrono::DateTime<chrono::Utc>,
+}
+
+const STORED: &str = "id, email, email_sealed, role, invited_by, created_at, expires_at";
+
+impl Stored {
+    /// The invitation with its address opened.
+    async fn open(
+        self,
+        keys: &mut TenantKeys<'_>,
+        conn: &mut sqlx::PgConnection,
+    ) -> AppResult<Invitation> {
+        let email = pii::open_invitee(keys, conn, self.id, self.email, self.email_sealed).await?;
+        Ok(Invitation {
+            id: self.id,
+            email,
+            role: self.role,
+            invited_by: self.invited_by,
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+        })
+    }
+}
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -108,35 +144,59 @@ pub async fn invite(
             "Already a member of this tenant".to_owned(),
         ));
     }
-    // A new invitation replaces a pending one for the same address.
+    // A new invitation replaces a pending one for the same address, found
+    // by its blind index under every live key version (and, for rows from
+    // before addresses were sealed, by the address).
+    let key = state
+        .keyring
+        .current_key(db.conn(decided)?, tenant.id)
+        .await?;
+    let live = state
+        .keyring
+        .live_keys(db.conn(decided)?, tenant.id)
+        .await?;
     sqlx::query(
         "UPDATE app.invitations SET revoked_at = now()
-         WHERE lower(email) = lower($1) AND accepted_at IS NULL AND revoked_at IS NULL",
+         WHERE (email_index = ANY($1) OR lower(email) = lower($2))
+           AND accepted_at IS NULL AND revoked_at IS NULL",
     )
+    .bind(pii::invitee_indexes(&live, &email))
     .bind(&email)
     .execute(db.conn(decided)?)
     .await?;
+    let sealed = pii::seal_invitee(&key, &email)?;
     let (token, digest) = new_token(tenant.id);
-    let invitation: Invitation = sqlx::query_as(
-        "INSERT INTO app.invitations (email, role, token_hash, invited_by, expires_at)
-         VALUES ($1, $2, $3, $4, now() + make_interval(days => $5))
-         RETURNING id, email, role, invited_by, created_at, expires_at",
+    let (id, role, invited_by, created_at, expires_at) = sqlx::query_as(
+        "INSERT INTO app.invitations (email_sealed, email_index, key_version, role, token_hash,
+                                      invited_by, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(days => $7))
+         RETURNING id, role, invited_by, created_at, expires_at",
     )
-    .bind(&email)
+    .bind(&sealed.sealed)
+    .bind(&sealed.index[..])
+    .bind(sealed.key_version)
     .bind(role)
     .bind(&digest[..])
     .bind(tenant.user_id)
     .bind(VALID_DAYS)
     .fetch_one(db.conn(decided)?)
     .await?;
-    mail(state, db, decided, invitation.id, &email, &token).await?;
+    let invitation = Invitation {
+        id,
+        email,
+        role,
+        invited_by,
+        created_at,
+        expires_at,
+    };
+    mail(state, db, decided, invitation.id, &invitation.email, &token).await?;
     crate::domain::audit::record(
         db.conn(decided)?,
         tenant.id,
         tenant.user_id,
         "invitation.sent",
-        Some(&email),
-        json!({"invitation_id": invitation.id, "role": role}),
+        Some(&pii::mask_email(&invitation.email)),
+        json!({"invitation_id": invitation.id, "role": invitation.role}),
     )
     .await?;
     Ok((StatusCode::ACCEPTED, Json(invitation)))
@@ -173,8 +233,9 @@ async fn mail(
         }),
     )
     .await?;
-    sqlx::query("SELECT app.queue_invitation_mail($1, $2, $3, $4)")
+    sqlx::query("SELECT app.queue_invitation_mail($1, $2, $3, $4, $5)")
         .bind(invitation)
+        .bind(email)
         .bind(mail.subject)
         .bind(mail.text)
         .bind(mail.html)
@@ -209,28 +270,39 @@ async fn list(
 ) -> AppResult<Json<Vec<Invitation>>> {
     let mut db = db.lock().await?;
     let decided = authorize_invite(&state, &tenant, &mut db, "member").await?;
-    let rows = sqlx::query_as(&format!(
-        "{INVITATION} WHERE accepted_at IS NULL AND revoked_at IS NULL ORDER BY created_at DESC"
+    let rows: Vec<Stored> = sqlx::query_as(&format!(
+        "SELECT {STORED} FROM app.invitations
+         WHERE accepted_at IS NULL AND revoked_at IS NULL ORDER BY created_at DESC"
     ))
     .fetch_all(db.conn(decided)?)
     .await?;
-    Ok(Json(rows))
+    let mut keys = TenantKeys::new(&state.keyring, tenant.id);
+    let mut invitations = Vec::with_capacity(rows.len());
+    for row in rows {
+        invitations.push(row.open(&mut keys, db.conn(decided)?).await?);
+    }
+    Ok(Json(invitations))
 }
 
-/// A pending invitation's role, locked; 404 if there is none.
+/// A pending invitation's address and role, locked; 404 if there is none.
 async fn pending_role(
+    state: &AppState,
+    tenant: &Tenant,
     db: &mut DbGuard<'_>,
     decided: Decided,
     id: Uuid,
 ) -> AppResult<(String, String)> {
-    sqlx::query_as(
-        "SELECT email, role FROM app.invitations
-         WHERE id = $1 AND accepted_at IS NULL AND revoked_at IS NULL FOR UPDATE",
-    )
+    let row: Stored = sqlx::query_as(&format!(
+        "SELECT {STORED} FROM app.invitations
+         WHERE id = $1 AND accepted_at IS NULL AND revoked_at IS NULL FOR UPDATE"
+    ))
     .bind(id)
     .fetch_optional(db.conn(decided)?)
     .await?
-    .ok_or(AppError::NotFound("Invitation"))
+    .ok_or(AppError::NotFound("Invitation"))?;
+    let mut keys = TenantKeys::new(&state.keyring, tenant.id);
+    let invitation = row.open(&mut keys, db.conn(decided)?).await?;
+    Ok((invitation.email, invitation.role))
 }
 
 /// A new link (the old one stops working), valid for another
@@ -247,25 +319,27 @@ async fn resend(
     let mut db = db.lock().await?;
     // Managing users at all first; then the invitation's role, once known.
     let decided = authorize_invite(&state, &tenant, &mut db, "member").await?;
-    let (email, role) = pending_role(&mut db, decided, id).await?;
+    let (email, role) = pending_role(&state, &tenant, &mut db, decided, id).await?;
     let decided = authorize_invite(&state, &tenant, &mut db, &role).await?;
     let (token, digest) = new_token(tenant.id);
-    let invitation: Invitation = sqlx::query_as(
+    let stored: Stored = sqlx::query_as(&format!(
         "UPDATE app.invitations SET token_hash = $2, expires_at = now() + make_interval(days => $3)
-         WHERE id = $1 RETURNING id, email, role, invited_by, created_at, expires_at",
-    )
+         WHERE id = $1 RETURNING {STORED}"
+    ))
     .bind(id)
     .bind(&digest[..])
     .bind(VALID_DAYS)
     .fetch_one(db.conn(decided)?)
     .await?;
+    let mut keys = TenantKeys::new(&state.keyring, tenant.id);
+    let invitation = stored.open(&mut keys, db.conn(decided)?).await?;
     mail(&state, &mut db, decided, id, &email, &token).await?;
     crate::domain::audit::record(
         db.conn(decided)?,
         tenant.id,
         tenant.user_id,
         "invitation.resent",
-        Some(&email),
+        Some(&pii::mask_email(&email)),
         json!({"invitation_id": id}),
     )
     .await?;
@@ -284,7 +358,7 @@ async fn revoke(
     let mut db = db.lock().await?;
     // Managing users at all first; then the invitation's role, once known.
     let decided = authorize_invite(&state, &tenant, &mut db, "member").await?;
-    let (email, role) = pending_role(&mut db, decided, id).await?;
+    let (email, role) = pending_role(&state, &tenant, &mut db, decided, id).await?;
     let decided = authorize_invite(&state, &tenant, &mut db, &role).await?;
     sqlx::query("UPDATE app.invitations SET revoked_at = now() WHERE id = $1")
         .bind(id)
@@ -295,7 +369,7 @@ async fn revoke(
         tenant.id,
         tenant.user_id,
         "invitation.revoked",
-        Some(&email),
+        Some(&pii::mask_email(&email)),
         json!({"invitation_id": id}),
     )
     .await?;
@@ -345,28 +419,27 @@ async fn accept(
     let mut tx = state.db.begin().await?;
     let found = async {
         crate::domain::context::enter(&mut tx, &state.keys, tenant, Uuid::nil()).await?;
-        sqlx::query(
-            "SELECT id, email, role FROM app.invitations
+        sqlx::query_as::<_, Stored>(&format!(
+            "SELECT {STORED} FROM app.invitations
              WHERE token_hash = $1 AND accepted_at IS NULL AND revoked_at IS NULL
                AND expires_at > now()
-             FOR UPDATE",
-        )
+             FOR UPDATE"
+        ))
         .bind(&digest[..])
         .fetch_optional(&mut *tx)
         .await
         .map_err(AppError::from)
     }
     .await;
-    let invitation = match found {
+    let stored = match found {
         Ok(Some(row)) => row,
         Ok(None) | Err(AppError::TenantNotFound) => return Err(NO_INVITATION),
         Err(other) => return Err(other),
     };
-    let (id, email, role): (Uuid, String, String) = (
-        invitation.try_get("id")?,
-        invitation.try_get("email")?,
-        invitation.try_get("role")?,
-    );
+    let mut keys = TenantKeys::new(&state.keyring, tenant);
+    let Invitation {
+        id, email, role, ..
+    } = stored.open(&mut keys, &mut tx).await?;
 
     // The account: an existing password is proved, a missing one is set.
     let existing: Option<String> =
@@ -406,7 +479,7 @@ async fn accept(
         tenant,
         user,
         "invitation.accepted",
-        Some(&email),
+        Some(&pii::mask_email(&email)),
         json!({"invitation_id": id, "role": role}),
     )
     .await?;
