@@ -7,6 +7,7 @@
 use reqwest::Method;
 use serde_json::{json, Value};
 use tenancy_server::domain::keyring::Keyring;
+use tenancy_tests::mail_api::api_peer;
 use tenancy_tests::server::{
     free_port, smtp_printed, smtp_server, Options, TestApp, ALICE, BOB, ERIN, GUS,
 };
@@ -17,6 +18,7 @@ const STRIPE_SECRET: &str = "sk_test_51HxSecretStripeKey0000wxyz";
 const WEBHOOK_SECRET: &str = "whsec_WebhookSigningSecret00001234";
 const SMS_TOKEN: &str = "twilio-auth-token-secret-5678";
 const SMTP_PASSWORD: &str = "smtp-password-never-shown-9876";
+const API_KEY: &str = "provider-api-key-01234567890";
 
 fn payment() -> Value {
     json!({"provider": "stripe", "secret_key": STRIPE_SECRET, "publishable_key": "pk_test_public",
@@ -313,6 +315,30 @@ mod tenant_admin {
             assert!(
                 body["error"].as_str().unwrap_or_default().contains(wanted),
                 "{host}:{port}: {body}"
+            );
+        }
+        // The same for an email API's endpoint.
+        for (endpoint, wanted) in [
+            ("http://api.postmarkapp.com", "must use https"),
+            ("https://127.0.0.1:8443", "inside the service's network"),
+            ("https://localhost", "inside the service's network"),
+            (
+                "https://169.254.169.254/latest",
+                "inside the service's network",
+            ),
+        ] {
+            let (status, body) = put(
+                &app,
+                &alice,
+                "email",
+                json!({"provider": "postmark", "api_key": "server-token-1", "from": "a@acme.test",
+                       "endpoint": endpoint}),
+            )
+            .await?;
+            assert_eq!(status, 422, "{endpoint}: {body}");
+            assert!(
+                body["error"].as_str().unwrap_or_default().contains(wanted),
+                "{endpoint}: {body}"
             );
         }
         assert!(stored(&app, app.acme).await?.is_empty());
@@ -619,6 +645,78 @@ async fn each_tenants_mail_goes_through_its_own_server_or_the_platforms() -> Tes
         !seen_platform.contains("new.acme@example.test"),
         "{seen_platform}"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_tenants_mail_goes_through_its_email_api_which_is_checked_on_save() -> TestResult {
+    let app = TestApp::spawn().await?;
+    let peer = api_peer(API_KEY).await?;
+    let endpoint = format!("http://127.0.0.1:{}", peer.port);
+    let (alice, gus) = (app.login(ALICE).await?, app.login(GUS).await?);
+    // A key the provider refuses is never stored.
+    let (status, body) = put(
+        &app,
+        &alice,
+        "email",
+        json!({"provider": "postmark", "api_key": "not-the-right-token", "from": "Acme <mail@acme.test>",
+               "endpoint": endpoint}),
+    )
+    .await?;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("refused the API key"),
+        "{body}"
+    );
+    assert!(stored(&app, app.acme).await?.is_empty());
+
+    // Acme on Postmark, globex on SendGrid: each tenant's mail through its own.
+    for (token, provider) in [(&alice, "postmark"), (&gus, "sendgrid")] {
+        let (status, body) = put(
+            &app,
+            token,
+            "email",
+            json!({"provider": provider, "api_key": API_KEY, "from": "Team <mail@tenant.test>",
+                   "endpoint": endpoint}),
+        )
+        .await?;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["settings"]["api_key"], "****7890", "{body}");
+        assert!(!body.to_string().contains(API_KEY));
+    }
+    invite(&app, &alice, "to.acme@elsewhere.test").await?;
+    invite(&app, &gus, "to.globex@elsewhere.test").await?;
+    let (path, mail) = peer
+        .mail_to("to.acme@elsewhere.test", 15)
+        .await
+        .ok_or("acme's invitation never reached its API")?;
+    assert_eq!(path, "/email");
+    assert_eq!(mail["To"], "to.acme@elsewhere.test");
+    assert!(mail["From"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("mail@tenant.test"));
+    assert!(mail["TextBody"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("accept-invitation?token="));
+    let (path, mail) = peer
+        .mail_to("to.globex@elsewhere.test", 15)
+        .await
+        .ok_or("globex's invitation never reached its API")?;
+    assert_eq!(path, "/v3/mail/send");
+    assert_eq!(
+        mail["personalizations"][0]["to"][0]["email"],
+        "to.globex@elsewhere.test"
+    );
+    assert_eq!(mail["from"]["email"], "mail@tenant.test");
+    let sent: i64 = app
+        .scalar("SELECT count(*) FROM app.email_outbox WHERE template = 'invitation' AND sent_at IS NOT NULL")
+        .await?;
+    assert_eq!(sent, 2, "both recorded as sent");
     Ok(())
 }
 

@@ -27,6 +27,7 @@ const FIXTURE_SCHEMA: &str = include_str!("../fixtures/schema.sql");
 
 pub mod dns;
 pub mod load;
+pub mod mail_api;
 pub mod server;
 
 static SETUP_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

@@ -1,5 +1,5 @@
 //! A tenant's own providers (seed 002, REQ-MT-B011): payment gateway, email
-//! (SMTP), SMS and analytics. Each configuration is validated, then sealed
+//! (an SMTP server, or Postmark's or SendGrid's API), SMS and analytics. Each configuration is validated, then sealed
 //! with the tenant's data key (`domain::keyring`); the API shows only a
 //! masked copy. A kind the tenant has not configured falls back to the
 //! platform's (for email: the service's own mail settings).
@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use crate::domain::keyring::{DataKey, KeyError};
+use crate::domain::mail_api::{ApiMailSettings, ApiMailer};
 use crate::error::{AppError, AppResult};
 
 /// The kinds of integration, as the API names them.
@@ -22,11 +23,18 @@ pub fn sealed_column(kind: &str) -> String {
     format!("app.tenant_integrations.{kind}")
 }
 
+/// A tenant's email provider: its SMTP server, or an API.
+#[derive(Clone)]
+pub enum EmailProvider {
+    Smtp(EmailSettings),
+    Api(ApiMailSettings),
+}
+
 /// A tenant's SMTP server for its mail.
 #[derive(Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EmailSettings {
-    /// `smtp` (the only provider the service sends through).
+    /// `smtp`.
     pub provider: String,
     pub host: String,
     pub port: u16,
@@ -82,7 +90,8 @@ pub struct Validated {
     /// The settings as sealed (zeroed when dropped).
     pub plain: zeroize::Zeroizing<Vec<u8>>,
     pub masked: Value,
-    pub smtp: Option<EmailSettings>,
+    /// For email: the provider, to be checked over the network.
+    pub email: Option<EmailProvider>,
 }
 
 fn invalid(message: impl Into<String>) -> AppError {
@@ -121,8 +130,8 @@ pub fn mask(secret: &str) -> String {
     }
 }
 
-/// Checks `body` as a configuration of `kind`; the SMTP server of an email
-/// configuration is checked by [`check_smtp`] separately (it takes network).
+/// Checks `body` as a configuration of `kind`; the provider of an email
+/// configuration is checked by [`check_email`] separately (it takes network).
 pub fn validate(kind: &str, body: Value) -> AppResult<Validated> {
     // Never the submitted values in the answer: a secret sent in the wrong
     // field would come back in the error.
@@ -141,9 +150,24 @@ pub fn validate(kind: &str, body: Value) -> AppResult<Validated> {
         invalid(format!("{kind} integration: {message}"))
     };
     match kind {
+        "email"
+            if body
+                .get("provider")
+                .and_then(Value::as_str)
+                .is_some_and(|p| p != "smtp") =>
+        {
+            let s: ApiMailSettings = serde_json::from_value(body).map_err(parse_error)?;
+            s.validate()?;
+            Ok(Validated {
+                plain: zeroize::Zeroizing::new(
+                    serde_json::to_vec(&s).map_err(|e| AppError::Internal(e.to_string()))?,
+                ),
+                masked: s.masked(),
+                email: Some(EmailProvider::Api(s)),
+            })
+        }
         "email" => {
             let s: EmailSettings = serde_json::from_value(body).map_err(parse_error)?;
-            one_of("provider", &s.provider, &["smtp"])?;
             one_of("security", &s.security, &["starttls", "tls", "none"])?;
             if !crate::domain::is_host_name(&s.host.to_ascii_lowercase())
                 && s.host.parse::<IpAddr>().is_err()
@@ -181,7 +205,7 @@ pub fn validate(kind: &str, body: Value) -> AppResult<Validated> {
                     serde_json::to_vec(&s).map_err(|e| AppError::Internal(e.to_string()))?,
                 ),
                 masked,
-                smtp: Some(s),
+                email: Some(EmailProvider::Smtp(s)),
             })
         }
         "payment" => {
@@ -219,7 +243,7 @@ pub fn validate(kind: &str, body: Value) -> AppResult<Validated> {
                     serde_json::to_vec(&s).map_err(|e| AppError::Internal(e.to_string()))?,
                 ),
                 masked,
-                smtp: None,
+                email: None,
             })
         }
         "sms" => {
@@ -246,7 +270,7 @@ pub fn validate(kind: &str, body: Value) -> AppResult<Validated> {
                     serde_json::to_vec(&s).map_err(|e| AppError::Internal(e.to_string()))?,
                 ),
                 masked,
-                smtp: None,
+                email: None,
             })
         }
         "analytics" => {
@@ -273,7 +297,7 @@ pub fn validate(kind: &str, body: Value) -> AppResult<Validated> {
                     serde_json::to_vec(&s).map_err(|e| AppError::Internal(e.to_string()))?,
                 ),
                 masked,
-                smtp: None,
+                email: None,
             })
         }
         _ => Err(AppError::NotFound("Integration")),
@@ -347,20 +371,25 @@ pub async fn reachable(s: &EmailSettings, allow_private: bool) -> Result<Option<
             "port must be one of {SMTP_PORTS:?} (mail submission and relay ports)"
         ));
     }
+    public_address(&s.host, s.port).await.map(Some)
+}
+
+/// The address to connect to for `host`, resolved once: refused when the
+/// name does not resolve or any of its addresses is internal.
+pub async fn public_address(host: &str, port: u16) -> Result<IpAddr, String> {
     let addresses: Vec<IpAddr> = match tokio::time::timeout(
         Duration::from_secs(5),
-        tokio::net::lookup_host((s.host.as_str(), s.port)),
+        tokio::net::lookup_host((host, port)),
     )
     .await
     {
         Ok(Ok(found)) => found.map(|a| a.ip()).collect(),
-        _ => return Err(format!("{} does not resolve", s.host)),
+        _ => return Err(format!("{host} does not resolve")),
     };
     match addresses.first() {
-        Some(first) if !addresses.iter().any(|ip| internal(*ip)) => Ok(Some(*first)),
+        Some(first) if !addresses.iter().any(|ip| internal(*ip)) => Ok(*first),
         _ => Err(format!(
-            "{} resolves to an address inside the service's network",
-            s.host
+            "{host} resolves to an address inside the service's network"
         )),
     }
 }
@@ -424,19 +453,43 @@ pub async fn check_smtp(s: &EmailSettings, allow_private: bool) -> AppResult<()>
     }
 }
 
+/// Checks a tenant's email provider over the network, as the mail path
+/// would use it; the refusal says what failed, without internals.
+pub async fn check_email(provider: &EmailProvider, allow_private: bool) -> AppResult<()> {
+    match provider {
+        EmailProvider::Smtp(s) => check_smtp(s, allow_private).await,
+        EmailProvider::Api(s) => {
+            let mailer = ApiMailer::new(s, allow_private)
+                .await
+                .map_err(|why| invalid(format!("{} API refused: {why}", s.provider)))?;
+            mailer.check().await.map_err(invalid)
+        }
+    }
+}
+
 /// Seals a validated configuration of `kind` for the tenant of `key`.
 pub fn seal(key: &DataKey, kind: &str, plain: &[u8]) -> AppResult<Vec<u8>> {
     Ok(key.seal(&sealed_column(kind), plain)?)
 }
 
 /// Opens a tenant's sealed email configuration; the error names the row.
-pub fn open_email(key: &DataKey, tenant: Uuid, sealed: &[u8]) -> Result<EmailSettings, KeyError> {
+pub fn open_email(key: &DataKey, tenant: Uuid, sealed: &[u8]) -> Result<EmailProvider, KeyError> {
     let plain = key.open(&sealed_column("email"), &format!("tenant {tenant}"), sealed)?;
-    serde_json::from_slice(&plain).map_err(|_| {
+    let corrupt = || {
         KeyError::Corrupt(format!(
             "the email integration of tenant {tenant} is not a valid configuration"
         ))
-    })
+    };
+    let value: Value = serde_json::from_slice(&plain).map_err(|_| corrupt())?;
+    if value.get("provider").and_then(Value::as_str) == Some("smtp") {
+        serde_json::from_value(value)
+            .map(EmailProvider::Smtp)
+            .map_err(|_| corrupt())
+    } else {
+        serde_json::from_value(value)
+            .map(EmailProvider::Api)
+            .map_err(|_| corrupt())
+    }
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ pub mod integrations;
 pub mod keyring;
 pub mod live;
 pub mod mail;
+pub mod mail_api;
 pub mod messaging;
 pub mod password;
 pub mod pii;

@@ -18,6 +18,8 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use crate::domain::integrations::EmailProvider;
+
 /// Where mail goes.
 #[derive(Clone)]
 pub enum Mailer {
@@ -163,7 +165,7 @@ pub struct TenantMail {
 }
 
 #[derive(sqlx::FromRow)]
-struct OwnServer {
+struct StoredServer {
     tenant_id: Uuid,
     key_version: i32,
     sealed: Vec<u8>,
@@ -180,18 +182,41 @@ const TENANT_TEMPLATES: [&str; 3] = ["welcome", "invitation", "data_export"];
 /// How long one delivery may take before it counts as failed.
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The SMTP server of each tenant in `tenants` that configured its own, or
-/// why it cannot be used (then its mail waits: it never goes out through
-/// another server than the tenant chose).
+/// A tenant's own email provider, ready to send.
+enum OwnServer {
+    Smtp(Smtp),
+    Api(crate::domain::mail_api::ApiMailer),
+}
+
+impl OwnServer {
+    async fn send(&self, mail: &Mail) -> Result<(), MailError> {
+        match self {
+            OwnServer::Smtp(smtp) => smtp.send(mail).await,
+            OwnServer::Api(api) => api
+                .send(&crate::domain::mail_api::Outgoing {
+                    to: &mail.recipient,
+                    subject: &mail.subject,
+                    text: &mail.body,
+                    html: mail.html.as_deref(),
+                })
+                .await
+                .map_err(MailError::Message),
+        }
+    }
+}
+
+/// The email provider (SMTP server or API) of each tenant in `tenants`
+/// that configured its own, or why it cannot be used (then its mail waits:
+/// it never goes out through another provider than the tenant chose).
 async fn own_servers(
     db: &PgPool,
     tenants: Vec<Uuid>,
     own: &TenantMail,
-) -> Result<HashMap<Uuid, Result<Smtp, String>>, sqlx::Error> {
+) -> Result<HashMap<Uuid, Result<OwnServer, String>>, sqlx::Error> {
     if tenants.is_empty() {
         return Ok(HashMap::new());
     }
-    let rows: Vec<OwnServer> = sqlx::query_as(
+    let rows: Vec<StoredServer> = sqlx::query_as(
         "SELECT tenant_id, key_version, sealed, kek_id, wrapped FROM app.mail_integrations($1)",
     )
     .bind(&tenants)
@@ -211,6 +236,14 @@ async fn own_servers(
             let settings =
                 crate::domain::integrations::open_email(&key, row.tenant_id, &row.sealed)
                     .map_err(|e| e.to_string())?;
+            let settings = match settings {
+                EmailProvider::Api(api) => {
+                    let mailer =
+                        crate::domain::mail_api::ApiMailer::new(&api, own.allow_private).await?;
+                    return Ok(OwnServer::Api(mailer));
+                }
+                EmailProvider::Smtp(smtp) => smtp,
+            };
             let address =
                 crate::domain::integrations::reachable(&settings, own.allow_private).await?;
             let transport = crate::domain::integrations::smtp_transport(&settings, address)
@@ -219,7 +252,7 @@ async fn own_servers(
                 .from
                 .parse()
                 .map_err(|_| "tenant SMTP server: the sender is not an address".to_owned())?;
-            Ok::<_, String>(Smtp { transport, from })
+            Ok::<_, String>(OwnServer::Smtp(Smtp { transport, from }))
         }
         .await;
         if let Err(why) = &server {

@@ -112,12 +112,13 @@ async fn list(State(state): State<AppState>, tenant: Tenant, db: Db) -> AppResul
 #[utoipa::path(put, path = "/api/tenant/integrations/{kind}", tag = "integrations",
     params(("kind" = String, Path, description = "`payment`, `email`, `sms` or `analytics`")),
     request_body(content = serde_json::Value, description = "email: `{provider: \"smtp\", host, \
-        port, security (starttls|tls|none), username?, password?, from}`; payment: `{provider, \
+        port, security (starttls|tls|none), username?, password?, from}` or `{provider: \
+        \"postmark\"|\"sendgrid\", api_key, from, endpoint?}`; payment: `{provider, \
         secret_key, publishable_key?, webhook_secret?}`; sms: `{provider, account_id, auth_token, \
         from}`; analytics: `{provider, tracking_id}`"),
     responses((status = 200, description = "Stored, sealed; the masked view", body = IntegrationView),
-        (status = 422, description = "Invalid, or (email) the SMTP server did not accept the \
-        connection or the login")))]
+        (status = 422, description = "Invalid, or (email) the SMTP server or the API did not \
+        accept the connection, the login or the key")))]
 async fn set(
     State(state): State<AppState>,
     tenant: Tenant,
@@ -139,8 +140,8 @@ async fn set(
         db.discard().await?;
     }
     let validated = integrations::validate(kind, body)?;
-    if let Some(smtp) = &validated.smtp {
-        integrations::check_smtp(smtp, state.config.tenant_smtp_private).await?;
+    if let Some(provider) = &validated.email {
+        integrations::check_email(provider, state.config.tenant_smtp_private).await?;
     }
     let mut tx = state.db.begin().await?;
     crate::domain::context::enter(&mut tx, &state.keys, tenant.id, tenant.user_id).await?;
