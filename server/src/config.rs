@@ -168,6 +168,15 @@ pub struct Config {
     /// own network.
     #[arg(long, env = "TENANCY_TENANT_SMTP_PRIVATE", default_value_t = false)]
     pub tenant_smtp_private: bool,
+    /// The platform's own payment, SMS and analytics providers, the default
+    /// of every tenant that has not set its own: a JSON object such as
+    /// `{"payment": {...}, "sms": {...}, "analytics": {...}}`, each in the
+    /// form `PUT /api/tenant/integrations/{kind}` takes. Validated at start.
+    #[arg(long, env = "TENANCY_PLATFORM_INTEGRATIONS", hide_env_values = true)]
+    pub platform_integrations: Option<String>,
+    /// A file holding TENANCY_PLATFORM_INTEGRATIONS (for secret mounts).
+    #[arg(long, env = "TENANCY_PLATFORM_INTEGRATIONS_FILE")]
+    pub platform_integrations_file: Option<std::path::PathBuf>,
     /// What one client, user or tenant may take of this instance.
     #[command(flatten)]
     pub limits: Limits,

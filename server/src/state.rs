@@ -70,6 +70,8 @@ pub struct AppState {
     pub tally: Arc<crate::http::limits::Tally>,
     /// The platform keys that open tenant data keys.
     pub keyring: Arc<Keyring>,
+    /// The platform's own providers, every tenant's default.
+    pub platform_integrations: Arc<crate::domain::integrations::PlatformDefaults>,
 }
 
 /// A Redis connection manager with short timeouts and few retries: with
@@ -106,6 +108,10 @@ impl AppState {
     /// Loads the policies (refusing invalid ones) and connects to PostgreSQL and Redis.
     pub async fn connect(config: Config) -> Result<Self, StartupError> {
         let authz = Arc::new(Authz::load_or_embedded(config.policy_dir.as_deref())?);
+        let platform_integrations = Arc::new(
+            crate::domain::integrations::PlatformDefaults::from_config(&config)
+                .map_err(StartupError::Unavailable)?,
+        );
         let keyring = Arc::new(
             Keyring::from_config(&config).map_err(|e| StartupError::DataKey(e.to_string()))?,
         );
@@ -175,6 +181,7 @@ impl AppState {
             hub,
             admin_db,
             keyring,
+            platform_integrations,
         })
     }
 }

@@ -721,6 +721,109 @@ async fn a_tenants_mail_goes_through_its_email_api_which_is_checked_on_save() ->
 }
 
 #[tokio::test]
+async fn each_kind_falls_back_to_the_platforms_default_until_the_tenant_sets_its_own() -> TestResult
+{
+    const PLATFORM_SECRET: &str = "platform-adyen-secret-key-0001";
+    let app = TestApp::spawn_with(Options {
+        platform_integrations: Some(
+            json!({"payment": {"provider": "adyen", "secret_key": PLATFORM_SECRET},
+                   "analytics": {"provider": "plausible", "tracking_id": "platform.example"}})
+            .to_string(),
+        ),
+        ..Options::default()
+    })
+    .await?;
+    let alice = app.login(ALICE).await?;
+    let shown = |body: &Value, kind: &str| -> Value {
+        body["integrations"]
+            .as_array()
+            .and_then(|all| all.iter().find(|i| i["kind"] == kind).cloned())
+            .unwrap_or(Value::Null)
+    };
+    let (status, body) = app.get("/api/tenant/integrations", &alice).await?;
+    assert_eq!(status, 200, "{body}");
+    let default = shown(&body, "payment");
+    assert_eq!(default["source"], "platform");
+    assert_eq!(
+        default["settings"],
+        json!({"provider": "adyen"}),
+        "{default}"
+    );
+    assert_eq!(
+        shown(&body, "analytics")["settings"]["provider"],
+        "plausible"
+    );
+    assert_eq!(shown(&body, "sms")["settings"], Value::Null, "no default");
+    assert!(
+        !body.to_string().contains("platform-adyen") && !body.to_string().contains("0001"),
+        "the platform's credentials are not shown, not even masked: {body}"
+    );
+
+    // What code charging for a tenant gets: the platform's, then its own.
+    let state = tenancy_server::AppState::connect(app.config.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    let effective = |tenant: Uuid| {
+        let state = state.clone();
+        async move {
+            let mut tx = state.db.begin().await?;
+            tenancy_server::domain::context::enter(&mut tx, &state.keys, tenant, Uuid::nil())
+                .await?;
+            let found = tenancy_server::domain::integrations::effective(
+                &state.keyring,
+                &state.platform_integrations,
+                &mut tx,
+                tenant,
+                "payment",
+            )
+            .await?;
+            tx.rollback().await?;
+            Ok::<_, tenancy_server::error::AppError>(
+                found.map(|(source, plain)| (source, String::from_utf8_lossy(&plain).into_owned())),
+            )
+        }
+    };
+    use tenancy_server::domain::integrations::Source;
+    let (source, plain) = effective(app.acme).await?.ok_or("no payment settings")?;
+    assert_eq!(source, Source::Platform);
+    assert!(plain.contains(PLATFORM_SECRET));
+    let (status, _) = put(&app, &alice, "payment", payment()).await?;
+    assert_eq!(status, 200);
+    let (source, plain) = effective(app.acme).await?.ok_or("no payment settings")?;
+    assert_eq!(source, Source::Tenant);
+    assert!(plain.contains(STRIPE_SECRET) && !plain.contains(PLATFORM_SECRET));
+    let (source, _) = effective(app.globex).await?.ok_or("no payment settings")?;
+    assert_eq!(source, Source::Platform, "globex keeps the default");
+    let (status, _) = app
+        .delete("/api/tenant/integrations/payment", &alice)
+        .await?;
+    assert_eq!(status, 204);
+    let (source, _) = effective(app.acme).await?.ok_or("no payment settings")?;
+    assert_eq!(source, Source::Platform, "back to the default");
+
+    // A default that would be refused for a tenant stops the start.
+    for (defaults, wanted) in [
+        (
+            json!({"payment": {"provider": "paypal", "secret_key": "x"}}),
+            "provider must be one of",
+        ),
+        (json!({"email": {"provider": "smtp"}}), "TENANCY_SMTP_URL"),
+        (json!(["payment"]), "JSON object"),
+    ] {
+        let mut config = app.config.clone();
+        config.platform_integrations = Some(defaults.to_string());
+        let refused = tenancy_server::AppState::connect(config).await;
+        let message = refused.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            message.contains("TENANCY_PLATFORM_INTEGRATIONS") && message.contains(wanted),
+            "{message}"
+        );
+        assert!(!message.contains('\n'), "one line: {message}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
 async fn rotating_a_tenants_data_key_reseals_everything_and_survives_a_stop_half_way() -> TestResult
 {
     // No background jobs: the resealing is run here, step by step.

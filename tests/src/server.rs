@@ -56,6 +56,8 @@ pub struct Options {
     /// Tenants' SMTP servers on public addresses and mail ports only (as
     /// deployed); off in tests, whose SMTP peers listen on loopback.
     pub public_smtp_only: bool,
+    /// The platform's own payment, SMS and analytics providers (JSON).
+    pub platform_integrations: Option<String>,
 }
 
 impl Default for Options {
@@ -73,6 +75,7 @@ impl Default for Options {
             dns_server: None,
             platform_signup: false,
             public_smtp_only: false,
+            platform_integrations: None,
         }
     }
 }
@@ -178,6 +181,8 @@ impl TestApp {
             data_key_previous: None,
             data_key_previous_file: None,
             tenant_smtp_private: !options.public_smtp_only,
+            platform_integrations: options.platform_integrations.clone(),
+            platform_integrations_file: None,
         };
         ops::migrate(&config)
             .await

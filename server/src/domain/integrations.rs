@@ -467,6 +467,105 @@ pub async fn check_email(provider: &EmailProvider, allow_private: bool) -> AppRe
     }
 }
 
+/// The platform's own providers: the default of every tenant that has not
+/// set its own (email's is the service's own sender, `TENANCY_SMTP_URL`).
+#[derive(Default)]
+pub struct PlatformDefaults {
+    defaults: std::collections::HashMap<&'static str, Validated>,
+}
+
+impl PlatformDefaults {
+    /// The defaults the configuration gives, validated as a tenant's would
+    /// be; the error says in one line which is wrong and why.
+    pub fn from_config(config: &crate::config::Config) -> Result<PlatformDefaults, String> {
+        const NAME: &str = "TENANCY_PLATFORM_INTEGRATIONS";
+        let text = match (
+            config
+                .platform_integrations
+                .as_deref()
+                .filter(|t| !t.trim().is_empty()),
+            config.platform_integrations_file.as_deref(),
+        ) {
+            (Some(_), Some(_)) => return Err(format!("set {NAME} or {NAME}_FILE, not both")),
+            (Some(text), None) => zeroize::Zeroizing::new(text.to_owned()),
+            (None, Some(path)) => zeroize::Zeroizing::new(
+                std::fs::read_to_string(path)
+                    .map_err(|e| format!("{NAME}_FILE {}: {e}", path.display()))?,
+            ),
+            (None, None) => return Ok(PlatformDefaults::default()),
+        };
+        let parsed: serde_json::Map<String, Value> = serde_json::from_str(&text)
+            .map_err(|_| format!("{NAME} must be a JSON object of kinds"))?;
+        let mut defaults = std::collections::HashMap::new();
+        for (kind, settings) in parsed {
+            let known = ["payment", "sms", "analytics"]
+                .into_iter()
+                .find(|k| *k == kind)
+                .ok_or_else(|| {
+                    format!(
+                        "{NAME}: {kind} is not one of payment, sms, analytics (the platform's email is TENANCY_SMTP_URL)"
+                    )
+                })?;
+            let validated = validate(known, settings).map_err(|e| match e {
+                AppError::Validation(why) => format!("{NAME}: {why}"),
+                other => format!("{NAME}: {kind}: {other}"),
+            })?;
+            defaults.insert(known, validated);
+        }
+        Ok(PlatformDefaults { defaults })
+    }
+
+    /// What a tenant's admin sees of the platform's default for `kind`:
+    /// the provider only (the platform's credentials are not the tenant's,
+    /// not even masked).
+    pub fn shown(&self, kind: &str) -> Option<Value> {
+        self.defaults
+            .get(kind)
+            .map(|v| json!({ "provider": v.masked.get("provider") }))
+    }
+
+    /// The platform's settings of `kind`, as a tenant's would be sealed.
+    pub fn settings(&self, kind: &str) -> Option<&[u8]> {
+        self.defaults.get(kind).map(|v| &v.plain[..])
+    }
+}
+
+/// Where the settings in effect for a tenant come from.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Source {
+    Tenant,
+    Platform,
+}
+
+/// The settings of `kind` in effect for the tenant of `conn`'s context (a
+/// transaction in it): its own, opened, else the platform's default, else
+/// none. This is what code that charges, texts or tracks for a tenant asks.
+pub async fn effective(
+    keyring: &crate::domain::keyring::Keyring,
+    platform: &PlatformDefaults,
+    conn: &mut sqlx::PgConnection,
+    tenant: Uuid,
+    kind: &str,
+) -> AppResult<Option<(Source, zeroize::Zeroizing<Vec<u8>>)>> {
+    let own: Option<(i32, Vec<u8>)> =
+        sqlx::query_as("SELECT key_version, sealed FROM app.tenant_integrations WHERE kind = $1")
+            .bind(kind)
+            .fetch_optional(&mut *conn)
+            .await?;
+    if let Some((version, sealed)) = own {
+        let key = keyring.key_version(conn, tenant, version).await?;
+        let plain = key.open(
+            &sealed_column(kind),
+            &format!("integration {kind} of tenant {tenant}"),
+            &sealed,
+        )?;
+        return Ok(Some((Source::Tenant, plain)));
+    }
+    Ok(platform
+        .settings(kind)
+        .map(|p| (Source::Platform, zeroize::Zeroizing::new(p.to_vec()))))
+}
+
 /// Seals a validated configuration of `kind` for the tenant of `key`.
 pub fn seal(key: &DataKey, kind: &str, plain: &[u8]) -> AppResult<Vec<u8>> {
     Ok(key.seal(&sealed_column(kind), plain)?)

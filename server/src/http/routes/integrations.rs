@@ -48,13 +48,14 @@ struct IntegrationView {
     kind: String,
     /// `tenant` (its own configuration) or `platform` (the default).
     source: &'static str,
-    /// The configuration with every secret masked; null when not configured.
+    /// The tenant's configuration with every secret masked; for the
+    /// platform's default, its provider only; null when there is none.
     settings: Option<Value>,
     updated_at: Option<DateTime<Utc>>,
     updated_by: Option<Uuid>,
 }
 
-fn view(kind: &str, row: Option<Row>) -> IntegrationView {
+fn view(state: &AppState, kind: &str, row: Option<Row>) -> IntegrationView {
     match row {
         Some(row) => IntegrationView {
             kind: row.kind,
@@ -66,7 +67,15 @@ fn view(kind: &str, row: Option<Row>) -> IntegrationView {
         None => IntegrationView {
             kind: kind.to_owned(),
             source: "platform",
-            settings: None,
+            settings: if kind == "email" {
+                state
+                    .config
+                    .smtp_url
+                    .as_ref()
+                    .map(|_| json!({"provider": "smtp"}))
+            } else {
+                state.platform_integrations.shown(kind)
+            },
             updated_at: None,
             updated_by: None,
         },
@@ -103,7 +112,7 @@ async fn list(State(state): State<AppState>, tenant: Tenant, db: Db) -> AppResul
                 .iter()
                 .position(|r| r.kind == *kind)
                 .map(|i| rows.swap_remove(i));
-            view(kind, row)
+            view(&state, kind, row)
         })
         .collect();
     Ok(Json(json!({ "integrations": views })))
@@ -195,7 +204,7 @@ async fn set(
     )
     .await?;
     tx.commit().await?;
-    Ok(Json(view(kind, Some(row))))
+    Ok(Json(view(&state, kind, Some(row))))
 }
 
 #[utoipa::path(delete, path = "/api/tenant/integrations/{kind}", tag = "integrations",
