@@ -199,3 +199,52 @@ async fn mail_is_the_tenants_own_in_its_locale_with_a_branded_html_part() -> Tes
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn mail_sent_long_ago_leaves_the_outbox_and_mail_still_waiting_never_does() -> TestResult {
+    let app = TestApp::spawn_with(Options {
+        relay: false,
+        ..Options::default()
+    })
+    .await?;
+    let mut su = app.superuser().await?;
+    let mut tx = sqlx::Connection::begin(&mut su).await?;
+    sqlx::query("SELECT tenancy.set_token($1)")
+        .bind(app.context_token(app.acme, uuid::Uuid::nil()))
+        .execute(&mut *tx)
+        .await?;
+    for (recipient, sent, created) in [
+        ("old.sent@elsewhere.test", Some(31), 31),
+        ("new.sent@elsewhere.test", Some(1), 1),
+        ("old.waiting@elsewhere.test", None, 40),
+    ] {
+        sqlx::query(
+            "INSERT INTO app.email_outbox (tenant_id, recipient, template, subject, body, created_at, sent_at)
+             VALUES ($1, $2, 'welcome', 's', 'b', now() - make_interval(days => $3),
+                     now() - make_interval(days => $4))",
+        )
+        .bind(app.acme)
+        .bind(recipient)
+        .bind(created)
+        .bind(sent)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    let state = tenancy_server::AppState::connect(app.config.clone())
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    assert_eq!(
+        tenancy_server::jobs::retention::purge_sent_mail(&state).await?,
+        1
+    );
+    let mut left: Vec<String> = sqlx::query_scalar("SELECT recipient FROM app.email_outbox")
+        .fetch_all(&mut su)
+        .await?;
+    left.sort();
+    assert_eq!(
+        left,
+        ["new.sent@elsewhere.test", "old.waiting@elsewhere.test"]
+    );
+    Ok(())
+}

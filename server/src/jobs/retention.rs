@@ -1,5 +1,6 @@
 //! Retention: each tenant's entries older than its
-//! `audit_retention_days` are deleted through its own context, and tenants
+//! `audit_retention_days` are deleted through its own context, mail sent
+//! more than [`SENT_MAIL_DAYS`] days ago leaves the outbox, and tenants
 //! their owners deleted are removed once their grace period is over.
 
 use serde_json::Value;
@@ -68,6 +69,30 @@ async fn purge_tenant(state: &AppState, tenant: Uuid, default_days: i64) -> AppR
     Ok(deleted)
 }
 
+/// Days a delivered mail stays in the outbox (for support: "was it sent?")
+/// before it is deleted: the outbox is a queue, not an archive of
+/// everyone's addresses and links.
+pub const SENT_MAIL_DAYS: i32 = 30;
+
+/// Deletes mail delivered more than [`SENT_MAIL_DAYS`] days ago (never
+/// mail still waiting); returns how many.
+pub async fn purge_sent_mail(state: &AppState) -> AppResult<u64> {
+    let mut tx = state.admin_db.begin().await?;
+    // Across tenants, as the mail sender (the outbox's cross-tenant policy).
+    sqlx::query("SELECT set_config('app.cross_tenant', 'mail_sender', true)")
+        .execute(&mut *tx)
+        .await?;
+    let deleted = sqlx::query(
+        "DELETE FROM app.email_outbox WHERE sent_at < now() - make_interval(days => $1)",
+    )
+    .bind(SENT_MAIL_DAYS)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    tx.commit().await?;
+    Ok(deleted)
+}
+
 /// Purges every `every` until `shutdown`.
 pub async fn run_purge(
     state: AppState,
@@ -79,6 +104,11 @@ pub async fn run_purge(
             Ok(n) if n > 0 => tracing::info!(deleted = n, "purged audit entries past retention"),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "audit purge failed"),
+        }
+        match purge_sent_mail(&state).await {
+            Ok(n) if n > 0 => tracing::info!(deleted = n, "purged mail sent long ago"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "sent mail purge failed"),
         }
         // Tenants deleted by their owners, once their grace period is over.
         if let Err(e) = purge_due(&state).await {
