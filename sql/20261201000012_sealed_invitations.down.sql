@@ -43,9 +43,27 @@ $$;
 
 DROP VIEW app.sealed_values;
 
-DROP FUNCTION app.queue_invitation_mail(uuid, text, text, text, text);
-CREATE FUNCTION app.queue_invitation_mail(invitation uuid, mail_subject text, mail_body text,
-                                          mail_html text)
+DROP FUNCTION app.invitation_addresses(uuid[]);
+DROP FUNCTION app.mail_claim(integer, interval, uuid[]);
+CREATE FUNCTION app.mail_claim(batch integer, lease interval, busy uuid[])
+RETURNS TABLE (tenant_id uuid, id bigint, template text, recipient text, subject text, body text, html text)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM set_config('app.cross_tenant', 'mail_sender', true);
+    RETURN QUERY
+    UPDATE app.email_outbox o SET next_attempt_at = now() + lease
+    WHERE (o.tenant_id, o.id) IN (
+        SELECT x.tenant_id, x.id FROM app.email_outbox x
+        WHERE x.sent_at IS NULL AND x.next_attempt_at <= now() AND x.tenant_id <> ALL (busy)
+        ORDER BY x.next_attempt_at, x.id LIMIT batch FOR UPDATE SKIP LOCKED)
+    RETURNING o.tenant_id, o.id, o.template, o.recipient, o.subject, o.body, o.html;
+    PERFORM set_config('app.cross_tenant', '', true);
+END
+$$;
+REVOKE EXECUTE ON FUNCTION app.mail_claim(integer, interval, uuid[]) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION app.queue_invitation_mail(invitation uuid, mail_subject text, mail_body text,
+                                                     mail_html text)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -61,6 +79,16 @@ BEGIN
     VALUES (recipient, 'invitation', mail_subject, mail_body, mail_html);
 END
 $$;
+-- (Every invitation is in plain here: the guard above.)
+UPDATE app.email_outbox o SET recipient = i.email
+FROM app.invitations i WHERE i.tenant_id = o.tenant_id AND i.id = o.invitation_id AND o.recipient IS NULL;
+ALTER TABLE app.email_outbox
+    DROP CONSTRAINT email_outbox_addressed,
+    DROP COLUMN invitation_id,
+    ALTER COLUMN recipient SET NOT NULL;
+
+DROP TRIGGER invitations_sealed_only ON app.invitations;
+DROP FUNCTION app.invitations_sealed_only();
 
 DROP INDEX app.invitations_email_index_idx;
 ALTER TABLE app.invitations

@@ -24,12 +24,31 @@ ALTER TABLE app.invitations
 CREATE INDEX invitations_email_index_idx ON app.invitations (tenant_id, email_index)
     WHERE accepted_at IS NULL AND revoked_at IS NULL;
 
--- The invitation mail, to the address the service opened from the
--- invitation (the database cannot): only for a pending invitation of the
--- tenant of the context.
-DROP FUNCTION app.queue_invitation_mail(uuid, text, text, text);
-CREATE FUNCTION app.queue_invitation_mail(invitation uuid, recipient text, mail_subject text,
-                                          mail_body text, mail_html text)
+-- Only sealed addresses are written: a plain one (which the key job would
+-- then seal and index) would let whoever writes rows test guesses against
+-- the blind index. Rows from before sealing keep theirs until sealed.
+CREATE FUNCTION app.invitations_sealed_only() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NEW.email IS NOT NULL AND (TG_OP = 'INSERT' OR NEW.email IS DISTINCT FROM OLD.email) THEN
+        RAISE EXCEPTION 'invitation addresses are stored sealed only' USING ERRCODE = '42501';
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER invitations_sealed_only BEFORE INSERT OR UPDATE OF email ON app.invitations
+    FOR EACH ROW EXECUTE FUNCTION app.invitations_sealed_only();
+
+-- The invitation mail names its invitation, not the address: the outbox
+-- holds no plain copy of it, and the mail sender opens the sealed address
+-- when it sends. The function still mails only the invitation's own
+-- address, of a pending invitation of the tenant of the context.
+ALTER TABLE app.email_outbox
+    ALTER COLUMN recipient DROP NOT NULL,
+    ADD COLUMN invitation_id uuid,
+    ADD CONSTRAINT email_outbox_addressed CHECK (recipient IS NOT NULL OR invitation_id IS NOT NULL);
+CREATE OR REPLACE FUNCTION app.queue_invitation_mail(invitation uuid, mail_subject text, mail_body text,
+                                                     mail_html text)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -39,10 +58,48 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'no pending invitation %', invitation USING ERRCODE = 'P0002';
     END IF;
-    INSERT INTO app.email_outbox (recipient, template, subject, body, html)
-    VALUES (recipient, 'invitation', mail_subject, mail_body, mail_html);
+    INSERT INTO app.email_outbox (invitation_id, template, subject, body, html)
+    VALUES (invitation, 'invitation', mail_subject, mail_body, mail_html);
 END
 $$;
+
+-- The claim hands the sender each mail's invitation too.
+DROP FUNCTION app.mail_claim(integer, interval, uuid[]);
+CREATE FUNCTION app.mail_claim(batch integer, lease interval, busy uuid[])
+RETURNS TABLE (tenant_id uuid, id bigint, template text, recipient text, subject text, body text,
+               html text, invitation_id uuid)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM set_config('app.cross_tenant', 'mail_sender', true);
+    RETURN QUERY
+    UPDATE app.email_outbox o SET next_attempt_at = now() + lease
+    WHERE (o.tenant_id, o.id) IN (
+        SELECT x.tenant_id, x.id FROM app.email_outbox x
+        WHERE x.sent_at IS NULL AND x.next_attempt_at <= now() AND x.tenant_id <> ALL (busy)
+        ORDER BY x.next_attempt_at, x.id LIMIT batch FOR UPDATE SKIP LOCKED)
+    RETURNING o.tenant_id, o.id, o.template, o.recipient, o.subject, o.body, o.html, o.invitation_id;
+    PERFORM set_config('app.cross_tenant', '', true);
+END
+$$;
+REVOKE EXECUTE ON FUNCTION app.mail_claim(integer, interval, uuid[]) FROM PUBLIC;
+
+-- What the mail sender needs to open invitations' addresses: the sealed
+-- value, what it is bound to, and the tenant key that sealed it (wrapped).
+CREATE FUNCTION app.invitation_addresses(ids uuid[])
+RETURNS TABLE (id uuid, tenant_id uuid, email text, email_sealed bytea, token_hash bytea,
+               key_version integer, kek_id text, wrapped bytea)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM set_config('app.cross_tenant', 'key_custodian', true);
+    RETURN QUERY SELECT i.id, i.tenant_id, i.email, i.email_sealed, i.token_hash, i.key_version,
+                        k.kek_id, k.wrapped
+    FROM app.invitations i
+    LEFT JOIN app.tenant_keys k ON k.tenant_id = i.tenant_id AND k.version = i.key_version
+    WHERE i.id = ANY (ids);
+    PERFORM set_config('app.cross_tenant', '', true);
+END
+$$;
+REVOKE EXECUTE ON FUNCTION app.invitation_addresses(uuid[]) FROM PUBLIC;
 
 -- Every sealed value's tenant and key version, whatever table holds it:
 -- what rotation reseals and what keeps a retired key alive.

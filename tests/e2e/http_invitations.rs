@@ -151,12 +151,7 @@ mod tenant_admin {
         };
         assert_eq!(keys(&existing), keys(&new));
         // The mails say the same, but for the address and the link.
-        let mut su = app.superuser().await?;
-        let bodies: Vec<(String, String)> = sqlx::query_as(
-            "SELECT recipient, body FROM app.email_outbox WHERE template = 'invitation' ORDER BY id",
-        )
-        .fetch_all(&mut su)
-        .await?;
+        let bodies = app.invitation_mails().await?;
         let normalise = |(recipient, body): &(String, String)| {
             let token = body
                 .split("token=")

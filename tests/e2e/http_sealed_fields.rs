@@ -57,6 +57,84 @@ async fn stored(
     .await?)
 }
 
+mod application_role {
+    //! The service's own database role, stolen: raw SQL in its tenant's
+    //! context.
+    use super::*;
+
+    async fn as_app_role(app: &TestApp, sql: &str) -> TestResult<String> {
+        let mut conn = app.app_role().await?;
+        let mut tx = sqlx::Connection::begin(&mut conn).await?;
+        sqlx::query("SELECT tenancy.set_token($1)")
+            .bind(app.context_token(app.acme, Uuid::nil()))
+            .execute(&mut *tx)
+            .await?;
+        let outcome = sqlx::query(sql).execute(&mut *tx).await;
+        tx.commit().await?;
+        Ok(outcome.err().map(|e| e.to_string()).unwrap_or_default())
+    }
+
+    #[tokio::test]
+    async fn writes_plain_addresses_for_the_key_job_to_index_as_guesses() -> TestResult {
+        let app = TestApp::spawn().await?;
+        invite(&app, &app.login(ALICE).await?, "target@elsewhere.test").await?;
+        let refused = as_app_role(
+            &app,
+            "INSERT INTO app.invitations (email, role, token_hash, expires_at)
+             VALUES ('guess@elsewhere.test', 'member', decode(repeat('ab', 32), 'hex'), now() + interval '1 day')",
+        )
+        .await?;
+        assert!(refused.contains("stored sealed only"), "{refused}");
+        let refused = as_app_role(
+            &app,
+            "UPDATE app.invitations SET email = 'guess@elsewhere.test', email_sealed = NULL,
+                 email_index = NULL, key_version = NULL",
+        )
+        .await?;
+        assert!(refused.contains("stored sealed only"), "{refused}");
+        let plain: i64 = app
+            .scalar("SELECT count(*) FROM app.invitations WHERE email IS NOT NULL")
+            .await?;
+        assert_eq!(plain, 0);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn revives_an_old_invitation_with_its_own_link_to_make_the_service_open_it() -> TestResult
+    {
+        let app = TestApp::spawn().await?;
+        let alice = app.login(ALICE).await?;
+        let invitation = invite(&app, &alice, "former.invitee@elsewhere.test").await?;
+        let id = invitation["id"].as_str().unwrap_or_default().to_owned();
+        let (status, _) = app
+            .delete(&format!("/api/tenant/invitations/{id}"), &alice)
+            .await?;
+        assert_eq!(status, 204);
+        // The revoked row brought back, pointed at a link the attacker holds.
+        let (secret, digest) = tenancy_server::domain::sessions::new_secret();
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        let error = as_app_role(
+            &app,
+            &format!(
+                "UPDATE app.invitations SET revoked_at = NULL, expires_at = now() + interval '1 day',
+                     token_hash = decode('{hex}', 'hex') WHERE id = '{id}'"
+            ),
+        )
+        .await?;
+        assert_eq!(error, "", "the role may write its tenant's rows");
+        let (status, body) = app
+            .accept(&format!("{}.{secret}", app.acme), "plum-harbour-window-17")
+            .await?;
+        assert_eq!(status, 404, "{body}");
+        assert!(!body.to_string().contains("former.invitee"), "{body}");
+        let account: i64 = app
+            .scalar("SELECT count(*) FROM app.users WHERE email = 'former.invitee@elsewhere.test'")
+            .await?;
+        assert_eq!(account, 0, "no account made with the attacker's password");
+        Ok(())
+    }
+}
+
 mod database_reader {
     //! Anyone holding a copy of the database: a dump, a replica, a backup,
     //! or the application role itself.
@@ -86,8 +164,19 @@ mod database_reader {
         }
         assert_eq!(*version, Some(1));
 
-        // Nor in the audit trail, nor anywhere else in the tenant's rows.
+        // Nor in the mail outbox (the mail names the invitation)...
         let mut su = app.superuser().await?;
+        let outbox: Vec<String> = sqlx::query_scalar(
+            "SELECT o::text FROM app.email_outbox o WHERE template = 'invitation'",
+        )
+        .fetch_all(&mut su)
+        .await?;
+        assert_eq!(outbox.len(), 1);
+        assert!(
+            !outbox[0].to_lowercase().contains("private.person"),
+            "{outbox:?}"
+        );
+        // ...nor in the audit trail.
         let trail: Vec<Option<String>> = sqlx::query_scalar(
             "SELECT coalesce(target, '') || details::text FROM app.audit_events
              WHERE tenant_id = $1 AND action LIKE 'invitation.%'",
@@ -100,10 +189,7 @@ mod database_reader {
             assert!(!entry.to_lowercase().contains("private.person"), "{entry}");
         }
         assert!(
-            trail
-                .iter()
-                .flatten()
-                .any(|e| e.contains("P***@elsewhere.test")),
+            trail.iter().flatten().any(|e| e.contains("P***@e***.test")),
             "masked: {trail:?}"
         );
         Ok(())
@@ -235,17 +321,21 @@ async fn addresses_stored_in_plain_before_sealing_get_sealed_by_the_key_job() ->
     })
     .await?;
     let alice = app.login(ALICE).await?;
-    // A row as written before addresses were sealed.
+    // A row as written before addresses were sealed (no trigger then).
     let mut su = app.superuser().await?;
     let mut tx = sqlx::Connection::begin(&mut su).await?;
+    sqlx::query("SET LOCAL session_replication_role = replica")
+        .execute(&mut *tx)
+        .await?;
     sqlx::query("SELECT tenancy.set_token($1)")
         .bind(app.context_token(app.acme, Uuid::nil()))
         .execute(&mut *tx)
         .await?;
     sqlx::query(
-        "INSERT INTO app.invitations (email, role, token_hash, expires_at)
-         VALUES ('Old.Style@elsewhere.test', 'member', decode(repeat('cd', 32), 'hex'), now() + interval '1 day')",
+        "INSERT INTO app.invitations (tenant_id, email, role, token_hash, expires_at)
+         VALUES ($1, 'Old.Style@elsewhere.test', 'member', decode(repeat('cd', 32), 'hex'), now() + interval '1 day')",
     )
+    .bind(app.acme)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;

@@ -316,20 +316,54 @@ impl TestApp {
         self.mailed_token(email, "invitation").await
     }
 
+    /// Every invitation mail in the outbox, oldest first, as (address,
+    /// body): the outbox names the invitation, whose address is sealed, so
+    /// it is opened here with the tests' platform key, as the sender does.
+    pub async fn invitation_mails(&self) -> TestResult<Vec<(String, String)>> {
+        let mut su = self.superuser().await?;
+        let mails: Vec<(Uuid, String)> = sqlx::query_as(
+            "SELECT invitation_id, body FROM app.email_outbox
+             WHERE invitation_id IS NOT NULL ORDER BY created_at, id",
+        )
+        .fetch_all(&mut su)
+        .await?;
+        let keyring = tenancy_server::domain::keyring::Keyring::from_config(&self.config)?;
+        let ids: Vec<Uuid> = mails.iter().map(|m| m.0).collect();
+        let addresses =
+            tenancy_server::domain::pii::invitation_addresses(&mut su, &keyring, &ids).await?;
+        mails
+            .into_iter()
+            .map(|(id, body)| match addresses.get(&id) {
+                Some(Ok(address)) => Ok((address.clone(), body)),
+                Some(Err(why)) => Err(why.clone().into()),
+                None => Err(format!("invitation {id} is gone").into()),
+            })
+            .collect()
+    }
+
     /// The token in the latest mail of `template` to `email`, from the mail
     /// outbox (waiting up to 5 s for mail queued after the answer).
     pub async fn mailed_token(&self, email: &str, template: &str) -> TestResult<String> {
         let mut su = self.superuser().await?;
         let mut waited = 0;
         let body: String = loop {
-            let body: Option<String> = sqlx::query_scalar(
-                "SELECT body FROM app.email_outbox WHERE recipient = $1 AND template = $2
-                 ORDER BY created_at DESC, id DESC LIMIT 1",
-            )
-            .bind(email)
-            .bind(template)
-            .fetch_optional(&mut su)
-            .await?;
+            let body: Option<String> = if template == "invitation" {
+                self.invitation_mails()
+                    .await?
+                    .into_iter()
+                    .rev()
+                    .find(|(to, _)| to == email)
+                    .map(|(_, body)| body)
+            } else {
+                sqlx::query_scalar(
+                    "SELECT body FROM app.email_outbox WHERE recipient = $1 AND template = $2
+                     ORDER BY created_at DESC, id DESC LIMIT 1",
+                )
+                .bind(email)
+                .bind(template)
+                .fetch_optional(&mut su)
+                .await?
+            };
             match body {
                 Some(body) => break body,
                 None if waited < 50 => {

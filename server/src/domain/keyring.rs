@@ -515,6 +515,25 @@ impl Keyring {
     }
 }
 
+/// Refuses a write that sealed under key `version` if the key was retired
+/// and destroyed before the write took hold of it: call after the write,
+/// whose foreign key to the key row now holds it (`FOR KEY SHARE`) until
+/// commit, so a later destruction waits for it and then sees the value.
+pub async fn ensure_live(conn: &mut sqlx::PgConnection, version: i32) -> AppResult<()> {
+    let live: bool =
+        sqlx::query_scalar("SELECT wrapped IS NOT NULL FROM app.tenant_keys WHERE version = $1")
+            .bind(version)
+            .fetch_one(&mut *conn)
+            .await?;
+    if live {
+        Ok(())
+    } else {
+        Err(AppError::Conflict(
+            "The tenant's data key was rotated at the same moment; send it again".to_owned(),
+        ))
+    }
+}
+
 /// The key version a sealed value names, if it is one.
 pub fn sealed_version(sealed: &[u8]) -> Option<i32> {
     if sealed.len() <= HEADER || sealed[0] != FORMAT {

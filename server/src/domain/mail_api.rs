@@ -4,10 +4,11 @@
 //! that sends nothing, used by the mail sender for the tenant's own mail.
 //!
 //! As for a tenant's SMTP server, the service refuses to make requests
-//! into its own network for a tenant: the endpoint must be `https://`, its
-//! host must resolve to public addresses only, and the connection goes to
-//! the address checked (redirects are not followed), unless the operator
-//! allows private servers (`TENANCY_TENANT_SMTP_PRIVATE`).
+//! into its own network, or at any port of the internet, for a tenant: the
+//! endpoint must be `https://` on port 443, its host must resolve to public
+//! addresses only, and the connection goes straight (no proxy) to the
+//! address checked, redirects not followed, unless the operator allows
+//! private servers (`TENANCY_TENANT_SMTP_PRIVATE`).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -131,6 +132,7 @@ impl ApiMailer {
             .ok_or_else(|| "the endpoint has no host".to_owned())?
             .to_owned();
         let mut builder = reqwest::Client::builder()
+            .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(10))
             .connect_timeout(Duration::from_secs(5));
@@ -139,6 +141,9 @@ impl ApiMailer {
                 return Err("the endpoint must use https".to_owned());
             }
             let port = url.port_or_known_default().unwrap_or(443);
+            if port != 443 {
+                return Err("the endpoint must use port 443".to_owned());
+            }
             let address = crate::domain::integrations::public_address(&host, port).await?;
             builder = builder.resolve(&host, SocketAddr::new(address, port));
         }
@@ -259,7 +264,11 @@ mod tests {
 
     #[tokio::test]
     async fn plain_http_and_internal_endpoints_are_refused_unless_private_is_allowed() {
-        for endpoint in ["http://api.postmarkapp.com", "https://127.0.0.1:8443"] {
+        for endpoint in [
+            "http://api.postmarkapp.com",
+            "https://127.0.0.1",
+            "https://api.postmarkapp.com:8443",
+        ] {
             let refused = ApiMailer::new(&settings(Some(endpoint)), false).await;
             assert!(refused.is_err(), "{endpoint}");
             assert!(ApiMailer::new(&settings(Some(endpoint)), true)

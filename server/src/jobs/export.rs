@@ -170,12 +170,8 @@ impl Unsealer<'_> {
         for field in &self.fields {
             let sealed = row.remove(field.sealed);
             if row.get(field.plain).is_none_or(|v| v.is_null()) {
-                let name = match row.get(field.id) {
-                    Some(Value::String(id)) => format!("row {id}"),
-                    _ => "a row".to_owned(),
-                };
                 let plain = match sealed {
-                    Some(Value::String(text)) => Some(self.open(field, &name, &text)?),
+                    Some(Value::String(text)) => Some(self.open(field, &row, &text)?),
                     _ => None,
                 };
                 row.insert(
@@ -184,6 +180,9 @@ impl Unsealer<'_> {
                 );
             }
         }
+        // Only the columns exported (not the link digests the values are
+        // bound to).
+        row.retain(|name, _| self.columns.contains(name));
         let mut out = if self.csv {
             self.columns
                 .iter()
@@ -202,33 +201,49 @@ impl Unsealer<'_> {
         Ok(out)
     }
 
-    /// A bytea value as `row_to_json` writes it (`\x` and hex), opened.
-    fn open(&self, field: &SealedField, row: &str, text: &str) -> AppResult<String> {
+    /// The sealed value `text` of `row` opened (a bytea as `row_to_json`
+    /// writes it: `\x` and hex).
+    fn open(
+        &self,
+        field: &SealedField,
+        row: &serde_json::Map<String, Value>,
+        text: &str,
+    ) -> AppResult<String> {
+        let id = row.get(field.id).and_then(Value::as_str).unwrap_or("?");
         let corrupt = || {
             AppError::from(crate::domain::keyring::KeyError::Corrupt(format!(
-                "{} of {row} does not decrypt: not a sealed value",
-                field.column
+                "{}.{} of row {id} does not decrypt: not a sealed value",
+                field.table, field.plain
             )))
         };
-        let hex = text.strip_prefix("\\x").ok_or_else(corrupt)?;
-        let bytes = (0..hex.len())
-            .step_by(2)
-            .map(|i| {
-                hex.get(i..i + 2)
-                    .and_then(|b| u8::from_str_radix(b, 16).ok())
-            })
-            .collect::<Option<Vec<u8>>>()
+        let bytes = bytea(text).ok_or_else(corrupt)?;
+        let link = row
+            .get(field.link)
+            .and_then(Value::as_str)
+            .and_then(bytea)
             .ok_or_else(corrupt)?;
+        let uuid = Uuid::parse_str(id).map_err(|_| corrupt())?;
         let version = sealed_version(&bytes).ok_or_else(corrupt)?;
         let key = self.keys.get(&version).ok_or_else(|| {
             AppError::Unavailable(format!(
-                "{} of {row}: data key {version} is destroyed",
-                field.column
+                "{}.{} of row {id}: data key {version} is destroyed",
+                field.table, field.plain
             ))
         })?;
-        let plain = key.open(field.column, row, &bytes)?;
-        String::from_utf8(plain.to_vec()).map_err(|_| corrupt())
+        Ok((field.open)(key, uuid, &link, &bytes)?)
     }
+}
+
+/// A bytea as `row_to_json` writes it (`\x` and hex).
+fn bytea(text: &str) -> Option<Vec<u8>> {
+    let hex = text.strip_prefix("\\x")?;
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| {
+            hex.get(i..i + 2)
+                .and_then(|b| u8::from_str_radix(b, 16).ok())
+        })
+        .collect()
 }
 
 /// A CSV field, quoted when it must be.
@@ -400,9 +415,17 @@ async fn write_tables(
             .await?;
             continue;
         }
-        let list: Vec<String> = kept
+        // The columns a sealed value is bound to are read too, to open it.
+        let bound = sealed.iter().flat_map(|f| [f.id, f.link]);
+        let mut names: Vec<&str> = kept.iter().map(|c| c.name.as_str()).collect();
+        for name in bound {
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        let list: Vec<String> = names
             .iter()
-            .map(|c| format!("\"{}\"", c.name.replace('"', "\"\"")))
+            .map(|c| format!("\"{}\"", c.replace('"', "\"\"")))
             .collect();
         let list = list.join(", ");
         let rows: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))

@@ -75,6 +75,7 @@ pub async fn reseal_tenant(state: &AppState, tenant: Uuid, limit: i64) -> AppRes
 #[derive(sqlx::FromRow)]
 struct Invitee {
     id: Uuid,
+    token_hash: Vec<u8>,
     email: Option<String>,
     email_sealed: Option<Vec<u8>>,
 }
@@ -90,7 +91,7 @@ async fn reseal_invitations(
     limit: i64,
 ) -> AppResult<u64> {
     let rows: Vec<Invitee> = sqlx::query_as(
-        "SELECT id, email, email_sealed FROM app.invitations
+        "SELECT id, token_hash, email, email_sealed FROM app.invitations
          WHERE key_version < $1 OR email IS NOT NULL ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
     )
     .bind(key.version())
@@ -100,8 +101,16 @@ async fn reseal_invitations(
     let mut old = TenantKeys::new(&state.keyring, tenant);
     let mut resealed = 0;
     for row in rows {
-        let email = pii::open_invitee(&mut old, conn, row.id, row.email, row.email_sealed).await?;
-        let sealed = pii::seal_invitee(key, &email)?;
+        let email = pii::open_invitee(
+            &mut old,
+            conn,
+            row.id,
+            &row.token_hash,
+            row.email,
+            row.email_sealed,
+        )
+        .await?;
+        let sealed = pii::seal_invitee(key, row.id, &row.token_hash, &email)?;
         sqlx::query(
             "UPDATE app.invitations
              SET email = NULL, email_sealed = $2, email_index = $3, key_version = $4 WHERE id = $1",

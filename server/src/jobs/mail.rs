@@ -37,11 +37,14 @@ struct Mail {
     id: i64,
     /// Which mail it is (`welcome`, `invitation`, `password_reset`...).
     template: String,
+    /// The address; for an invitation's mail, filled in when it is sent
+    /// (the outbox holds the invitation, whose address is sealed).
     recipient: String,
     subject: String,
     body: String,
     /// The HTML part beside the text, when the mail has one.
     html: Option<String>,
+    invitation_id: Option<Uuid>,
 }
 
 /// An SMTP server and the address mail comes from.
@@ -290,7 +293,8 @@ async fn dispatch(
         return Ok(0);
     }
     let batch: Vec<Mail> = sqlx::query_as(
-        "SELECT tenant_id, id, template, recipient, subject, body, html
+        "SELECT tenant_id, id, template, coalesce(recipient, '') AS recipient, subject, body, html,
+                invitation_id
          FROM app.mail_claim(50, make_interval(mins => 5), $1)",
     )
     .bind(&sending)
@@ -324,8 +328,11 @@ async fn deliver(
     mailer: &Mailer,
     own: &TenantMail,
     tenant: Uuid,
-    mails: Vec<Mail>,
+    mut mails: Vec<Mail>,
 ) -> Result<usize, sqlx::Error> {
+    let invitations: Vec<Uuid> = mails.iter().filter_map(|m| m.invitation_id).collect();
+    let addresses =
+        crate::domain::pii::invitation_addresses(db, &own.keyring, &invitations).await?;
     let servers = if mails
         .iter()
         .any(|m| TENANT_TEMPLATES.contains(&m.template.as_str()))
@@ -335,12 +342,27 @@ async fn deliver(
         HashMap::new()
     };
     let mut sent = 0;
-    for mail in &mails {
+    for mail in &mut mails {
+        let address = mail.invitation_id.map(|invitation| {
+            addresses
+                .get(&invitation)
+                .cloned()
+                .unwrap_or_else(|| Err(format!("invitation {invitation} no longer exists")))
+        });
+        if let Some(Ok(address)) = &address {
+            mail.recipient = address.clone();
+        }
+        let mail = &*mail;
         let own_server = TENANT_TEMPLATES
             .contains(&mail.template.as_str())
             .then(|| servers.get(&mail.tenant_id))
             .flatten();
         let delivery = async {
+            if let Some(Err(why)) = &address {
+                return Err(MailError::Message(format!(
+                    "the invitation's address cannot be opened: {why}"
+                )));
+            }
             match own_server {
                 Some(Ok(server)) => server.send(mail).await,
                 Some(Err(why)) => Err(MailError::Message(why.clone())),

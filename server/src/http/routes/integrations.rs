@@ -183,17 +183,7 @@ async fn set(
     .await?;
     // The row now holds its key (the foreign key's lock): if a rotation
     // retired and destroyed it in between, nothing could open the value.
-    let live: bool =
-        sqlx::query_scalar("SELECT wrapped IS NOT NULL FROM app.tenant_keys WHERE version = $1")
-            .bind(key.version())
-            .fetch_one(&mut *tx)
-            .await?;
-    if !live {
-        return Err(AppError::Conflict(
-            "The tenant's data key was rotated at the same moment; send the settings again"
-                .to_owned(),
-        ));
-    }
+    crate::domain::keyring::ensure_live(&mut tx, key.version()).await?;
     crate::domain::audit::record(
         &mut tx,
         tenant.id,

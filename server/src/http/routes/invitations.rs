@@ -62,6 +62,7 @@ pub struct Invitation {
 #[derive(sqlx::FromRow)]
 struct Stored {
     id: Uuid,
+    token_hash: Vec<u8>,
     email: Option<String>,
     email_sealed: Option<Vec<u8>>,
     role: String,
@@ -70,7 +71,8 @@ struct Stored {
     expires_at: chrono::DateTime<chrono::Utc>,
 }
 
-const STORED: &str = "id, email, email_sealed, role, invited_by, created_at, expires_at";
+const STORED: &str =
+    "id, token_hash, email, email_sealed, role, invited_by, created_at, expires_at";
 
 impl Stored {
     /// The invitation with its address opened.
@@ -79,7 +81,15 @@ impl Stored {
         keys: &mut TenantKeys<'_>,
         conn: &mut sqlx::PgConnection,
     ) -> AppResult<Invitation> {
-        let email = pii::open_invitee(keys, conn, self.id, self.email, self.email_sealed).await?;
+        let email = pii::open_invitee(
+            keys,
+            conn,
+            self.id,
+            &self.token_hash,
+            self.email,
+            self.email_sealed,
+        )
+        .await?;
         Ok(Invitation {
             id: self.id,
             email,
@@ -164,14 +174,16 @@ pub async fn invite(
     .bind(&email)
     .execute(db.conn(decided)?)
     .await?;
-    let sealed = pii::seal_invitee(&key, &email)?;
     let (token, digest) = new_token(tenant.id);
+    let id = Uuid::new_v4();
+    let sealed = pii::seal_invitee(&key, id, &digest, &email)?;
     let (id, role, invited_by, created_at, expires_at) = sqlx::query_as(
-        "INSERT INTO app.invitations (email_sealed, email_index, key_version, role, token_hash,
+        "INSERT INTO app.invitations (id, email_sealed, email_index, key_version, role, token_hash,
                                       invited_by, expires_at)
-         VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(days => $7))
+         VALUES ($1, $2, $3, $4, $5, $6, $7, now() + make_interval(days => $8))
          RETURNING id, role, invited_by, created_at, expires_at",
     )
+    .bind(id)
     .bind(&sealed.sealed)
     .bind(&sealed.index[..])
     .bind(sealed.key_version)
@@ -181,6 +193,7 @@ pub async fn invite(
     .bind(VALID_DAYS)
     .fetch_one(db.conn(decided)?)
     .await?;
+    crate::domain::keyring::ensure_live(db.conn(decided)?, key.version()).await?;
     let invitation = Invitation {
         id,
         email,
@@ -233,9 +246,8 @@ async fn mail(
         }),
     )
     .await?;
-    sqlx::query("SELECT app.queue_invitation_mail($1, $2, $3, $4, $5)")
+    sqlx::query("SELECT app.queue_invitation_mail($1, $2, $3, $4)")
         .bind(invitation)
-        .bind(email)
         .bind(mail.subject)
         .bind(mail.text)
         .bind(mail.html)
@@ -321,16 +333,27 @@ async fn resend(
     let decided = authorize_invite(&state, &tenant, &mut db, "member").await?;
     let (email, role) = pending_role(&state, &tenant, &mut db, decided, id).await?;
     let decided = authorize_invite(&state, &tenant, &mut db, &role).await?;
+    // The new link's digest is bound to the address: sealed again with it.
     let (token, digest) = new_token(tenant.id);
+    let key = state
+        .keyring
+        .current_key(db.conn(decided)?, tenant.id)
+        .await?;
+    let sealed = pii::seal_invitee(&key, id, &digest, &email)?;
     let stored: Stored = sqlx::query_as(&format!(
-        "UPDATE app.invitations SET token_hash = $2, expires_at = now() + make_interval(days => $3)
+        "UPDATE app.invitations SET token_hash = $2, expires_at = now() + make_interval(days => $3),
+             email = NULL, email_sealed = $4, email_index = $5, key_version = $6
          WHERE id = $1 RETURNING {STORED}"
     ))
     .bind(id)
     .bind(&digest[..])
     .bind(VALID_DAYS)
+    .bind(&sealed.sealed)
+    .bind(&sealed.index[..])
+    .bind(sealed.key_version)
     .fetch_one(db.conn(decided)?)
     .await?;
+    crate::domain::keyring::ensure_live(db.conn(decided)?, key.version()).await?;
     let mut keys = TenantKeys::new(&state.keyring, tenant.id);
     let invitation = stored.open(&mut keys, db.conn(decided)?).await?;
     mail(&state, &mut db, decided, id, &email, &token).await?;
@@ -436,10 +459,20 @@ async fn accept(
         Ok(None) | Err(AppError::TenantNotFound) => return Err(NO_INVITATION),
         Err(other) => return Err(other),
     };
+    // An address that does not open for this row and link (a row revived
+    // or re-pointed at another link behind the service's back) is no
+    // invitation: nothing is opened, made or answered for it.
+    let row = stored.id;
     let mut keys = TenantKeys::new(&state.keyring, tenant);
     let Invitation {
         id, email, role, ..
-    } = stored.open(&mut keys, &mut tx).await?;
+    } = match stored.open(&mut keys, &mut tx).await {
+        Ok(invitation) => invitation,
+        Err(e) => {
+            tracing::warn!(%tenant, invitation = %row, error = ?e, "an invitation's address does not open for its link");
+            return Err(NO_INVITATION);
+        }
+    };
 
     // The account: an existing password is proved, a missing one is set.
     let existing: Option<String> =
