@@ -193,6 +193,49 @@ mod tenant_admin {
     }
 
     #[tokio::test]
+    async fn keeps_its_export_running_after_losing_its_role() -> TestResult {
+        // No background jobs: the export is built here, after the change.
+        let app = TestApp::spawn_with(Options {
+            relay: false,
+            ..Options::default()
+        })
+        .await?;
+        let (alice, erin) = (app.login(ALICE).await?, app.login(ERIN).await?);
+        let (status, queued) = app
+            .post("/api/tenant/exports", &erin, json!({"format": "json"}))
+            .await?;
+        assert_eq!(status, 202, "{queued}");
+        let erin_id: Uuid = app
+            .scalar(&format!("SELECT id FROM app.users WHERE email = '{ERIN}'"))
+            .await?;
+        let (status, body) = app
+            .patch(
+                &format!("/api/tenant/members/{erin_id}"),
+                &alice,
+                json!({"role": "member"}),
+            )
+            .await?;
+        assert_eq!(status, 200, "{body}");
+        let state = tenancy_server::AppState::connect(app.config.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        tenancy_server::jobs::export::run_once(&state).await?;
+        let (_, export) = app
+            .get(
+                &format!(
+                    "/api/tenant/exports/{}",
+                    queued["id"].as_str().unwrap_or_default()
+                ),
+                &alice,
+            )
+            .await?;
+        assert_eq!(export["status"], "failed", "{export}");
+        let chunks: i64 = app.scalar("SELECT count(*) FROM app.export_chunks").await?;
+        assert_eq!(chunks, 0, "no archive was built");
+        Ok(())
+    }
+
+    #[tokio::test]
     async fn exports_csv_with_a_header_per_table() -> TestResult {
         let app = TestApp::spawn().await?;
         let alice = app.login(ALICE).await?;

@@ -673,6 +673,28 @@ impl Authz {
     /// next request of that shape gets it without evaluating; a decision
     /// with errors is never kept. Policies that name other entities are
     /// evaluated every time.
+    /// Whether `user`, whose membership of `tenant` now has role `role`
+    /// (read afresh, in the tenant's context), may still do `action` on
+    /// the tenant: for work that outlives the request that was authorized
+    /// (a provider checked over the network, a job run later).
+    pub fn still_allowed(
+        &self,
+        user: Uuid,
+        tenant: Uuid,
+        role: Option<&str>,
+        action: Action,
+    ) -> bool {
+        let principal = Principal {
+            user,
+            tenant,
+            tenant_role: role.and_then(TenantRole::parse).unwrap_or(TenantRole::None),
+            super_admin: false,
+            workspace_roles: HashMap::new(),
+        };
+        self.decide(&principal, action, &Resource::Tenant(tenant))
+            .allowed
+    }
+
     pub fn decide(&self, principal: &Principal, action: Action, resource: &Resource) -> Decision {
         let Some(memo) = &self.memo else {
             return self.evaluate(principal, action, resource);

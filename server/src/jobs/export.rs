@@ -309,7 +309,12 @@ async fn build(state: &AppState, job: &Claimed) -> AppResult<()> {
             .bind(job.requested_by)
             .fetch_optional(&mut *read)
             .await?;
-    if !matches!(role.as_deref(), Some("owner" | "admin")) {
+    if !state.authz.still_allowed(
+        job.requested_by,
+        job.tenant_id,
+        role.as_deref(),
+        crate::domain::authz::Action::TenantExportData,
+    ) {
         return Err(AppError::Forbidden(
             "The requester is no longer an owner or admin of the tenant",
         ));

@@ -161,7 +161,12 @@ async fn set(
             .bind(tenant.user_id)
             .fetch_optional(&mut *tx)
             .await?;
-    if !matches!(role.as_deref(), Some("owner" | "admin")) {
+    if !state.authz.still_allowed(
+        tenant.user_id,
+        tenant.id,
+        role.as_deref(),
+        Action::TenantManageIntegrations,
+    ) {
         return Err(AppError::Forbidden("Not allowed"));
     }
     let key = state.keyring.current_key(&mut tx, tenant.id).await?;
