@@ -10,9 +10,8 @@ set -euo pipefail
 PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
 VERSION=13.2.2
 log() { printf '[citus] %s\n' "$*" >&2; }
-as_root() {
-    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
-}
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 if [ -f "$("${PG_CONFIG}" --pkglibdir)/citus.so" ] \
     && grep -q "default_version = '13.2" "$("${PG_CONFIG}" --sharedir)/extension/citus.control" 2>/dev/null; then
@@ -31,17 +30,7 @@ if [ -z "${source}" ] || [ ! -f "${source}" ]; then
     exit 1
 fi
 
-need_pkgs=()
-for pkg in liblz4-dev libzstd-dev libssl-dev libkrb5-dev libxslt1-dev libpam0g-dev libreadline-dev libselinux1-dev make gcc; do
-    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
-        need_pkgs+=("$pkg")
-    fi
-done
-if [ ${#need_pkgs[@]} -gt 0 ]; then
-    log "installing Debian packages: ${need_pkgs[*]}"
-    as_root apt-get update -qq
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
-fi
+install_packages liblz4-dev libzstd-dev libssl-dev libkrb5-dev libxslt1-dev libpam0g-dev libreadline-dev libselinux1-dev make gcc
 
 build="$(mktemp -d /tmp/tenancy-citus-build.XXXXXX)"
 trap 'rm -rf "${build}"' EXIT

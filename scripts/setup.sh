@@ -11,21 +11,10 @@ PG_CONFIG=/usr/lib/postgresql/${PG_MAJOR}/bin/pg_config
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 
-as_root() {
-    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
-}
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
 
-need_pkgs=()
-for pkg in postgresql-${PG_MAJOR} postgresql-server-dev-${PG_MAJOR} libclang-dev clang sudo redis-server pkg-config libssl-dev python3; do
-    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
-        need_pkgs+=("$pkg")
-    fi
-done
-if [ ${#need_pkgs[@]} -gt 0 ]; then
-    log "installing Debian packages: ${need_pkgs[*]}"
-    as_root apt-get update -qq
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
-fi
+install_packages postgresql-${PG_MAJOR} postgresql-server-dev-${PG_MAJOR} libclang-dev clang sudo redis-server pkg-config libssl-dev python3
 
 if ! cargo pgrx --version 2>/dev/null | grep -q "${PGRX_VERSION}"; then
     log "installing cargo-pgrx ${PGRX_VERSION} (a few minutes)"
