@@ -607,6 +607,37 @@ BEGIN
 END
 $$;
 
+-- Citus (scale-out) moves a table's rows into shards the policies and the
+-- trigger of protect() do not reach, and turns a table with a foreign key
+-- to a reference table into a "Citus local table" whose rows move the
+-- same way: protecting such a table would look protected and not be.
+-- Refused, with what to do, until tenancy distributes tables itself.
+CREATE FUNCTION tenancy.refuse_citus(tbl regclass) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    kind text;
+BEGIN
+    IF to_regclass('pg_catalog.pg_dist_partition') IS NULL THEN
+        RETURN;
+    END IF;
+    EXECUTE 'SELECT CASE partmethod WHEN ''n'' THEN ''reference'' WHEN ''h'' THEN ''distributed'' '
+            'ELSE ''Citus local'' END FROM pg_catalog.pg_dist_partition WHERE logicalrelid = $1'
+        INTO kind USING tbl;
+    IF kind IS NOT NULL THEN
+        RAISE EXCEPTION '% is a % table of Citus: its rows live in shards that tenancy.protect() cannot guard', tbl, kind
+            USING ERRCODE = '0A000',
+                  HINT = 'tenancy does not protect Citus tables yet. Undistribute it (undistribute_table) to protect it on this node.';
+    END IF;
+    EXECUTE 'SELECT 1 FROM pg_catalog.pg_dist_partition WHERE logicalrelid = ''tenancy.tenants''::regclass'
+        INTO kind;
+    IF kind IS NOT NULL THEN
+        RAISE EXCEPTION 'the tenancy catalog is a Citus table: a table protected now would become a Citus local table whose rows tenancy.protect() cannot guard'
+            USING ERRCODE = '0A000',
+                  HINT = 'tenancy does not run on a Citus catalog yet: undistribute_table(''tenancy.tenants'').';
+    END IF;
+END
+$$;
+
 CREATE FUNCTION tenancy.protect(tbl regclass, tenant_column name DEFAULT 'tenant_id') RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -639,6 +670,7 @@ BEGIN
     IF NOT pg_has_role(current_user, (SELECT c.relowner FROM pg_class c WHERE c.oid = tbl), 'USAGE') THEN
         RAISE EXCEPTION 'must be owner of table %', tbl USING ERRCODE = '42501';
     END IF;
+    PERFORM tenancy.refuse_citus(tbl);
 
     SELECT a.attnum, a.atttypid, a.attnotnull, a.atthasdef INTO att
     FROM pg_attribute a
@@ -676,6 +708,9 @@ BEGIN
         EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I FOREIGN KEY (%I) REFERENCES tenancy.tenants (id)',
                        tbl, left(rel.relname || '_' || tenant_column || '_tenant_fkey', 63), tenant_column);
     END IF;
+
+    -- The foreign key may have made it a Citus table (see refuse_citus).
+    PERFORM tenancy.refuse_citus(tbl);
 
     IF NOT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = tbl AND i.indkey[0] = att.attnum) THEN
         EXECUTE format('CREATE INDEX %I ON %s (%I)',

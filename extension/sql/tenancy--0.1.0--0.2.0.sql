@@ -2,7 +2,8 @@
 -- Frozen once 0.2.0 is released. What changed: tenancy.lint() (docs/LINT.md);
 -- tenancy.current_tenant() and tenancy.lookup_tenant() in PL/pgSQL, whose
 -- plans are kept per session (the SQL versions were planned on every call);
--- tenancy.mask_secrets(), which the catalog's audit trigger applies.
+-- tenancy.mask_secrets(), which the catalog's audit trigger applies;
+-- tenancy.protect() refuses Citus tables (tenancy.refuse_citus()).
 -- tests/e2e/upgrade.rs checks that a database updated this way ends with
 -- exactly what a fresh 0.2.0 install creates.
 
@@ -361,5 +362,155 @@ BEGIN
     PERFORM tenancy.write_audit(TG_TABLE_NAME || '.' || lower(TG_OP), tenant, NULL, subject);
     PERFORM tenancy.invalidate_cache(TG_RELID);
     RETURN NULL;
+END
+$$;
+
+-- Citus (scale-out) moves a table's rows into shards the policies and the
+-- trigger of protect() do not reach, and turns a table with a foreign key
+-- to a reference table into a "Citus local table" whose rows move the
+-- same way: protecting such a table would look protected and not be.
+-- Refused, with what to do, until tenancy distributes tables itself.
+CREATE FUNCTION tenancy.refuse_citus(tbl regclass) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    kind text;
+BEGIN
+    IF to_regclass('pg_catalog.pg_dist_partition') IS NULL THEN
+        RETURN;
+    END IF;
+    EXECUTE 'SELECT CASE partmethod WHEN ''n'' THEN ''reference'' WHEN ''h'' THEN ''distributed'' '
+            'ELSE ''Citus local'' END FROM pg_catalog.pg_dist_partition WHERE logicalrelid = $1'
+        INTO kind USING tbl;
+    IF kind IS NOT NULL THEN
+        RAISE EXCEPTION '% is a % table of Citus: its rows live in shards that tenancy.protect() cannot guard', tbl, kind
+            USING ERRCODE = '0A000',
+                  HINT = 'tenancy does not protect Citus tables yet. Undistribute it (undistribute_table) to protect it on this node.';
+    END IF;
+    EXECUTE 'SELECT 1 FROM pg_catalog.pg_dist_partition WHERE logicalrelid = ''tenancy.tenants''::regclass'
+        INTO kind;
+    IF kind IS NOT NULL THEN
+        RAISE EXCEPTION 'the tenancy catalog is a Citus table: a table protected now would become a Citus local table whose rows tenancy.protect() cannot guard'
+            USING ERRCODE = '0A000',
+                  HINT = 'tenancy does not run on a Citus catalog yet: undistribute_table(''tenancy.tenants'').';
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION tenancy.protect(tbl regclass, tenant_column name DEFAULT 'tenant_id') RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    rel        record;
+    att        record;
+    existing   text;
+    using_expr text;
+    child      regclass;
+BEGIN
+    IF tbl IS NULL THEN
+        RAISE EXCEPTION 'a table is required' USING ERRCODE = '22023';
+    END IF;
+    SELECT c.relkind, c.relname, n.nspname, c.relispartition INTO rel
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = tbl;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'relation with oid % does not exist', tbl::oid USING ERRCODE = '42P01';
+    END IF;
+    IF rel.relkind = 'f' THEN
+        -- A foreign table partition keeps its rows elsewhere: RLS here cannot guard them.
+        RAISE EXCEPTION '% is a foreign table and cannot be protected', tbl
+            USING ERRCODE = '42809',
+                  HINT = 'Protect the table on the server that holds the rows, or detach it.';
+    END IF;
+    IF rel.relkind NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION '% is not a table', tbl USING ERRCODE = '42809';
+    END IF;
+    IF rel.nspname = 'tenancy' THEN
+        RAISE EXCEPTION 'the tenancy catalog cannot be protected' USING ERRCODE = '42809';
+    END IF;
+    IF NOT pg_has_role(current_user, (SELECT c.relowner FROM pg_class c WHERE c.oid = tbl), 'USAGE') THEN
+        RAISE EXCEPTION 'must be owner of table %', tbl USING ERRCODE = '42501';
+    END IF;
+    PERFORM tenancy.refuse_citus(tbl);
+
+    SELECT a.attnum, a.atttypid, a.attnotnull, a.atthasdef INTO att
+    FROM pg_attribute a
+    WHERE a.attrelid = tbl AND a.attname = tenant_column AND a.attnum > 0 AND NOT a.attisdropped;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'column "%" of table % does not exist', tenant_column, tbl USING ERRCODE = '42703';
+    END IF;
+    IF att.atttypid <> 'uuid'::regtype THEN
+        RAISE EXCEPTION 'column "%" of table % must be of type uuid, not %',
+            tenant_column, tbl, format_type(att.atttypid, NULL) USING ERRCODE = '42804';
+    END IF;
+
+    SELECT split_part(encode(t.tgargs, 'escape'), '\000', 1) INTO existing
+    FROM pg_trigger t WHERE t.tgrelid = tbl AND t.tgname = '0_tenancy_fill_tenant_id';
+    IF existing IS NOT NULL AND existing <> tenant_column THEN
+        RAISE EXCEPTION 'table % is already protected on column "%"', tbl, existing
+            USING ERRCODE = '55000', HINT = 'Call tenancy.unprotect() first.';
+    END IF;
+
+    IF NOT att.attnotnull THEN
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET NOT NULL', tbl, tenant_column);
+    END IF;
+    -- The column default fills the tenant before a partitioned table routes
+    -- the row (BEFORE triggers run only in the chosen partition).
+    IF NOT att.atthasdef THEN
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET DEFAULT tenancy.current_tenant_id()',
+                       tbl, tenant_column);
+    END IF;
+
+    IF NOT EXISTS (
+        SELECT 1 FROM pg_constraint k
+        WHERE k.conrelid = tbl AND k.contype = 'f'
+          AND k.confrelid = 'tenancy.tenants'::regclass AND k.conkey = ARRAY[att.attnum]
+    ) THEN
+        EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I FOREIGN KEY (%I) REFERENCES tenancy.tenants (id)',
+                       tbl, left(rel.relname || '_' || tenant_column || '_tenant_fkey', 63), tenant_column);
+    END IF;
+
+    -- The foreign key may have made it a Citus table (see refuse_citus).
+    PERFORM tenancy.refuse_citus(tbl);
+
+    IF NOT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = tbl AND i.indkey[0] = att.attnum) THEN
+        EXECUTE format('CREATE INDEX %I ON %s (%I)',
+                       left(rel.relname || '_' || tenant_column || '_idx', 63), tbl, tenant_column);
+    END IF;
+
+    -- Checked again here: the event trigger may have protected this table
+    -- already, in reaction to the DDL above (a child of a protected parent).
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = tbl AND t.tgname = '0_tenancy_fill_tenant_id') THEN
+        EXECUTE format('CREATE TRIGGER "0_tenancy_fill_tenant_id" BEFORE INSERT OR UPDATE OF %I ON %s
+                        FOR EACH ROW EXECUTE FUNCTION tenancy.fill_tenant_id(%L)',
+                       tenant_column, tbl, tenant_column);
+    END IF;
+
+    IF NOT (SELECT c.relrowsecurity FROM pg_class c WHERE c.oid = tbl) THEN
+        EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', tbl);
+    END IF;
+    IF NOT (SELECT c.relforcerowsecurity FROM pg_class c WHERE c.oid = tbl) THEN
+        EXECUTE format('ALTER TABLE %s FORCE ROW LEVEL SECURITY', tbl);
+    END IF;
+
+    -- The (SELECT ...) form is evaluated once per statement as an InitPlan and
+    -- keeps the tenant index usable; see BENCHMARKS.md.
+    using_expr := format('%I = (SELECT tenancy.current_tenant_id())', tenant_column);
+    IF NOT EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = tbl AND p.polname = 'tenancy_isolation') THEN
+        EXECUTE format('CREATE POLICY tenancy_isolation ON %s AS PERMISSIVE FOR ALL TO PUBLIC
+                        USING (%s) WITH CHECK (%s)', tbl, using_expr, using_expr);
+    END IF;
+    -- The bypass is a separate policy for tenancy_admin only, so the
+    -- application role's plans never see it.
+    IF NOT EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = tbl AND p.polname = 'tenancy_bypass') THEN
+        EXECUTE format('CREATE POLICY tenancy_bypass ON %s AS PERMISSIVE FOR ALL TO tenancy_admin
+                        USING ((SELECT tenancy.bypass_active())) WITH CHECK ((SELECT tenancy.bypass_active()))', tbl);
+    END IF;
+
+    -- Row-level security is per table: a partition or an inheritance child
+    -- read directly would show every tenant's rows. Each is protected too
+    -- (and new ones as they are created or attached: tenancy.on_ddl).
+    FOR child IN SELECT i.inhrelid::regclass FROM pg_inherits i WHERE i.inhparent = tbl ORDER BY i.inhrelid LOOP
+        PERFORM tenancy.protect(child, tenant_column);
+    END LOOP;
+
+    PERFORM tenancy.check_protected_schema(tbl);
 END
 $$;

@@ -15,6 +15,7 @@ mod attack_tenancy_admin;
 mod attack_tenant_admin;
 mod bypass;
 mod catalog;
+mod citus;
 mod context;
 mod forging;
 mod hardening;

@@ -25,6 +25,7 @@ pub const ED_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA11qYAYK
 const ROLE_PASSWORD: &str = "tenancy";
 const FIXTURE_SCHEMA: &str = include_str!("../fixtures/schema.sql");
 
+pub mod citus;
 pub mod dns;
 pub mod load;
 pub mod mail_api;
