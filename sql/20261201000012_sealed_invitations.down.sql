@@ -43,7 +43,7 @@ $$;
 
 DROP VIEW app.sealed_values;
 
-DROP FUNCTION app.invitation_addresses(uuid[]);
+DROP FUNCTION app.invitation_addresses(uuid, uuid[]);
 DROP FUNCTION app.mail_claim(integer, interval, uuid[]);
 CREATE FUNCTION app.mail_claim(batch integer, lease interval, busy uuid[])
 RETURNS TABLE (tenant_id uuid, id bigint, template text, recipient text, subject text, body text, html text)

@@ -84,8 +84,9 @@ $$;
 REVOKE EXECUTE ON FUNCTION app.mail_claim(integer, interval, uuid[]) FROM PUBLIC;
 
 -- What the mail sender needs to open invitations' addresses: the sealed
--- value, what it is bound to, and the tenant key that sealed it (wrapped).
-CREATE FUNCTION app.invitation_addresses(ids uuid[])
+-- value, what it is bound to, and the tenant key that sealed it (wrapped);
+-- invitations of `tenant` only (the tenant of the mail).
+CREATE FUNCTION app.invitation_addresses(tenant uuid, ids uuid[])
 RETURNS TABLE (id uuid, tenant_id uuid, email text, email_sealed bytea, token_hash bytea,
                key_version integer, kek_id text, wrapped bytea)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -95,11 +96,11 @@ BEGIN
                         k.kek_id, k.wrapped
     FROM app.invitations i
     LEFT JOIN app.tenant_keys k ON k.tenant_id = i.tenant_id AND k.version = i.key_version
-    WHERE i.id = ANY (ids);
+    WHERE i.tenant_id = tenant AND i.id = ANY (ids);
     PERFORM set_config('app.cross_tenant', '', true);
 END
 $$;
-REVOKE EXECUTE ON FUNCTION app.invitation_addresses(uuid[]) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION app.invitation_addresses(uuid, uuid[]) FROM PUBLIC;
 
 -- Every sealed value's tenant and key version, whatever table holds it:
 -- what rotation reseals and what keeps a retired key alive.

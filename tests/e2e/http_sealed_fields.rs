@@ -263,6 +263,54 @@ mod database_reader {
 }
 
 #[tokio::test]
+async fn a_mail_of_one_tenant_naming_another_tenants_invitation_is_never_sent() -> TestResult {
+    let app = TestApp::spawn().await?;
+    let invitation = invite(
+        &app,
+        &app.login(ALICE).await?,
+        "acme.invitee@elsewhere.test",
+    )
+    .await?;
+    let id = invitation["id"].as_str().unwrap_or_default().to_owned();
+    // Planted behind the service's back: a globex mail naming acme's invitation.
+    let mut su = app.superuser().await?;
+    let mut tx = sqlx::Connection::begin(&mut su).await?;
+    sqlx::query("SELECT tenancy.set_token($1)")
+        .bind(app.context_token(app.globex, Uuid::nil()))
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO app.email_outbox (invitation_id, template, subject, body)
+         VALUES ($1::uuid, 'invitation', 'planted', 'planted')",
+    )
+    .bind(&id)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let mut error = None;
+    for _ in 0..100 {
+        error = sqlx::query_scalar(
+            "SELECT last_error FROM app.email_outbox WHERE tenant_id = $1 AND attempts > 0",
+        )
+        .bind(app.globex)
+        .fetch_optional(&mut su)
+        .await?
+        .flatten();
+        if error.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let error: String = error.ok_or("the planted mail was never tried")?;
+    assert!(error.contains("no longer exists"), "{error}");
+    let sent: i64 = app
+        .scalar("SELECT count(*) FROM app.email_outbox WHERE subject = 'planted' AND sent_at IS NOT NULL")
+        .await?;
+    assert_eq!(sent, 0);
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_rotation_reseals_addresses_and_their_index_finds_them_throughout() -> TestResult {
     // No background jobs: the resealing is run here, step by step.
     let app = TestApp::spawn_with(Options {

@@ -321,19 +321,31 @@ impl TestApp {
     /// it is opened here with the tests' platform key, as the sender does.
     pub async fn invitation_mails(&self) -> TestResult<Vec<(String, String)>> {
         let mut su = self.superuser().await?;
-        let mails: Vec<(Uuid, String)> = sqlx::query_as(
-            "SELECT invitation_id, body FROM app.email_outbox
+        let mails: Vec<(Uuid, Uuid, String)> = sqlx::query_as(
+            "SELECT tenant_id, invitation_id, body FROM app.email_outbox
              WHERE invitation_id IS NOT NULL ORDER BY created_at, id",
         )
         .fetch_all(&mut su)
         .await?;
         let keyring = tenancy_server::domain::keyring::Keyring::from_config(&self.config)?;
-        let ids: Vec<Uuid> = mails.iter().map(|m| m.0).collect();
-        let addresses =
-            tenancy_server::domain::pii::invitation_addresses(&mut su, &keyring, &ids).await?;
+        let mut addresses = std::collections::HashMap::new();
+        let mut tenants: Vec<Uuid> = mails.iter().map(|m| m.0).collect();
+        tenants.sort();
+        tenants.dedup();
+        for tenant in tenants {
+            let ids: Vec<Uuid> = mails
+                .iter()
+                .filter(|m| m.0 == tenant)
+                .map(|m| m.1)
+                .collect();
+            addresses.extend(
+                tenancy_server::domain::pii::invitation_addresses(&mut su, &keyring, tenant, &ids)
+                    .await?,
+            );
+        }
         mails
             .into_iter()
-            .map(|(id, body)| match addresses.get(&id) {
+            .map(|(_, id, body)| match addresses.get(&id) {
                 Some(Ok(address)) => Ok((address.clone(), body)),
                 Some(Err(why)) => Err(why.clone().into()),
                 None => Err(format!("invitation {id} is gone").into()),

@@ -176,12 +176,14 @@ impl InvitationAddress {
     }
 }
 
-/// The addresses of invitations `ids` (of any tenant), opened with their
-/// tenant's key, or why one cannot be opened: for the mail sender, which
-/// alone may call `app.invitation_addresses` (the owner role).
+/// The addresses of `tenant`'s invitations `ids`, opened with its key, or
+/// why one cannot be opened: for the mail sender, which alone may call
+/// `app.invitation_addresses` (the owner role). An id of another tenant
+/// is not found.
 pub async fn invitation_addresses(
     db: impl sqlx::PgExecutor<'_>,
     keyring: &Keyring,
+    tenant: Uuid,
     ids: &[Uuid],
 ) -> Result<HashMap<Uuid, Result<String, String>>, sqlx::Error> {
     if ids.is_empty() {
@@ -189,8 +191,9 @@ pub async fn invitation_addresses(
     }
     let rows: Vec<InvitationAddress> = sqlx::query_as(
         "SELECT id, tenant_id, email, email_sealed, token_hash, key_version, kek_id, wrapped
-         FROM app.invitation_addresses($1)",
+         FROM app.invitation_addresses($1, $2)",
     )
+    .bind(tenant)
     .bind(ids)
     .fetch_all(db)
     .await?;

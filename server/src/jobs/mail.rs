@@ -332,7 +332,7 @@ async fn deliver(
 ) -> Result<usize, sqlx::Error> {
     let invitations: Vec<Uuid> = mails.iter().filter_map(|m| m.invitation_id).collect();
     let addresses =
-        crate::domain::pii::invitation_addresses(db, &own.keyring, &invitations).await?;
+        crate::domain::pii::invitation_addresses(db, &own.keyring, tenant, &invitations).await?;
     let servers = if mails
         .iter()
         .any(|m| TENANT_TEMPLATES.contains(&m.template.as_str()))
