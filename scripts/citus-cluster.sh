@@ -17,12 +17,19 @@ PORTS=(9700 9701 9702)
 NAMES=(coordinator worker1 worker2)
 
 as_postgres() {
-    if [ "$(id -un)" = postgres ]; then "$@"; else runuser -u postgres -- "$@"; fi
+    if [ "$(id -un)" = postgres ]; then
+        "$@"
+    elif [ "$(id -u)" -eq 0 ]; then
+        runuser -u postgres -- "$@"
+    else
+        sudo -u postgres -- "$@"
+    fi
 }
 
 start() {
-    mkdir -p "${ROOT}"
-    chown postgres:postgres "${ROOT}" 2>/dev/null || true
+    if [ ! -d "${ROOT}" ]; then
+        as_postgres mkdir -p "${ROOT}"
+    fi
     for i in 0 1 2; do
         dir="${ROOT}/${NAMES[$i]}"
         port="${PORTS[$i]}"

@@ -37,7 +37,9 @@ trap 'rm -rf "${build}"' EXIT
 log "building Citus ${VERSION} from ${source} (about 7 minutes on 2 cores)"
 tar -xzf "${source}" -C "${build}" --strip-components=1
 # PostgreSQL 15.20 has its own have_createdb_privilege(); Citus' copy for
-# older minor versions collides with it: drop Citus' static definition.
+# older minor versions collides with it: drop Citus' static definition
+# where the server declares one.
+if grep -q "have_createdb_privilege" "$("${PG_CONFIG}" --includedir-server)/commands/dbcommands.h"; then
 python3 - "${build}/src/include/pg_version_compat.h" <<'PY'
 import re, sys
 path = sys.argv[1]
@@ -45,6 +47,7 @@ text = open(path).read()
 patched = re.sub(r"static inline bool\s+have_createdb_privilege\(void\)\s*\{.*?\n\}\n", "", text, count=1, flags=re.S)
 open(path, "w").write(patched)
 PY
+fi
 (
     cd "${build}"
     ./configure --without-libcurl PG_CONFIG="${PG_CONFIG}" >/dev/null

@@ -2,9 +2,14 @@
 -- sealed one, so this refuses while any invitation holds one.
 DO $$
 BEGIN
+    -- Across tenants (the key custodian may read every invitation).
+    PERFORM set_config('app.cross_tenant', 'key_custodian', true);
     IF EXISTS (SELECT 1 FROM app.invitations WHERE email IS NULL) THEN
         RAISE EXCEPTION 'invitations hold sealed addresses; they cannot be unsealed in SQL';
     END IF;
+    CREATE TEMPORARY TABLE invitation_addresses ON COMMIT DROP AS
+        SELECT i.tenant_id, i.id, i.email FROM app.invitations i;
+    PERFORM set_config('app.cross_tenant', '', true);
 END
 $$;
 
@@ -80,8 +85,11 @@ BEGIN
 END
 $$;
 -- (Every invitation is in plain here: the guard above.)
+SELECT set_config('app.cross_tenant', 'mail_sender', true);
 UPDATE app.email_outbox o SET recipient = i.email
-FROM app.invitations i WHERE i.tenant_id = o.tenant_id AND i.id = o.invitation_id AND o.recipient IS NULL;
+FROM pg_temp.invitation_addresses i
+WHERE i.tenant_id = o.tenant_id AND i.id = o.invitation_id AND o.recipient IS NULL;
+SELECT set_config('app.cross_tenant', '', true);
 ALTER TABLE app.email_outbox
     DROP CONSTRAINT email_outbox_addressed,
     DROP COLUMN invitation_id,

@@ -620,8 +620,9 @@ BEGIN
     IF to_regclass('pg_catalog.pg_dist_partition') IS NULL THEN
         RETURN;
     END IF;
-    EXECUTE 'SELECT CASE partmethod WHEN ''n'' THEN ''reference'' WHEN ''h'' THEN ''distributed'' '
-            'ELSE ''Citus local'' END FROM pg_catalog.pg_dist_partition WHERE logicalrelid = $1'
+    EXECUTE 'SELECT CASE WHEN partmethod = ''n'' AND repmodel = ''t'' THEN ''reference'' '
+            'WHEN partmethod = ''n'' THEN ''Citus local'' ELSE ''distributed'' END '
+            'FROM pg_catalog.pg_dist_partition WHERE logicalrelid = $1'
         INTO kind USING tbl;
     IF kind IS NOT NULL THEN
         RAISE EXCEPTION '% is a % table of Citus: its rows live in shards that tenancy.protect() cannot guard', tbl, kind

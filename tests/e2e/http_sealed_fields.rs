@@ -135,6 +135,42 @@ mod application_role {
     }
 }
 
+mod tenant_admin {
+    use super::*;
+
+    #[tokio::test]
+    async fn names_the_invitees_address_in_the_invitation_text() -> TestResult {
+        let app = TestApp::spawn().await?;
+        let alice = app.login(ALICE).await?;
+        for body in [
+            json!({"subject": "Hello {email}", "body": "Join us."}),
+            json!({"subject": "Hello", "body": "Join us, {email}."}),
+        ] {
+            let (status, answer) = app
+                .put("/api/tenant/email-templates/invitation", &alice, body)
+                .await?;
+            assert_eq!(status, 422, "{answer}");
+            assert!(
+                answer["error"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("{email}"),
+                "{answer}"
+            );
+        }
+        // The welcome mail to an account may still name it.
+        let (status, answer) = app
+            .put(
+                "/api/tenant/email-templates/welcome",
+                &alice,
+                json!({"subject": "Hello {email}", "body": "Welcome."}),
+            )
+            .await?;
+        assert_eq!(status, 200, "{answer}");
+        Ok(())
+    }
+}
+
 mod database_reader {
     //! Anyone holding a copy of the database: a dump, a replica, a backup,
     //! or the application role itself.
@@ -379,15 +415,22 @@ async fn addresses_stored_in_plain_before_sealing_get_sealed_by_the_key_job() ->
         .bind(app.context_token(app.acme, Uuid::nil()))
         .execute(&mut *tx)
         .await?;
+    let (secret, digest) = tenancy_server::domain::sessions::new_secret();
     sqlx::query(
         "INSERT INTO app.invitations (tenant_id, email, role, token_hash, expires_at)
-         VALUES ($1, 'Old.Style@elsewhere.test', 'member', decode(repeat('cd', 32), 'hex'), now() + interval '1 day')",
+         VALUES ($1, 'Old.Style@elsewhere.test', 'member', $2, now() + interval '1 day')",
     )
     .bind(app.acme)
+    .bind(&digest[..])
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
     assert_eq!(pending(&app, &alice).await?, ["Old.Style@elsewhere.test"]);
+    // Its link is not honoured: the row was bound to none.
+    let (status, _) = app
+        .accept(&format!("{}.{secret}", app.acme), "plum-harbour-window-17")
+        .await?;
+    assert_eq!(status, 404);
 
     let state = tenancy_server::AppState::connect(app.config.clone())
         .await
@@ -397,10 +440,14 @@ async fn addresses_stored_in_plain_before_sealing_get_sealed_by_the_key_job() ->
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].0, None, "the plain address is gone");
     assert!(rows[0].1.is_some() && rows[0].2.is_some());
-    assert_eq!(pending(&app, &alice).await?, ["Old.Style@elsewhere.test"]);
-    // Its blind index is the one a new invitation looks for.
+    assert!(
+        pending(&app, &alice).await?.is_empty(),
+        "revoked: it must be sent again"
+    );
+    // Sent again: a sealed invitation, found by its blind index next time.
     invite(&app, &alice, "old.style@elsewhere.test").await?;
-    assert_eq!(pending(&app, &alice).await?, ["old.style@elsewhere.test"]);
+    invite(&app, &alice, "OLD.style@elsewhere.test").await?;
+    assert_eq!(pending(&app, &alice).await?, ["OLD.style@elsewhere.test"]);
     assert_eq!(tenancy_server::jobs::keys::reseal_pass(&state).await?, 0);
     Ok(())
 }

@@ -665,14 +665,6 @@ impl Authz {
         Ok((principal_uid, resource_uid, entities))
     }
 
-    /// Decides `action` by `principal` on `resource`. Anything that keeps
-    /// the request from being evaluated is a deny, with the reason in `errors`.
-    ///
-    /// When the policies name no entity but actions and tenant roles, a
-    /// decision is kept by its [`Shape`] (a few thousand at most) and the
-    /// next request of that shape gets it without evaluating; a decision
-    /// with errors is never kept. Policies that name other entities are
-    /// evaluated every time.
     /// Whether `user`, whose membership of `tenant` now has role `role`
     /// (read afresh, in the tenant's context), may still do `action` on
     /// the tenant: for work that outlives the request that was authorized
@@ -695,6 +687,14 @@ impl Authz {
             .allowed
     }
 
+    /// Decides `action` by `principal` on `resource`. Anything that keeps
+    /// the request from being evaluated is a deny, with the reason in `errors`.
+    ///
+    /// When the policies name no entity but actions and tenant roles, a
+    /// decision is kept by its [`Shape`] (a few thousand at most) and the
+    /// next request of that shape gets it without evaluating; a decision
+    /// with errors is never kept. Policies that name other entities are
+    /// evaluated every time.
     pub fn decide(&self, principal: &Principal, action: Action, resource: &Resource) -> Decision {
         let Some(memo) = &self.memo else {
             return self.evaluate(principal, action, resource);

@@ -119,6 +119,9 @@ pub async fn render(
     } else {
         display
     };
+    // An invitee's address is kept sealed: not in its mail's text (a text
+    // saved before that rule gets nothing for it).
+    let email = if key == "invitation" { "" } else { email };
     let fill = |text: &str| {
         text.replace("{tenant}", &tenant)
             .replace("{email}", email)

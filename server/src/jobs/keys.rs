@@ -82,7 +82,9 @@ struct Invitee {
 
 /// Seals again, under `key`, up to `limit` invitation addresses sealed
 /// under a retired key or still in plain (written before addresses were
-/// sealed), with their blind index.
+/// sealed), with their blind index. A plain row was bound to no link, so
+/// whoever could write it may have pointed it at their own: sealed, it is
+/// also revoked if still pending (its admin sends it again).
 async fn reseal_invitations(
     state: &AppState,
     conn: &mut sqlx::PgConnection,
@@ -101,6 +103,7 @@ async fn reseal_invitations(
     let mut old = TenantKeys::new(&state.keyring, tenant);
     let mut resealed = 0;
     for row in rows {
+        let plain = row.email.is_some() && row.email_sealed.is_none();
         let email = pii::open_invitee(
             &mut old,
             conn,
@@ -113,12 +116,16 @@ async fn reseal_invitations(
         let sealed = pii::seal_invitee(key, row.id, &row.token_hash, &email)?;
         sqlx::query(
             "UPDATE app.invitations
-             SET email = NULL, email_sealed = $2, email_index = $3, key_version = $4 WHERE id = $1",
+             SET email = NULL, email_sealed = $2, email_index = $3, key_version = $4,
+                 revoked_at = CASE WHEN $5 AND accepted_at IS NULL THEN coalesce(revoked_at, now())
+                                   ELSE revoked_at END
+             WHERE id = $1",
         )
         .bind(row.id)
         .bind(&sealed.sealed)
         .bind(&sealed.index[..])
         .bind(sealed.key_version)
+        .bind(plain)
         .execute(&mut *conn)
         .await?;
         resealed += 1;

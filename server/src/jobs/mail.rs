@@ -373,11 +373,23 @@ async fn deliver(
             Ok(outcome) => outcome,
             Err(_) => Err(MailError::Message("the mail server timed out".to_owned())),
         };
+        // A server's refusal may quote the recipient: an invitee's address,
+        // kept sealed, is masked in what is stored.
+        let error = outcome.as_ref().err().map(|e| {
+            let text = e.to_string();
+            match (&mail.invitation_id, mail.recipient.is_empty()) {
+                (Some(_), false) => text.replace(
+                    &mail.recipient,
+                    &crate::domain::pii::mask_email(&mail.recipient),
+                ),
+                _ => text,
+            }
+        });
         sqlx::query("SELECT app.mail_attempted($1, $2, $3, $4)")
             .bind(mail.tenant_id)
             .bind(mail.id)
             .bind(outcome.is_ok())
-            .bind(outcome.as_ref().err().map(|e| e.to_string()))
+            .bind(&error)
             .execute(db)
             .await?;
         match outcome {

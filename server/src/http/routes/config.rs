@@ -147,6 +147,13 @@ async fn put_template(
             "body must be 1 to 20000 characters".to_owned(),
         ));
     }
+    // The invitee's address is kept sealed: its mail's text, which stays in
+    // the outbox, does not name it.
+    if key == "invitation" && (subject.contains("{email}") || body.body.contains("{email}")) {
+        return Err(AppError::Validation(
+            "the invitation's text cannot name the address ({email}): invitees' addresses are kept sealed".to_owned(),
+        ));
+    }
     let mut db = db.lock().await?;
     let decided = crate::http::tenant::decide::on_tenant(
         &state,

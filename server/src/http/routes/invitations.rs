@@ -463,6 +463,12 @@ async fn accept(
     // or re-pointed at another link behind the service's back) is no
     // invitation: nothing is opened, made or answered for it.
     let row = stored.id;
+    // A row from before addresses were sealed is bound to no link: the key
+    // job seals it (and revokes it if pending); its link is not honoured.
+    if stored.email_sealed.is_none() {
+        tracing::warn!(%tenant, invitation = %row, "an invitation not sealed yet was not accepted");
+        return Err(NO_INVITATION);
+    }
     let mut keys = TenantKeys::new(&state.keyring, tenant);
     let Invitation {
         id, email, role, ..
