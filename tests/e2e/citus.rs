@@ -71,6 +71,37 @@ mod dba {
     }
 
     #[tokio::test]
+    async fn hands_a_protected_table_to_citus_by_other_ways() -> TestResult {
+        let cluster = Cluster::new().await?;
+        let mut c = cluster.coordinator().await?;
+        for statement in [
+            "CREATE TABLE kinds (id int PRIMARY KEY)",
+            "SELECT create_reference_table('kinds')",
+            NOTES,
+            "ALTER TABLE notes ADD COLUMN kind int",
+            "SELECT tenancy.protect('notes')",
+        ] {
+            sqlx::query(statement).execute(&mut c).await?;
+        }
+        // A foreign key to a reference table converts a table into a Citus
+        // local table, and so does adding it to Citus' metadata: both are
+        // refused by Citus for the policy protect() made.
+        for statement in [
+            "ALTER TABLE notes ADD FOREIGN KEY (kind) REFERENCES kinds (id)",
+            "SELECT citus_add_local_table_to_metadata('notes')",
+            "SELECT create_reference_table('notes')",
+        ] {
+            let (_, message) = refused(&mut c, statement).await;
+            assert!(
+                message.contains("policy") || message.contains("trigger"),
+                "{statement}: {message}"
+            );
+        }
+        assert_eq!(still_protected(&mut c).await?, (true, false));
+        cluster.drop().await
+    }
+
+    #[tokio::test]
     async fn protects_a_table_citus_already_distributed() -> TestResult {
         let cluster = Cluster::new().await?;
         let mut c = cluster.coordinator().await?;
