@@ -354,8 +354,15 @@ async fn resend(
     .fetch_one(db.conn(decided)?)
     .await?;
     crate::domain::keyring::ensure_live(db.conn(decided)?, key.version()).await?;
-    let mut keys = TenantKeys::new(&state.keyring, tenant.id);
-    let invitation = stored.open(&mut keys, db.conn(decided)?).await?;
+    // The address was just sealed from `email`: no need to open it again.
+    let invitation = Invitation {
+        id: stored.id,
+        email: email.clone(),
+        role: stored.role,
+        invited_by: stored.invited_by,
+        created_at: stored.created_at,
+        expires_at: stored.expires_at,
+    };
     mail(&state, &mut db, decided, id, &email, &token).await?;
     crate::domain::audit::record(
         db.conn(decided)?,
@@ -459,9 +466,6 @@ async fn accept(
         Ok(None) | Err(AppError::TenantNotFound) => return Err(NO_INVITATION),
         Err(other) => return Err(other),
     };
-    // An address that does not open for this row and link (a row revived
-    // or re-pointed at another link behind the service's back) is no
-    // invitation: nothing is opened, made or answered for it.
     let row = stored.id;
     // A row from before addresses were sealed is bound to no link: the key
     // job seals it (and revokes it if pending); its link is not honoured.
@@ -469,6 +473,9 @@ async fn accept(
         tracing::warn!(%tenant, invitation = %row, "an invitation not sealed yet was not accepted");
         return Err(NO_INVITATION);
     }
+    // An address that does not open for this row and link (a row revived
+    // or re-pointed at another link behind the service's back) is no
+    // invitation: nothing is opened, made or answered for it.
     let mut keys = TenantKeys::new(&state.keyring, tenant);
     let Invitation {
         id, email, role, ..
